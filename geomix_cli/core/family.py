@@ -1,0 +1,166 @@
+"""The geometric-mean family in log space, divergences, ESS and entropies.
+
+Every function takes normalised log-probabilities `log_pi_theta`, `log_pi_t` of shape [..., V]
+(float64, -inf where a probability is 0) and works row-wise along the last axis.
+
+    l(y)          = log pi_t(y) - log pi_theta(y)                 (on the common support S)
+    q_alpha(y)    = pi_theta(y)^alpha pi_t(y)^(1-alpha) / Z(alpha)
+    log q_alpha   = log pi_t - alpha l - log Z(alpha)
+    Z(alpha)      = sum_S pi_t exp(-alpha l) = E_{pi_t}[exp(-alpha l); S]
+    D(alpha)      = KL(q||pi_theta) - KL(q||pi_t) = E_q[l] = -d log Z / d alpha
+    D'(alpha)     = -Var_q(l)
+
+For alpha in (0, 1), q_alpha lives on S = supp(pi_theta) ∩ supp(pi_t). At alpha = 0 and 1 the family
+is pi_t and pi_theta themselves (which may put mass outside S); `tilted_moments` at alpha = 0 or 1
+returns the limits from inside (0, 1), i.e. the moments of pi_t or pi_theta restricted to S and
+renormalised, which is what the root finders need (D is continuous there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+NEG_INF = -np.inf
+
+
+def common_support(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> np.ndarray:
+    """Boolean mask of S = {y : pi_theta(y) > 0 and pi_t(y) > 0}."""
+    return np.isfinite(log_pi_theta) & np.isfinite(log_pi_t)
+
+
+def log_ratio_on_support(log_pi_theta: np.ndarray, log_pi_t: np.ndarray):
+    """(l, log_base, support): l = log pi_t - log pi_theta on S (0 off S, never used there),
+    log_base = log pi_t on S (-inf off S), so that exp(log_base - alpha l) is the unnormalised q."""
+    support = common_support(log_pi_theta, log_pi_t)
+    with np.errstate(invalid="ignore"):
+        l = np.where(support, log_pi_t - log_pi_theta, 0.0)
+    log_base = np.where(support, log_pi_t, NEG_INF)
+    return l, log_base, support
+
+
+@dataclass(frozen=True)
+class TiltedMoments:
+    """Moments of l under q_alpha (on S), from one pass over a row.
+
+    log_z: log Z(alpha) over S; mean: D(alpha) = E_q[l]; var: Var_q(l) = -D'(alpha);
+    third: E_q[(l - mean)^3] (Halley's method), or None when not asked for."""
+
+    log_z: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    third: np.ndarray | None = None
+
+
+def tilted_moments(l: np.ndarray, log_base: np.ndarray, alpha, *, order: int = 2) -> TiltedMoments:
+    """Moments of l under q_alpha ∝ exp(log_base - alpha l), row-wise.
+
+    `l`, `log_base` from `log_ratio_on_support`; `alpha` broadcast against the leading axes.
+    Rows with an empty support give log_z = -inf and NaN moments."""
+    alpha = np.asarray(alpha, dtype=np.float64)[..., None]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        s = log_base - alpha * l
+        peak = np.max(s, axis=-1, keepdims=True)
+        peak = np.where(np.isfinite(peak), peak, 0.0)
+        w = np.exp(s - peak)
+        z = np.sum(w, axis=-1, keepdims=True)
+        q = w / z
+        mean = np.sum(q * l, axis=-1, keepdims=True)
+        dev = l - mean
+        qdev = q * dev
+        var = np.sum(qdev * dev, axis=-1)
+        third = np.sum(qdev * dev * dev, axis=-1) if order >= 3 else None
+        log_z = (peak + np.log(z))[..., 0]
+    return TiltedMoments(log_z=log_z, mean=mean[..., 0], var=var, third=third)
+
+
+def log_q_alpha(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> np.ndarray:
+    """log q_alpha, normalised, exact at the end points (alpha = 1: pi_theta, alpha = 0: pi_t).
+
+    Computed as alpha log pi_theta + (1 - alpha) log pi_t - logsumexp(...), never as products of
+    powers (which underflow, and 0**0 == 1 would put mass where one side has none)."""
+    alpha = np.asarray(alpha, dtype=np.float64)[..., None]
+    with np.errstate(invalid="ignore"):
+        inner = np.where(common_support(log_pi_theta, log_pi_t),
+                         alpha * log_pi_theta + (1.0 - alpha) * log_pi_t, NEG_INF)
+        unnorm = np.where(alpha == 1.0, log_pi_theta, np.where(alpha == 0.0, log_pi_t, inner))
+        lse = logsumexp(unnorm, axis=-1, keepdims=True)
+        return unnorm - lse
+
+
+def kl_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """KL(p||q) = sum_y p(y) (log p(y) - log q(y)), with 0 log 0 = 0 and +inf where q = 0 < p."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.exp(log_p)
+        terms = np.where(log_p > NEG_INF, p * (log_p - log_q), 0.0)
+        return np.sum(terms, axis=-1)
+
+
+def entropy(log_p: np.ndarray) -> np.ndarray:
+    """Shannon entropy H(p) = -sum_y p(y) log p(y) in nats (0 log 0 = 0)."""
+    with np.errstate(invalid="ignore"):
+        return -np.sum(np.where(log_p > NEG_INF, np.exp(log_p) * log_p, 0.0), axis=-1)
+
+
+def effective_sample_size(log_pi: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """ESS_pi(q) = 1 / sum_y pi(y)^2 / q(y) = 1 / (1 + chi2(pi||q)) = exp(-D_2(pi||q)).
+
+    The fraction of samples from q that are worth a sample from pi when estimating expectations
+    under pi by importance weights pi/q (exact for full distributions; 0 if q misses mass of pi)."""
+    with np.errstate(invalid="ignore"):
+        terms = np.where(log_pi > NEG_INF, 2.0 * log_pi - log_q, NEG_INF)
+        return np.exp(-logsumexp(terms, axis=-1))
+
+
+def entropy_formula_alpha(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> np.ndarray:
+    """The derivation's heuristic alpha_H = H(pi_theta) / (H(pi_theta) + H(pi_t)).
+
+    NaN when both entropies are 0 (two point masses): the formula is undefined there."""
+    h_theta = entropy(log_pi_theta)
+    h_t = entropy(log_pi_t)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(h_theta + h_t > 0, h_theta / (h_theta + h_t), np.nan)
+
+
+@dataclass(frozen=True)
+class FamilyPoint:
+    """Everything about q_alpha for one alpha per row (arrays over rows).
+
+    kl_q_theta = KL(q||pi_theta) = (1-alpha) D - log Z, kl_q_target = KL(q||pi_t) = -alpha D - log Z
+    for alpha in (0, 1); the end points are computed directly (they may be +inf)."""
+
+    alpha: np.ndarray
+    log_z: np.ndarray
+    delta: np.ndarray
+    kl_q_theta: np.ndarray
+    kl_q_target: np.ndarray
+    ess_theta: np.ndarray
+    ess_target: np.ndarray
+
+
+def family_point(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> FamilyPoint:
+    """Evaluate the family at `alpha` (scalar or one per row): log Z, D, both KLs, both ESS."""
+    alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), log_pi_theta.shape[:-1])
+    l, log_base, _ = log_ratio_on_support(log_pi_theta, log_pi_t)
+    moments = tilted_moments(l, log_base, alpha)
+    interior_theta = (1.0 - alpha) * moments.mean - moments.log_z
+    interior_t = -alpha * moments.mean - moments.log_z
+    at_one = alpha == 1.0
+    at_zero = alpha == 0.0
+    kl_theta = interior_theta.copy()
+    kl_t = interior_t.copy()
+    if at_one.any() or at_zero.any():
+        kl_pt_ptheta = kl_divergence(log_pi_t, log_pi_theta)
+        kl_ptheta_pt = kl_divergence(log_pi_theta, log_pi_t)
+        kl_theta = np.where(at_one, 0.0, np.where(at_zero, kl_pt_ptheta, kl_theta))
+        kl_t = np.where(at_zero, 0.0, np.where(at_one, kl_ptheta_pt, kl_t))
+    log_q = log_q_alpha(log_pi_theta, log_pi_t, alpha)
+    with np.errstate(invalid="ignore"):
+        log_z = np.where(at_one | at_zero, 0.0, moments.log_z)
+        delta = np.where(at_one | at_zero, kl_theta - kl_t, moments.mean)
+    return FamilyPoint(alpha=np.array(alpha), log_z=log_z, delta=delta,
+                       kl_q_theta=kl_theta, kl_q_target=kl_t,
+                       ess_theta=effective_sample_size(log_pi_theta, log_q),
+                       ess_target=effective_sample_size(log_pi_t, log_q))

@@ -1,0 +1,160 @@
+"""Turn raw arrays (probabilities or logits) into normalised float64 log-probabilities.
+
+Two levels of refusal:
+- structural problems (empty, > 2 dims, non-numeric dtype, shape mismatch) raise `InputError`:
+  nothing can be computed;
+- value problems confined to a row (NaN, +inf, negative probability, a sum that is off, a row
+  with no mass) are returned per row, so a batch with one bad row still solves the others.
+
+No epsilon smoothing: zero probabilities become log 0 = -inf and are handled exactly downstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+from geomix_cli.errors import InputError
+
+PROBS = "probs"
+LOGITS = "logits"
+
+# ml_dtypes' bfloat16 (used by torch/safetensors exports) has numpy kind 'V'; we accept it by name.
+_WIDENABLE_NAMES = {"bfloat16"}
+
+
+def storage_eps(dtype_name: str) -> float:
+    """Machine epsilon of the dtype the values were stored in (bfloat16: 2**-7)."""
+    if dtype_name == "bfloat16":
+        return 2.0**-7
+    dtype = np.dtype(dtype_name)
+    if np.issubdtype(dtype, np.floating):
+        return float(np.finfo(dtype).eps)
+    return 0.0  # integers are exact
+
+
+def sum_tolerance(dtype_name: str) -> float:
+    """How far a probability row may sum from 1 before it is refused (without --renormalize).
+
+    Storing a normalised row in a dtype perturbs each entry by at most eps/2 relative, hence the
+    sum by at most eps/2; twice eps leaves room for the rounding of whoever normalised it. Text
+    formats and float64 get 1e-6, so six printed decimals still pass.
+    """
+    return max(2.0 * storage_eps(dtype_name), 1e-6)
+
+
+@dataclass(frozen=True)
+class LogProbRows:
+    """Validated rows: `log_p[b, v]` = log probability (float64, -inf where zero).
+
+    `row_errors[b]` is None for a good row, else the reason the row cannot be used (its `log_p`
+    row is then a placeholder uniform row, never to be reported)."""
+
+    log_p: np.ndarray
+    row_errors: list[str | None]
+    storage_dtype: str
+
+
+def _as_float64_2d(values, name: str, file: str | None) -> tuple[np.ndarray, str]:
+    arr = np.asarray(values)
+    dtype_name = arr.dtype.name
+    if arr.dtype.kind == "b" or arr.dtype.kind in "cOUSMm" or (
+        arr.dtype.kind == "V" and dtype_name not in _WIDENABLE_NAMES
+    ):
+        raise InputError(f"non-numeric dtype {dtype_name}; expected real floating-point values",
+                         file=file, key=name)
+    if arr.ndim == 0 or arr.size == 0:
+        raise InputError(f"empty array (shape {arr.shape})", file=file, key=name)
+    if arr.ndim > 2:
+        raise InputError(f"{arr.ndim} dimensions (shape {arr.shape}); expected [V] or [B, V]",
+                         file=file, key=name)
+    wide = arr.astype(np.float64)
+    if wide.ndim == 1:
+        wide = wide[None, :]
+    return np.ascontiguousarray(wide), dtype_name
+
+
+def validate_rows(values, kind: str, *, name: str, file: str | None = None,
+                  renormalize: bool = False) -> LogProbRows:
+    """Validate one array of probabilities or logits, shape [V] or [B, V].
+
+    Logits may be any real numbers or -inf (zero mass); each row becomes log_softmax(row).
+    Probabilities must be finite, >= 0 and sum to 1 within `sum_tolerance(dtype)` (any positive
+    sum with `renormalize`); each row becomes log(p) - log(sum p).
+    """
+    if kind not in (PROBS, LOGITS):
+        raise ValueError(f"kind must be {PROBS!r} or {LOGITS!r}")
+    x, dtype_name = _as_float64_2d(values, name, file)
+    n_rows = x.shape[0]
+    errors: list[str | None] = [None] * n_rows
+
+    nan_rows = np.isnan(x).any(axis=1)
+    posinf_rows = np.isposinf(x).any(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if kind == LOGITS:
+            finite_mass = np.isfinite(x).any(axis=1)
+            safe = np.where(nan_rows[:, None] | posinf_rows[:, None] | ~finite_mass[:, None], 0.0, x)
+            log_p = safe - logsumexp(safe, axis=1, keepdims=True)
+            for b in range(n_rows):
+                if nan_rows[b]:
+                    errors[b] = _first_bad(x[b], np.isnan, "NaN")
+                elif posinf_rows[b]:
+                    errors[b] = _first_bad(x[b], np.isposinf, "+inf logit")
+                elif not finite_mass[b]:
+                    errors[b] = "every logit is -inf (no probability mass)"
+        else:
+            neginf_rows = np.isneginf(x).any(axis=1)
+            negative_rows = (x < 0).any(axis=1)
+            bad = nan_rows | posinf_rows | neginf_rows | negative_rows
+            sums = np.where(bad, 1.0, x).sum(axis=1)
+            tol = sum_tolerance(dtype_name)
+            for b in range(n_rows):
+                if nan_rows[b]:
+                    errors[b] = _first_bad(x[b], np.isnan, "NaN")
+                elif posinf_rows[b] or neginf_rows[b]:
+                    errors[b] = _first_bad(x[b], np.isinf, "infinite probability")
+                elif negative_rows[b]:
+                    errors[b] = _first_bad(x[b], lambda r: r < 0, "negative probability")
+                elif not sums[b] > 0:
+                    errors[b] = "all probabilities are 0 (no mass)"
+                elif not renormalize and abs(sums[b] - 1.0) > tol:
+                    errors[b] = (f"probabilities sum to {sums[b]:.9g}, off from 1 by more than "
+                                 f"{tol:.1e} (the tolerance for {dtype_name}); pass --renormalize "
+                                 "to rescale")
+            good = np.array([e is None for e in errors])
+            safe = np.where(good[:, None], x, 1.0)
+            log_p = np.log(safe) - np.log(safe.sum(axis=1, keepdims=True))
+    bad_rows = np.array([e is not None for e in errors])
+    if bad_rows.any():
+        log_p[bad_rows] = -np.log(x.shape[1])
+    return LogProbRows(log_p=log_p, row_errors=errors, storage_dtype=dtype_name)
+
+
+def _first_bad(row: np.ndarray, predicate, what: str) -> str:
+    idx = np.flatnonzero(predicate(row))
+    return f"{what} at column {int(idx[0])}" + (f" (and {idx.size - 1} more)" if idx.size > 1 else "")
+
+
+def validate_pair(theta, target, kind: str, *, names: tuple[str, str] = ("pi_theta", "pi_t"),
+                  file: str | None = None, renormalize: bool = False) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Validate both sides of a pair; shapes must match exactly (never broadcast).
+
+    Returns (log_pi_theta, log_pi_t, row_errors) with float64 arrays of shape [B, V]."""
+    a = np.asarray(theta)
+    b = np.asarray(target)
+    if a.shape != b.shape:
+        raise InputError(f"shape {a.shape} of '{names[0]}' differs from shape {b.shape} of "
+                         f"'{names[1]}' (rows are never broadcast)", file=file, key=names[1])
+    rows_theta = validate_rows(a, kind, name=names[0], file=file, renormalize=renormalize)
+    rows_t = validate_rows(b, kind, name=names[1], file=file, renormalize=renormalize)
+    errors: list[str | None] = []
+    for e_theta, e_t in zip(rows_theta.row_errors, rows_t.row_errors):
+        if e_theta is not None:
+            errors.append(f"key '{names[0]}': {e_theta}")
+        elif e_t is not None:
+            errors.append(f"key '{names[1]}': {e_t}")
+        else:
+            errors.append(None)
+    return rows_theta.log_p, rows_t.log_p, errors

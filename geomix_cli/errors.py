@@ -1,0 +1,47 @@
+"""Error types. Only `cli.py` turns these into exit codes and one-line messages."""
+
+from __future__ import annotations
+
+# Exit codes: 1 is what an unexpected crash (or a failed mathematical identity) looks like, so
+# user-facing refusals never use it.
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_BAD_INPUT = 2
+EXIT_PARTIAL = 3  # batch ran, but some rows were invalid (their status says why)
+EXIT_REGRESSION = 4  # golden values or verdicts changed
+EXIT_UNAVAILABLE = 5  # asked-for backend/device is not installed or not present
+
+
+class GeomixError(Exception):
+    """A refusal the user can act on: printed as one line, never as a traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 row: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.key = key
+        self.row = row
+
+    def one_line(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(str(self.file))
+        if self.key is not None:
+            where.append(f"key '{self.key}'")
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        prefix = ": ".join([", ".join(where)]) + ": " if where else ""
+        return (prefix + self.message).replace("\n", " ")
+
+
+class InputError(GeomixError):
+    """The input (file, generator spec, array) cannot be used as a pair of distributions."""
+
+
+class UnavailableError(GeomixError):
+    """A backend or device that was asked for is not available here."""
+
+    exit_code = EXIT_UNAVAILABLE
