@@ -77,7 +77,7 @@ def _as_float64_2d(values, name: str, file: str | None) -> tuple[np.ndarray, str
 
 
 def validate_rows(values, kind: str, *, name: str, file: str | None = None,
-                  renormalize: bool = False) -> LogProbRows:
+                  renormalize: bool = False, storage_dtype: str | None = None) -> LogProbRows:
     """Validate one array of probabilities or logits, shape [V] or [B, V].
 
     Logits may be any real numbers or -inf (zero mass); each row becomes log_softmax(row).
@@ -87,6 +87,7 @@ def validate_rows(values, kind: str, *, name: str, file: str | None = None,
     if kind not in (PROBS, LOGITS):
         raise ValueError(f"kind must be {PROBS!r} or {LOGITS!r}")
     x, dtype_name = _as_float64_2d(values, name, file)
+    dtype_name = storage_dtype or dtype_name
     n_rows = x.shape[0]
     errors: list[str | None] = [None] * n_rows
 
@@ -138,7 +139,8 @@ def _first_bad(row: np.ndarray, predicate, what: str) -> str:
 
 
 def validate_pair(theta, target, kind: str, *, names: tuple[str, str] = ("pi_theta", "pi_t"),
-                  file: str | None = None, renormalize: bool = False) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+                  file: str | None = None, renormalize: bool = False,
+                  storage_dtype: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
     """Validate both sides of a pair; shapes must match exactly (never broadcast).
 
     Returns (log_pi_theta, log_pi_t, row_errors) with float64 arrays of shape [B, V]."""
@@ -147,8 +149,10 @@ def validate_pair(theta, target, kind: str, *, names: tuple[str, str] = ("pi_the
     if a.shape != b.shape:
         raise InputError(f"shape {a.shape} of '{names[0]}' differs from shape {b.shape} of "
                          f"'{names[1]}' (rows are never broadcast)", file=file, key=names[1])
-    rows_theta = validate_rows(a, kind, name=names[0], file=file, renormalize=renormalize)
-    rows_t = validate_rows(b, kind, name=names[1], file=file, renormalize=renormalize)
+    rows_theta = validate_rows(a, kind, name=names[0], file=file, renormalize=renormalize,
+                               storage_dtype=storage_dtype)
+    rows_t = validate_rows(b, kind, name=names[1], file=file, renormalize=renormalize,
+                           storage_dtype=storage_dtype)
     errors: list[str | None] = []
     for e_theta, e_t in zip(rows_theta.row_errors, rows_t.row_errors):
         if e_theta is not None:

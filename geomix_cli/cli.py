@@ -1,0 +1,70 @@
+"""The command line: parse -> core -> render. The only place where errors become exit codes.
+
+Each command lives in `geomix_cli/commands/<name>.py` and registers itself on `app`; heavy
+imports (pandas, matplotlib, torch) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from geomix_cli.errors import EXIT_BAD_INPUT, GeomixError
+
+app = typer.Typer(
+    name="geomix",
+    help="Solve, verify and report the KL-symmetric geometric-mean sampling distribution "
+         "q* ∝ pi_theta^alpha* · pi_t^(1-alpha*).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Piped output gets a wide console so tables are not squeezed to 80 columns.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def error_line(text: str) -> None:
+    """One plain line on stderr (no rich markup or wrapping: it must stay greppable)."""
+    sys.stderr.write(f"geomix: error: {text}\n")
+
+
+def warning_line(text: str) -> None:
+    sys.stderr.write(f"geomix: warning: {text}\n")
+
+
+def guarded(func):
+    """Turn GeomixError into one line on stderr and its exit code; anything else is a bug and
+    keeps its traceback (exit 1)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except GeomixError as exc:
+            error_line(exc.one_line())
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error_line("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def main() -> None:
+    try:
+        app()
+    except GeomixError as exc:  # pragma: no cover - guarded() catches these first
+        error_line(exc.one_line())
+        sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+
+
+# Registration happens after `app` and `guarded` exist (the command modules import them).
+from geomix_cli.commands import register_all  # noqa: E402
+
+register_all(app)

@@ -1,0 +1,480 @@
+"""The only module that reads or writes files.
+
+Reading: a *source* is a file (.npz, .json, .csv, .parquet, .safetensors, .pt) or a generator spec
+`gen:NAME:key=value,...` (see `cases.py`). Every source becomes a `PairSource` of validated float64
+log-probabilities. Structural problems raise `InputError` naming the file, key/column and row;
+value problems confined to one row are kept per row so the rest of a batch still runs.
+
+Writing: every report file is written atomically (temporary file in the same folder, then
+os.replace), so an interrupted run never leaves a half-written report over a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from geomix_cli.core.validation import LOGITS, PROBS, validate_pair
+from geomix_cli.errors import InputError, UnavailableError
+
+KEY_PAIRS = {PROBS: ("pi_theta", "pi_t"), LOGITS: ("logits_theta", "logits_t")}
+FILE_FORMATS = (".npz", ".json", ".csv", ".parquet", ".safetensors", ".pt")
+GENERATOR_PREFIX = "gen:"
+
+
+@dataclass
+class RawPair:
+    """Arrays as found in a source, before validation (any float dtype, shape [V] or [B, V])."""
+
+    theta: object
+    target: object
+    kind: str  # PROBS or LOGITS
+    keys: tuple[str, str]
+    meta: list[str] | None = None
+    storage_dtype: str | None = None  # as stored (bfloat16 arrives widened to float32)
+
+
+@dataclass
+class PairSource:
+    """A validated batch of pairs: rows of float64 log-probabilities (-inf where p = 0)."""
+
+    name: str
+    log_pi_theta: np.ndarray
+    log_pi_t: np.ndarray
+    row_errors: list[str | None]
+    row_labels: np.ndarray
+    kind: str
+    storage_dtype: str
+    meta: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.log_pi_theta.shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.log_pi_theta.shape[1])
+
+    @property
+    def valid_rows(self) -> np.ndarray:
+        return np.array([e is None for e in self.row_errors], dtype=bool)
+
+    def select(self, positions) -> "PairSource":
+        positions = np.asarray(positions, dtype=np.int64)
+        return PairSource(name=self.name, log_pi_theta=self.log_pi_theta[positions],
+                          log_pi_t=self.log_pi_t[positions],
+                          row_errors=[self.row_errors[i] for i in positions],
+                          row_labels=self.row_labels[positions], kind=self.kind,
+                          storage_dtype=self.storage_dtype,
+                          meta=None if self.meta is None else [self.meta[i] for i in positions],
+                          extra=dict(self.extra))
+
+
+# ----------------------------------------------------------------------------------------------
+# reading
+
+
+def load_source(spec: str, *, kind: str | None = None, renormalize: bool = False,
+                rows: str | None = None) -> PairSource:
+    """Load, validate and (optionally) select rows of a source.
+
+    kind: None to decide from the key names; PROBS or LOGITS to force how values are read (for
+    a file holding both kinds of keys, or log-probabilities stored under pi_* keys).
+    rows: a selection like "3", "0:8", "0,2,5:7" (positions in the batch, end exclusive)."""
+    spec = str(spec)
+    if spec.startswith(GENERATOR_PREFIX):
+        from geomix_cli.cases import generate  # generators live with the case library
+
+        raw = generate(spec)
+        file_label = spec
+    else:
+        raw = read_pair_file(spec, kind=kind)
+        file_label = spec
+    if kind is not None and raw.kind != kind:
+        raw = RawPair(raw.theta, raw.target, kind, raw.keys, raw.meta, raw.storage_dtype)
+    dtype_name = raw.storage_dtype or _dtype_name(raw.theta)
+    log_theta, log_t, errors = validate_pair(raw.theta, raw.target, raw.kind, names=raw.keys,
+                                             file=file_label, renormalize=renormalize,
+                                             storage_dtype=dtype_name)
+    source = PairSource(name=spec, log_pi_theta=log_theta, log_pi_t=log_t, row_errors=errors,
+                        row_labels=np.arange(log_theta.shape[0]), kind=raw.kind,
+                        storage_dtype=dtype_name, meta=raw.meta)
+    if rows is not None:
+        source = source.select(parse_row_selection(rows, source.n_rows, file_label))
+    return source
+
+
+def parse_row_selection(text: str, n_rows: int, file_label: str | None = None) -> np.ndarray:
+    """'3' / '0:8' / '0,2,5:7' / '-1' -> positions; out-of-range indices are refused."""
+    picked: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                start_s, stop_s = part.split(":", 1)
+                start = int(start_s) if start_s.strip() else 0
+                stop = int(stop_s) if stop_s.strip() else n_rows
+                picked.extend(range(*slice(start, stop).indices(n_rows)))
+                continue
+            index = int(part)
+        except ValueError:
+            raise InputError(f"row selection '{text}' is not like 3, 0:8 or 0,2,5:7",
+                             file=file_label) from None
+        if not -n_rows <= index < n_rows:
+            raise InputError(f"row {index} does not exist (the source has {n_rows} row"
+                             f"{'s' if n_rows != 1 else ''}: 0..{n_rows - 1})", file=file_label)
+        picked.append(index % n_rows)
+    if not picked:
+        raise InputError(f"row selection '{text}' selects no row (the source has {n_rows})",
+                         file=file_label)
+    return np.asarray(picked, dtype=np.int64)
+
+
+def read_pair_file(path_text: str, *, kind: str | None = None) -> RawPair:
+    path = Path(path_text)
+    if not path.exists():
+        raise InputError("no such file", file=path_text)
+    if path.is_dir():
+        raise InputError("is a folder, not a file of pairs", file=path_text)
+    suffix = path.suffix.lower()
+    readers = {".npz": _read_npz, ".json": _read_json, ".csv": _read_table,
+               ".parquet": _read_table, ".safetensors": _read_safetensors, ".pt": _read_pt}
+    if suffix not in readers:
+        raise InputError(f"unknown format '{suffix or '(no extension)'}'; expected one of "
+                         f"{', '.join(FILE_FORMATS)} or a generator spec gen:NAME:key=value,...",
+                         file=path_text)
+    try:
+        arrays, meta, storage = readers[suffix](path)
+    except (InputError, UnavailableError):
+        raise
+    except Exception as exc:  # a corrupt file must not surface as a traceback
+        raise InputError(f"cannot read as {suffix[1:]}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "),
+                         file=path_text) from None
+    return _pick_pair(arrays, path_text, kind, meta, storage)
+
+
+def _pick_pair(arrays: dict, file_label: str, kind: str | None, meta,
+               storage: dict | None = None) -> RawPair:
+    present = {k: all(key in arrays for key in keys) for k, keys in KEY_PAIRS.items()}
+    if kind is None:
+        if present[PROBS] and present[LOGITS]:
+            raise InputError("holds both pi_theta/pi_t and logits_theta/logits_t; say which "
+                             "with --probs or --logits", file=file_label)
+        kind = PROBS if present[PROBS] else LOGITS if present[LOGITS] else None
+        keys = KEY_PAIRS[kind] if kind else None
+    else:
+        # forced kind: use that kind's keys if present, else the other kind's keys re-read
+        keys = KEY_PAIRS[kind] if present[kind] else next(
+            (KEY_PAIRS[k] for k in KEY_PAIRS if present[k]), None)
+    if keys is None:
+        found = ", ".join(sorted(arrays)) or "none"
+        for names in KEY_PAIRS.values():
+            missing = [k for k in names if k not in arrays]
+            if len(missing) == 1:
+                raise InputError(f"missing key (found: {found}); need {' + '.join(names)}",
+                                 file=file_label, key=missing[0])
+        raise InputError(f"missing keys: need pi_theta + pi_t (probabilities) or logits_theta + "
+                         f"logits_t (logits / log-probabilities); found: {found}", file=file_label)
+    if meta is not None:
+        meta = [str(m) for m in np.atleast_1d(np.asarray(meta)).tolist()]
+    storage_dtype = (storage or {}).get(keys[0]) or _dtype_name(arrays[keys[0]])
+    return RawPair(arrays[keys[0]], arrays[keys[1]], kind, keys, meta, storage_dtype)
+
+
+def _read_npz(path: Path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {}
+            for key in data.files:
+                try:
+                    arrays[key] = data[key]
+                except ValueError as exc:
+                    if "allow_pickle" in str(exc):
+                        raise InputError("holds pickled Python objects, which geomix never loads "
+                                         "(allow_pickle=False); store plain numeric arrays",
+                                         file=str(path), key=key) from None
+                    raise
+    except (InputError, UnavailableError):
+        raise
+    meta = arrays.pop("meta", None)
+    return arrays, meta, {}
+
+
+def _read_json(path: Path):
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                         file=str(path)) from None
+    if not isinstance(payload, dict):
+        raise InputError("expected a JSON object with keys pi_theta + pi_t or logits_theta + "
+                         "logits_t", file=str(path))
+    arrays = {}
+    for key, value in payload.items():
+        if key in ("meta", "description", "id"):
+            continue
+        arrays[key] = _json_array(value, str(path), key)
+    return arrays, payload.get("meta"), {}
+
+
+def _json_array(value, file_label: str, key: str) -> np.ndarray:
+    def convert(v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if v is None:
+            return math.nan
+        if isinstance(v, str) and v.strip().lower() in ("-inf", "-infinity", "inf", "+inf",
+                                                        "infinity", "nan"):
+            return float(v.strip().replace("infinity", "inf"))
+        raise TypeError
+    try:
+        if isinstance(value, list) and value and isinstance(value[0], list):
+            lengths = {len(r) if isinstance(r, list) else -1 for r in value}
+            if len(lengths) != 1 or -1 in lengths:
+                for i, r in enumerate(value):
+                    if not isinstance(r, list) or len(r) != len(value[0]):
+                        raise InputError(f"row has {len(r) if isinstance(r, list) else 'no'} "
+                                         f"values where row 0 has {len(value[0])} (ragged rows)",
+                                         file=file_label, key=key, row=i)
+            return np.array([[convert(v) for v in r] for r in value], dtype=np.float64)
+        if isinstance(value, list):
+            return np.array([convert(v) for v in value], dtype=np.float64)
+    except TypeError:
+        raise InputError("non-numeric value (expected numbers, or \"-inf\" for log 0)",
+                         file=file_label, key=key) from None
+    raise InputError("expected a list of numbers or a list of rows", file=file_label, key=key)
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    if frame.empty:
+        raise InputError("no data rows", file=str(path))
+    arrays = {}
+    if "row" in frame.columns:
+        row_ids = pd.to_numeric(frame["row"], errors="coerce")
+        if row_ids.isna().any():
+            line = int(np.flatnonzero(row_ids.isna().to_numpy())[0])
+            raise InputError(f"'row' is not an integer at data line {line + 1}", file=str(path),
+                             key="row")
+        groups = [np.flatnonzero(row_ids.to_numpy() == r) for r in pd.unique(row_ids)]
+    else:
+        groups = [np.arange(len(frame))]
+    sizes = {g.size for g in groups}
+    if len(sizes) != 1:
+        first = groups[0].size
+        bad = next(i for i, g in enumerate(groups) if g.size != first)
+        raise InputError(f"row has {groups[bad].size} tokens where row 0 has {first} (every row "
+                         "needs the same vocabulary)", file=str(path), key="row", row=bad)
+    for column in frame.columns:
+        if column == "row":
+            continue
+        values = frame[column]
+        if values.dtype.kind not in "fiu":
+            numeric = pd.to_numeric(values.astype(str).str.strip().str.replace(
+                "infinity", "inf", case=False), errors="coerce")
+            bad = numeric.isna() & ~values.astype(str).str.strip().str.lower().isin(["nan"])
+            if bad.any() and column in sum(KEY_PAIRS.values(), ()):
+                line = int(np.flatnonzero(bad.to_numpy())[0])
+                raise InputError(f"non-numeric value {values.iloc[line]!r} at data line "
+                                 f"{line + 1}", file=str(path), key=column)
+            values = numeric
+        arr = values.to_numpy(dtype=np.float64)
+        arrays[column] = np.stack([arr[g] for g in groups]) if len(groups) > 1 else arr
+    return arrays, None, {}
+
+
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bf16",
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+                       "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _read_safetensors(path: Path):
+    """Parse the safetensors layout directly (8-byte header size, JSON header, raw little-endian
+    data), so bfloat16 needs neither torch nor ml_dtypes: it is widened to float32 exactly."""
+    blob = path.read_bytes()
+    if len(blob) < 8:
+        raise InputError("too short to be a safetensors file", file=str(path))
+    (header_size,) = struct.unpack("<Q", blob[:8])
+    if header_size > len(blob) - 8:
+        raise InputError("corrupt safetensors header", file=str(path))
+    header = json.loads(blob[8:8 + header_size])
+    data = memoryview(blob)[8 + header_size:]
+    arrays, storage = {}, {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise InputError(f"unsupported safetensors dtype {info.get('dtype')}", file=str(path),
+                             key=key)
+        start, stop = info["data_offsets"]
+        raw = data[start:stop]
+        if dtype == "bf16":
+            bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
+            arrays[key] = bits.view(np.float32).reshape(info["shape"])
+            storage[key] = "bfloat16"
+        else:
+            arrays[key] = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(
+                info["shape"]).copy()
+    meta_text = (header.get("__metadata__") or {}).get("meta")
+    return arrays, (json.loads(meta_text) if meta_text else None), storage
+
+
+def _read_pt(path: Path):
+    try:
+        import torch
+    except ImportError:
+        raise UnavailableError("reading .pt needs torch: pip install 'geomix[torch]'",
+                               file=str(path)) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"cannot load with torch.load(weights_only=True) (pickled objects are "
+                         f"never loaded): {str(exc).splitlines()[0][:200]}", file=str(path)) from None
+    if not isinstance(obj, dict):
+        raise InputError("expected a dict of tensors (keys pi_theta + pi_t or logits_theta + "
+                         "logits_t)", file=str(path))
+    arrays, storage = {}, {}
+    meta = None
+    for key, value in obj.items():
+        if key == "meta":
+            meta = value
+            continue
+        if isinstance(value, torch.Tensor):
+            if value.dtype == torch.bfloat16:
+                storage[key] = "bfloat16"
+                value = value.float()
+            arrays[key] = value.numpy()
+        else:
+            arrays[key] = np.asarray(value)
+    return arrays, meta, storage
+
+
+def _dtype_name(values) -> str:
+    return getattr(np.asarray(values).dtype, "name", "float64")
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def to_jsonable(value):
+    """Recursively convert numpy scalars/arrays to Python, and non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def dumps_json(payload, *, indent: int | None = 2) -> str:
+    """JSON text that is always valid JSON (NaN/inf become null)."""
+    return json.dumps(to_jsonable(payload), indent=indent, allow_nan=False, ensure_ascii=False)
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path, payload) -> Path:
+    return write_text_atomic(path, dumps_json(payload) + "\n")
+
+
+def write_csv_atomic(path, frame) -> Path:
+    """Write a pandas DataFrame as CSV atomically."""
+    return write_text_atomic(path, frame.to_csv(index=False))
+
+
+def save_figure_atomic(figure, path, *, dpi: int = 150) -> Path:
+    """Save a matplotlib figure atomically; the format follows the extension."""
+    import io as _io
+
+    path = Path(path)
+    buffer = _io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi,
+                   bbox_inches="tight")
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+@contextmanager
+def atomic_directory(final_dir):
+    """Build a report folder in a sibling temporary folder; swap it in only on success.
+
+    On any exception the previous folder is left exactly as it was."""
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{final_dir.name}-", dir=final_dir.parent))
+    try:
+        yield staging
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    backup = None
+    if final_dir.exists():
+        backup = final_dir.parent / f".tmp-old-{final_dir.name}-{os.getpid()}"
+        _remove_tree(backup)
+        os.replace(final_dir, backup)
+    os.replace(staging, final_dir)
+    if backup is not None:
+        _remove_tree(backup)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_pairs_npz(path, *, theta: np.ndarray, target: np.ndarray, kind: str,
+                    meta: list[str] | None = None) -> Path:
+    """Write a pair file that `load_source` reads back (keys by kind, optional meta)."""
+    import io as _io
+
+    keys = KEY_PAIRS[kind]
+    buffer = _io.BytesIO()
+    payload = {keys[0]: np.asarray(theta), keys[1]: np.asarray(target)}
+    if meta is not None:
+        payload["meta"] = np.asarray([str(m) for m in meta])
+    np.savez_compressed(buffer, **payload)
+    return write_bytes_atomic(path, buffer.getvalue())
