@@ -1,12 +1,18 @@
 """One module per command; each exposes `register(app)`.
 
-Adding a command: create the module, define `register`, and add its name to COMMANDS."""
+Adding a command: create `geomix_cli/commands/<name>.py` with a `register(app)` function; it is
+found automatically (modules whose names start with '_' are helpers, not commands). Commands are
+registered in the order of ORDER, then alphabetically, which is the order `geomix --help` lists."""
 
+import pkgutil
 from importlib import import_module
 
-COMMANDS = ["solve", "cases", "verify"]
+ORDER = ["solve", "verify", "compare_alpha", "check", "plot_pareto", "plot", "simulate",
+         "regress", "bench", "cases"]
 
 
 def register_all(app) -> None:
-    for name in COMMANDS:
-        import_module(f"geomix_cli.commands.{name}").register(app)
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    for name in names:
+        import_module(f"{__name__}.{name}").register(app)

@@ -158,7 +158,8 @@ def _row_chunks(n_rows: int, n_cols: int, budget_bytes: int = 256 * 2**20):
 def solve_newton(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
                  xtol: float = 1e-14, max_iter: int = 60,
                  row_errors: list[str | None] | None = None,
-                 classification: RowClassification | None = None) -> AlphaSolution:
+                 classification: RowClassification | None = None,
+                 record_iterates: bool = False) -> AlphaSolution:
     """Safeguarded Newton (order=2) or Halley (order=3) on D(alpha), vectorised over rows.
 
     One pass per iterate gives D = E_q[l], D' = -Var_q(l) (and E_q[(l-D)^3] for Halley, from
@@ -166,9 +167,13 @@ def solve_newton(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int =
     it is replaced by bisection, so convergence is guaranteed. Start: the secant between the end
     point limits D(0+), D(1-), which the classification pass already computed. Stops when the
     Newton correction |D / D'| is below `xtol` (the returned alpha is the last evaluated one, so
-    `residual` is exactly D there)."""
+    `residual` is exactly D there). With `record_iterates`, sol.extra["iterates"][b] lists the
+    (alpha, D) pairs evaluated for row b, in order."""
     cls = classification or classify_rows(log_pi_theta, log_pi_t, row_errors)
     sol = _empty_solution("halley" if order == 3 else "newton", cls)
+    iterates: dict[int, list[tuple[float, float]]] = {}
+    if record_iterates:
+        sol.extra["iterates"] = iterates
     active_rows = np.flatnonzero(cls.status == OK)
     n_cols = log_pi_theta.shape[-1]
     for chunk in _row_chunks(active_rows.size, n_cols):
@@ -189,6 +194,9 @@ def solve_newton(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int =
             m = tilted_moments(l[idx], log_base[idx], alpha[idx], order=order)
             iters[idx] += 1
             d = m.mean
+            if record_iterates:
+                for j, a_j, d_j in zip(idx, alpha[idx], d):
+                    iterates.setdefault(int(rows[j]), []).append((float(a_j), float(d_j)))
             lo[idx] = np.where(d > 0, alpha[idx], lo[idx])
             hi[idx] = np.where(d < 0, alpha[idx], hi[idx])
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -244,13 +252,15 @@ def solve_brentq(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, xtol: float 
 def solve_bisection_reference(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *,
                               tol: float = 1e-6, max_iter: int = 50, smoothing: float = 1e-10,
                               row_errors: list[str | None] | None = None,
-                              classification: RowClassification | None = None) -> AlphaSolution:
+                              classification: RowClassification | None = None,
+                              record_iterates: bool = False) -> AlphaSolution:
     """The derivation's reference solver (section 6.2), reproduced faithfully as a baseline.
 
     float32 probabilities; log(p + 1e-10) on both sides; q = softmax(alpha log(pi_theta + 1e-10)
     + (1 - alpha) log(pi_t + 1e-10)); objective = sum q (log(pi_t + 1e-10) - log(pi_theta + 1e-10));
     bisection on [0, 1] for the whole batch, stopping when max(hi - lo) < tol or after max_iter;
-    returns (lo + hi) / 2. Its epsilon and float32 bias alpha*; measure, do not trust."""
+    returns (lo + hi) / 2. Its epsilon and float32 bias alpha*; measure, do not trust.
+    With `record_iterates`, sol.extra["iterates"][b] lists (mid, float32 objective) per step."""
     cls = classification or classify_rows(log_pi_theta, log_pi_t, row_errors)
     sol = _empty_solution("bisection", cls)
     rows = np.flatnonzero(cls.status == OK)
@@ -272,6 +282,10 @@ def solve_bisection_reference(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *,
         q = np.exp(logits - logits.max(axis=1, keepdims=True))
         q /= q.sum(axis=1, keepdims=True, dtype=f32)
         objective = (q * log_ratio).sum(axis=1, dtype=f32)
+        if record_iterates:
+            for j, b in enumerate(rows):
+                sol.extra.setdefault("iterates", {}).setdefault(int(b), []).append(
+                    (float(mid[j]), float(objective[j])))
         mask = objective > 0
         lo = np.where(mask, mid, lo)
         hi = np.where(mask, hi, mid)
