@@ -33,6 +33,8 @@ def load(source: str, *, rows: Optional[str] = None, renormalize: bool = False,
 
     pairs = load_source(source, kind=forced_kind(logits, probs), renormalize=renormalize,
                         rows=rows)
+    # Nothing usable is a plain refusal: exactly one line, no per-row warnings before it.
+    refuse_if_nothing_usable(pairs, source)
     for label, err in zip(pairs.row_labels, pairs.row_errors):
         if err is not None:
             warning_line(f"{source}: row {int(label)}: {err} (row skipped, status 'invalid')")

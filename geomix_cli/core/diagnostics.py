@@ -70,10 +70,17 @@ def diagnose(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, solution: AlphaSolu
         point = family_point(log_pi_theta[where], log_pi_t[where], alpha)
         for name in values:
             values[name][where] = getattr(point, name)
+    # KL >= 0 and log Z <= 0 (Hoelder) hold exactly; what rounding puts on the wrong side of 0
+    # (about eps, e.g. for identical rows) is clamped, which also turns -0.0 into 0.0.
+    with np.errstate(invalid="ignore"):
+        for name in ("kl_q_theta", "kl_q_target"):
+            values[name] = np.where(values[name] < 0.0, 0.0, values[name]) + 0.0
+        values["log_z"] = np.where(values["log_z"] > 0.0, 0.0, values["log_z"]) + 0.0
     chernoff = nan.copy()
     if solution.method in EXACT_METHODS:
         chernoff[usable] = -values["log_z"][usable]
     chernoff[degenerate] = -values["log_z"][degenerate]
+    chernoff = chernoff + 0.0  # -(0.0) is -0.0
     valid = status != "invalid"
     h_theta = np.where(valid, entropy(log_pi_theta), np.nan)
     h_t = np.where(valid, entropy(log_pi_t), np.nan)

@@ -101,7 +101,8 @@ def kl_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
 def entropy(log_p: np.ndarray) -> np.ndarray:
     """Shannon entropy H(p) = -sum_y p(y) log p(y) in nats (0 log 0 = 0)."""
     with np.errstate(invalid="ignore"):
-        return -np.sum(np.where(log_p > NEG_INF, np.exp(log_p) * log_p, 0.0), axis=-1)
+        # 0.0 - sum, not -sum: a point mass must give +0.0, not -0.0 (printed as "-0.0")
+        return 0.0 - np.sum(np.where(log_p > NEG_INF, np.exp(log_p) * log_p, 0.0), axis=-1)
 
 
 def effective_sample_size(log_pi: np.ndarray, log_q: np.ndarray) -> np.ndarray:

@@ -84,11 +84,15 @@ class RowClassification:
     var_at_1: np.ndarray
 
 
-def constant_ratio_tolerance(l: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """Spread of l below which it counts as constant on S: the rounding of log pi_t - log pi_theta
-    (a few ulps of the largest |log p| involved)."""
+def constant_ratio_tolerance(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
+                             support: np.ndarray) -> np.ndarray:
+    """Spread of l below which it counts as constant on S: the rounding of log pi_t - log pi_theta,
+    a few ulps of the largest |log pi_theta| + |log pi_t| on S.
+
+    (Scaling by max|l| instead is wrong: identical distributions have l ~ 0 but log p far from 0,
+    and their rounding noise then looks like a real, non-constant l.)"""
     with np.errstate(invalid="ignore"):
-        scale = np.max(np.where(support, np.abs(l), 0.0), axis=-1)
+        scale = np.max(np.where(support, np.abs(log_pi_theta) + np.abs(log_pi_t), 0.0), axis=-1)
     return 64.0 * _EPS * (1.0 + scale)
 
 
@@ -106,7 +110,7 @@ def classify_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
         spread = (np.max(np.where(support, l, -np.inf), axis=-1)
                   - np.min(np.where(support, l, np.inf), axis=-1))
         level = np.max(np.where(support, np.abs(l), 0.0), axis=-1)
-    tol = constant_ratio_tolerance(l, support)
+    tol = constant_ratio_tolerance(log_pi_theta, log_pi_t, support)
     same_support = np.all(np.isfinite(log_pi_theta) == np.isfinite(log_pi_t), axis=-1)
     for b in range(n_rows):
         if row_errors is not None and row_errors[b] is not None:

@@ -97,7 +97,10 @@ def validate_rows(values, kind: str, *, name: str, file: str | None = None,
         if kind == LOGITS:
             finite_mass = np.isfinite(x).any(axis=1)
             safe = np.where(nan_rows[:, None] | posinf_rows[:, None] | ~finite_mass[:, None], 0.0, x)
-            log_p = safe - logsumexp(safe, axis=1, keepdims=True)
+            # Subtract the row's maximum first: x - logsumexp(x) directly would carry a rounding
+            # error of eps * |x| (large for shifted logits), x - max(x) only eps * |log p|.
+            shifted = safe - np.max(safe, axis=1, keepdims=True)
+            log_p = shifted - logsumexp(shifted, axis=1, keepdims=True)
             for b in range(n_rows):
                 if nan_rows[b]:
                     errors[b] = _first_bad(x[b], np.isnan, "NaN")
@@ -109,7 +112,7 @@ def validate_rows(values, kind: str, *, name: str, file: str | None = None,
             neginf_rows = np.isneginf(x).any(axis=1)
             negative_rows = (x < 0).any(axis=1)
             bad = nan_rows | posinf_rows | neginf_rows | negative_rows
-            sums = np.where(bad, 1.0, x).sum(axis=1)
+            sums = np.where(bad[:, None], 1.0, x).sum(axis=1)
             tol = sum_tolerance(dtype_name)
             for b in range(n_rows):
                 if nan_rows[b]:
