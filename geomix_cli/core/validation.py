@@ -35,14 +35,24 @@ def storage_eps(dtype_name: str) -> float:
     return 0.0  # integers are exact
 
 
-def sum_tolerance(dtype_name: str) -> float:
+_FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+def sum_tolerance(dtype_name: str, vocab_size: int = 1) -> float:
     """How far a probability row may sum from 1 before it is refused (without --renormalize).
 
+        tol = max(2 eps_storage, 8 sqrt(V) eps_float32, 1e-6)
+
     Storing a normalised row in a dtype perturbs each entry by at most eps/2 relative, hence the
-    sum by at most eps/2; twice eps leaves room for the rounding of whoever normalised it. Text
-    formats and float64 get 1e-6, so six printed decimals still pass.
+    sum by at most eps/2 (2 eps leaves room). Whoever normalised the row most likely did it in
+    float32 (a softmax on an accelerator): its sum carries an accumulation error that grows like
+    sqrt(V) eps_float32 (measured: torch.softmax in float32 over V = 50,000 sums off by 4.6e-6,
+    over V = 150,000 by 3e-5), whatever dtype the row was stored in afterwards. Text formats and
+    float64 get at least 1e-6, so six printed decimals still pass. Real mistakes (logits or counts
+    passed as probabilities) are off by far more than any of these.
     """
-    return max(2.0 * storage_eps(dtype_name), 1e-6)
+    return max(2.0 * storage_eps(dtype_name), 8.0 * np.sqrt(max(vocab_size, 1)) * _FLOAT32_EPS,
+               1e-6)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,7 @@ def validate_rows(values, kind: str, *, name: str, file: str | None = None,
     """Validate one array of probabilities or logits, shape [V] or [B, V].
 
     Logits may be any real numbers or -inf (zero mass); each row becomes log_softmax(row).
-    Probabilities must be finite, >= 0 and sum to 1 within `sum_tolerance(dtype)` (any positive
+    Probabilities must be finite, >= 0 and sum to 1 within `sum_tolerance(dtype, V)` (any positive
     sum with `renormalize`); each row becomes log(p) - log(sum p).
     """
     if kind not in (PROBS, LOGITS):
@@ -113,7 +123,7 @@ def validate_rows(values, kind: str, *, name: str, file: str | None = None,
             negative_rows = (x < 0).any(axis=1)
             bad = nan_rows | posinf_rows | neginf_rows | negative_rows
             sums = np.where(bad[:, None], 1.0, x).sum(axis=1)
-            tol = sum_tolerance(dtype_name)
+            tol = sum_tolerance(dtype_name, x.shape[1])
             for b in range(n_rows):
                 if nan_rows[b]:
                     errors[b] = _first_bad(x[b], np.isnan, "NaN")
