@@ -1,0 +1,461 @@
+"""The figure set: functions that take computed results and return matplotlib Figures.
+
+No mathematics here: every number drawn comes from the arguments (results computed in
+`geomix_cli.core`). Nothing is saved here either: save with `io.save_figure_atomic(fig, path,
+dpi=150)` (the format follows the extension: .png, .svg, .pdf). matplotlib is imported with the
+Agg backend when this module is imported; import it lazily (inside commands / report code).
+
+Stable API (the verify report calls these):
+    figure_pareto_front(front, *, ax=None, title=None, log=False, legend=True)
+    figure_pareto_grid(fronts, titles, *, log=False)
+    figure_delta_with_iterates(curve, *, title=None)
+    figure_alpha_sweep(vocab_sizes, eps_values, alpha_star, *, reported=None, title=None)
+    figure_ess_scatter(ess_theta, ess_target, families, *, title=None)
+    figure_four_cases(case_labels, counts, mass_q, fraction_meeting, *, title=None)
+    figure_entropy_error_hist(errors_by_family, *, title=None)
+    figure_alpha_along_sequence(positions, alpha_star, alpha_entropy=None, labels=None, *, title=None)
+
+Every figure has a title, axis labels with units (KL in nats; alpha, ESS dimensionless) and a
+legend placed outside the data area (or in a corner the data cannot reach).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DEFAULT_DPI = 150
+
+# colours (colour-blind safe, Okabe-Ito)
+C_FRONT = "#0072B2"
+C_STAR = "#D55E00"
+C_ENTROPY = "#009E73"
+C_HALF = "#CC79A7"
+C_THETA = "#000000"
+C_TARGET = "#E69F00"
+C_DIAG = "#777777"
+C_CLOUD = {"arithmetic mixture": "#56B4E9", "perturbed front point": "#999999",
+           "Dirichlet draw near the front": "#C9B27C"}
+M_CLOUD = {"arithmetic mixture": "^", "perturbed front point": "o",
+           "Dirichlet draw near the front": "s"}
+
+FRONT_LABEL = "Pareto front {q_α : α ∈ [0, 1]}"
+DIAGONAL_LABEL = "x = y (equal KLs)"
+X_LABEL_KL = "KL(q ‖ π_θ)  [nats]"
+Y_LABEL_KL = "KL(q ‖ π_t)  [nats]"
+
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+                     "legend.fontsize": 8.5, "figure.dpi": 100, "savefig.dpi": DEFAULT_DPI})
+
+
+def _new_figure(width: float = 7.0, height: float = 5.0) -> tuple[Figure, object]:
+    fig = plt.figure(figsize=(width, height), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    return fig, ax
+
+
+# ----------------------------------------------------------------------------------------------
+# Pareto front
+
+
+def _front_limits(front) -> tuple[float, float]:
+    """Axis extents from the curve and the finite end points (the cloud is not allowed to set
+    the scale)."""
+    xs = [float(np.max(front.values.kl_q_theta))]
+    ys = [float(np.max(front.values.kl_q_target))]
+    for mark in front.marks.values():
+        if mark.finite:
+            xs.append(mark.kl_q_theta)
+            ys.append(mark.kl_q_target)
+    return max(max(xs), 1e-300), max(max(ys), 1e-300)
+
+
+def _status_panel(ax, front, title) -> None:
+    ax.set_axis_off()
+    text = f"no front drawn: status '{front.status}'"
+    if front.message:
+        import textwrap
+
+        text += "\n" + "\n".join(textwrap.wrap(front.message, 48))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, transform=ax.transAxes,
+            bbox={"boxstyle": "round", "facecolor": "#FFF3E0", "edgecolor": C_STAR})
+    if title:
+        ax.set_title(title)
+
+
+def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend: bool = True):
+    """The Pareto front of one row (a `core.front.ParetoFront`).
+
+    Draws: the cloud of other distributions (one scatter per kind, labelled by kind), the front
+    as a line through `front.values` (in alpha order, pi_theta -> pi_t), the diagonal x = y, the
+    end points pi_theta (alpha = 1) and pi_t (alpha = 0), q* (when the row has one), the
+    entropy-formula point and alpha = 0.5. A row with nothing to draw (front.drawable False)
+    becomes a labelled panel that says why. log=True: symmetric-log axes (linear near 0, so the
+    end points at KL = 0 stay visible), for fronts spanning several orders of magnitude.
+    ax: draw into an existing Axes (then the legend is put on the axes only if `legend`), else
+    a new Figure is made. Returns the Figure. Lines and collections carry labels (see the
+    FRONT_LABEL, DIAGONAL_LABEL constants and the marks' labels) so tests can find them."""
+    fig = None
+    if ax is None:
+        fig, ax = _new_figure(7.6, 5.4)
+    fig = fig or ax.figure
+    if title is None:
+        title = "Pareto front of (KL(q‖π_θ), KL(q‖π_t)) over the geometric-mean family"
+    if not front.drawable:
+        _status_panel(ax, front, title)
+        return fig
+    xmax, ymax = _front_limits(front)
+    xlim, ylim = 1.08 * xmax, 1.08 * ymax
+    off_scale = 0
+    if front.cloud is not None and len(front.cloud):
+        cloud = front.cloud
+        inside = (cloud.kl_q_theta <= xlim) & (cloud.kl_q_target <= ylim)
+        off_scale = int(np.size(inside) - np.count_nonzero(inside))
+        for kind in dict.fromkeys(cloud.kind.tolist()):
+            sel = cloud.kind == kind
+            ax.scatter(cloud.kl_q_theta[sel], cloud.kl_q_target[sel], s=12, alpha=0.55,
+                       marker=M_CLOUD.get(kind, "o"), color=C_CLOUD.get(kind, "#999999"),
+                       linewidths=0, label=f"other q: {kind}", zorder=1)
+    v = front.values
+    lim = max(xlim, ylim)
+    ax.plot([0.0, lim], [0.0, lim], linestyle="--", linewidth=1.0, color=C_DIAG,
+            label=DIAGONAL_LABEL, zorder=2)
+    ax.plot(v.kl_q_theta, v.kl_q_target, color=C_FRONT, linewidth=2.2, label=FRONT_LABEL,
+            zorder=3)
+    styles = {
+        "pi_theta": dict(marker="o", s=70, color=C_THETA),
+        "pi_t": dict(marker="o", s=70, color=C_TARGET, edgecolors="black", linewidths=0.6),
+        "half": dict(marker="s", s=42, color=C_HALF, edgecolors="black", linewidths=0.5),
+        "entropy": dict(marker="D", s=42, color=C_ENTROPY, edgecolors="black", linewidths=0.5),
+        "q_star": dict(marker="*", s=220, color=C_STAR, edgecolors="black", linewidths=0.6),
+    }
+    notes = []
+    for key in ("pi_theta", "pi_t", "half", "entropy", "q_star"):
+        mark = front.marks.get(key)
+        if mark is None:
+            continue
+        if not mark.finite:
+            notes.append(f"{mark.label}: at infinite KL, not drawn")
+            continue
+        ax.scatter([mark.kl_q_theta], [mark.kl_q_target], label=mark.label, zorder=5,
+                   **styles[key])
+    if front.status != "ok" or "q_star" not in front.marks:
+        notes.append(f"status '{front.status}': no α equalises the two KLs")
+    if not front.same_support:
+        notes.append("supports differ: the curve's ends are the limits α → 0+, 1−")
+    if off_scale:
+        notes.append(f"{off_scale} cloud point(s) beyond the axes not shown")
+    if log:
+        ax.set_xscale("symlog", linthresh=max(xmax, ymax) * 1e-3)
+        ax.set_yscale("symlog", linthresh=max(xmax, ymax) * 1e-3)
+    ax.set_xlim(0.0, xlim)
+    ax.set_ylim(0.0, ylim)
+    ratio = xlim / ylim
+    if 0.2 <= ratio <= 5 and not log:
+        ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(X_LABEL_KL)
+    ax.set_ylabel(Y_LABEL_KL)
+    ax.set_title(title)
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    if notes:
+        ax.text(0.98, 0.98, "\n".join(notes), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7.5, color="#333333",
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85,
+                      "edgecolor": "#BBBBBB"})
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  frameon=False, markerscale=1.0)
+    return fig
+
+
+def figure_pareto_grid(fronts, titles, *, log: bool = False):
+    """Small multiples: one panel per ParetoFront (same order as `titles`), one shared legend
+    below. Rows without a front (degenerate, disjoint, invalid) become labelled panels."""
+    fronts = list(fronts)
+    titles = list(titles)
+    n = max(len(fronts), 1)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig = plt.figure(figsize=(3.6 * ncols + 0.4, 3.4 * nrows + 1.0), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, front, title in zip(axes, fronts, titles):
+        figure_pareto_front(front, ax=ax, title=title, log=log, legend=False)
+        ax.title.set_fontsize(9.5)
+    for ax in axes[len(fronts):]:
+        ax.set_axis_off()
+    handles, labels = {}, {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            # per-row numbers (alpha*, alpha_H) differ: keep one generic entry per kind
+            key = lab.split(" (")[0]
+            if key not in handles:
+                handles[key] = h
+                labels[key] = key
+    if handles:
+        fig.legend(list(handles.values()), list(labels.values()), loc="outside lower center",
+                   ncols=min(5, len(handles)), frameon=False)
+    fig.suptitle("Pareto fronts of (KL(q‖π_θ), KL(q‖π_t)), one panel per row  [nats]")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# D(alpha) with solver iterates
+
+ITER_STYLE = {"newton": dict(marker="o", color=C_STAR), "halley": dict(marker="v", color="#CC79A7"),
+              "bisection": dict(marker="x", color=C_FRONT)}
+
+
+def figure_delta_with_iterates(curve, *, title=None):
+    """Left: D(alpha) = KL(q||pi_theta) - KL(q||pi_t) on the grid of a `core.front.DeltaCurve`,
+    the zero line, alpha* (vertical line) and each solver's iterates (alpha_k, D_k) numbered in
+    order. Right: |alpha_k - alpha*| per iteration (log scale), Newton vs bisection, so the
+    convergence rates can be read off. A row without a root gets a labelled panel."""
+    fig = plt.figure(figsize=(11.0, 4.4), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1.0]})
+    fig.suptitle(title or "D(α) = KL(q_α‖π_θ) − KL(q_α‖π_t) and the solvers' iterates")
+    if curve.alpha.size == 0:
+        _status_panel(ax, curve, None)
+        ax2.set_axis_off()
+        return fig
+    ax.plot(curve.alpha, curve.delta, color="black", linewidth=1.8, label="D(α) (exact)")
+    ax.axhline(0.0, color=C_DIAG, linewidth=0.9, linestyle="--", label="D = 0")
+    if np.isfinite(curve.alpha_star):
+        ax.axvline(curve.alpha_star, color=C_STAR, linewidth=1.0, linestyle=":",
+                   label=f"α* = {curve.alpha_star:.6g}")
+    for method, pts in curve.iterates.items():
+        if len(pts) == 0:
+            continue
+        style = ITER_STYLE.get(method, dict(marker="+", color="gray"))
+        what = "float32 objective" if method == "bisection" else "D"
+        ax.scatter(pts[:, 0], pts[:, 1], s=30, zorder=4, facecolors="none"
+                   if style["marker"] == "o" else style["color"], edgecolors=style["color"],
+                   marker=style["marker"],
+                   label=f"{method}: {len(pts)} evaluations ({what})")
+        for k, (a_k, d_k) in enumerate(pts[:6]):
+            ax.annotate(str(k + 1), (a_k, d_k), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=style["color"])
+        if np.isfinite(curve.alpha_star):
+            err = np.abs(pts[:, 0] - curve.alpha_star)
+            ax2.semilogy(np.arange(1, len(pts) + 1), np.where(err > 0, err, np.nan),
+                         marker=style["marker"], color=style["color"], linewidth=1.0,
+                         label=method)
+    if curve.status != "ok":
+        ax.text(0.02, 0.04, f"status '{curve.status}': no root in (0, 1)", transform=ax.transAxes,
+                fontsize=8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("α  (weight on π_θ; dimensionless)")
+    ax.set_ylabel("D(α)  [nats]")
+    ax.set_title("D(α) over [0, 1]")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.legend(loc="upper right", frameon=True, framealpha=0.9)
+    ax2.set_xlabel("iteration k")
+    ax2.set_ylabel("|α_k − α*|  (dimensionless)")
+    ax2.set_title("distance to α* (exact Newton root)")
+    ax2.grid(True, which="both", linewidth=0.4, alpha=0.5)
+    if ax2.lines:
+        ax2.legend(loc="upper right")
+    else:
+        ax2.text(0.5, 0.5, "no root: nothing converges", ha="center", va="center",
+                 transform=ax2.transAxes)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# the alpha* sweep of the delta-vs-uniform family (Test 2)
+
+
+def figure_alpha_sweep(vocab_sizes, eps_values, alpha_star, *, reported=None, title=None):
+    """Heatmap of alpha*(V, eps) for pi_theta = (1-eps, eps/(V-1), ...), pi_t uniform.
+
+    vocab_sizes: [nV]; eps_values: [nE]; alpha_star: [nE, nV] (NaN cells left blank). Log axes,
+    the alpha* = 0.5 contour (solid), and, when reported = (value, label), the contour
+    alpha* = value (dashed) labelled in the legend."""
+    vocab_sizes = np.asarray(vocab_sizes, dtype=np.float64)
+    eps_values = np.asarray(eps_values, dtype=np.float64)
+    alpha_star = np.asarray(alpha_star, dtype=np.float64)
+    if alpha_star.shape != (eps_values.size, vocab_sizes.size):
+        raise ValueError(f"alpha_star has shape {alpha_star.shape}, expected "
+                         f"({eps_values.size}, {vocab_sizes.size}) = (len(eps), len(V))")
+    fig, ax = _new_figure(7.4, 5.2)
+    mesh = ax.pcolormesh(vocab_sizes, eps_values, np.ma.masked_invalid(alpha_star),
+                         shading="nearest", cmap="viridis", vmin=0.0, vmax=1.0)
+    cbar = fig.colorbar(mesh, ax=ax)
+    cbar.set_label("α*  (weight on π_θ; dimensionless)")
+    from matplotlib.lines import Line2D
+
+    handles = []
+    if vocab_sizes.size >= 2 and eps_values.size >= 2:
+        ax.contour(vocab_sizes, eps_values, alpha_star, levels=[0.5], colors="white",
+                   linewidths=2.0)
+        handles.append(Line2D([], [], color="white", linewidth=2.0, label="α* = 0.5"))
+        if reported is not None:
+            value, label = reported
+            ax.contour(vocab_sizes, eps_values, alpha_star, levels=[float(value)],
+                       colors=C_STAR, linewidths=1.8, linestyles="--")
+            handles.append(Line2D([], [], color=C_STAR, linewidth=1.8, linestyle="--",
+                                  label=label))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("vocabulary size V  (tokens)")
+    ax.set_ylabel("ε = 1 − π_θ(top token)  (probability)")
+    ax.set_title(title or "α* for π_θ = (1−ε, ε/(V−1), …) vs uniform π_t")
+    if handles:
+        leg = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.13),
+                        ncols=len(handles), frameon=False)
+        leg.get_frame().set_facecolor("#DDDDDD")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# ESS balance (Test 3)
+
+
+def figure_ess_scatter(ess_theta, ess_target, families, *, title=None):
+    """ESS_theta(q*) against ESS_t(q*), one colour per family label, with the diagonal and the
+    +-10% band (ESS_t within 0.9x..1.1x of ESS_theta). Log axes when every value is positive and
+    some are below 0.05, else linear on [0, 1]."""
+    x = np.asarray(ess_theta, dtype=np.float64)
+    y = np.asarray(ess_target, dtype=np.float64)
+    fam = np.asarray(families, dtype=object)
+    fig, ax = _new_figure(7.6, 5.4)
+    finite = np.isfinite(x) & np.isfinite(y)
+    positive = finite & (x > 0) & (y > 0)
+    use_log = bool(finite.any() and positive[finite].all()
+                   and min(x[finite].min(), y[finite].min()) < 0.05)
+    lo = float(min(x[finite].min(), y[finite].min())) / 1.5 if use_log else 0.0
+    hi = 1.02
+    grid = np.geomspace(lo, hi, 200) if use_log else np.linspace(0.0, hi, 200)
+    ax.fill_between(grid, 0.9 * grid, 1.1 * grid, color="#DDDDDD", label="±10% band", zorder=0)
+    ax.plot(grid, grid, color=C_DIAG, linestyle="--", linewidth=1.0, label="ESS_θ = ESS_t")
+    palette = plt.get_cmap("tab10")
+    for i, name in enumerate(dict.fromkeys(fam.tolist())):
+        sel = (fam == name) & finite
+        ax.scatter(x[sel], y[sel], s=18, alpha=0.8, color=palette(i % 10),
+                   label=f"{name} ({int(sel.sum())})", zorder=3)
+    if use_log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlim(lo if use_log else 0.0, hi)
+    ax.set_ylim(lo if use_log else 0.0, hi)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("ESS_θ(q*) = 1 / Σ π_θ²/q*  (fraction of samples)")
+    ax.set_ylabel("ESS_t(q*) = 1 / Σ π_t²/q*  (fraction of samples)")
+    ax.set_title(title or "Effective sample sizes at q*: does ESS_θ ≈ ESS_t?")
+    ax.grid(True, which="both", linewidth=0.4, alpha=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# four behaviour cases
+
+
+def figure_four_cases(case_labels, counts, mass_q, fraction_meeting, *, title=None):
+    """Three bar panels per behaviour case: token counts (log scale), q* mass, and the fraction
+    of tokens meeting the case's expectation (NaN = empty case, drawn as 'n/a')."""
+    labels = [str(c) for c in case_labels]
+    counts = np.asarray(counts, dtype=np.float64)
+    mass = np.asarray(mass_q, dtype=np.float64)
+    frac = np.asarray(fraction_meeting, dtype=np.float64)
+    fig = plt.figure(figsize=(12.0, 4.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    pos = np.arange(len(labels))
+    colors = [C_FRONT, C_ENTROPY, C_STAR, C_DIAG][: len(labels)] + \
+        [C_DIAG] * max(0, len(labels) - 4)
+    short = [lab.replace(", ", ",\n").replace(": ", ":\n", 1) for lab in labels]
+    panels = [(axes[0], counts, "tokens (count)", "tokens per case", "{:.0f}"),
+              (axes[1], mass, "mass under q*  (probability)", "q* mass per case", "{:.3g}"),
+              (axes[2], frac, "fraction of tokens (0–1)", "fraction meeting the expectation",
+               "{:.1%}")]
+    for ax, vals, ylabel, sub, fmt in panels:
+        shown = np.where(np.isfinite(vals), vals, 0.0)
+        bars = ax.bar(pos, shown, color=colors, edgecolor="black", linewidth=0.5)
+        for bar, val in zip(bars, vals):
+            text = fmt.format(val) if np.isfinite(val) else "n/a"
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        textcoords="offset points", xytext=(0, 2), ha="center", fontsize=8)
+        ax.set_xticks(pos, short, fontsize=7.5)
+        ax.set_ylabel(ylabel)
+        ax.set_title(sub)
+        ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
+    if np.all(counts[np.isfinite(counts)] >= 0) and np.nanmax(counts) > 0:
+        axes[0].set_yscale("symlog", linthresh=1.0)
+        axes[0].set_ylim(0, np.nanmax(counts) * 4)
+    axes[1].set_ylim(0, max(1e-12, float(np.nanmax(np.where(np.isfinite(mass), mass, 0)))) * 1.15)
+    axes[2].set_ylim(0, 1.12)
+    axes[2].axhline(1.0, color=C_DIAG, linestyle="--", linewidth=0.9)
+    fig.suptitle(title or "The seed's four behaviour cases under q*")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# entropy-formula error
+
+
+def figure_entropy_error_hist(errors_by_family, *, title=None):
+    """Histogram of alpha_H - alpha* per family (dict label -> 1-D array; NaNs dropped), with
+    the zero line. Step histograms on common bins so families overlap legibly."""
+    fig, ax = _new_figure(7.6, 4.8)
+    data = {k: np.asarray(v, dtype=np.float64) for k, v in errors_by_family.items()}
+    data = {k: v[np.isfinite(v)] for k, v in data.items()}
+    everything = np.concatenate([v for v in data.values()] or [np.zeros(0)])
+    if everything.size:
+        lo, hi = float(everything.min()), float(everything.max())
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.01, hi + 0.01
+        bins = np.linspace(lo, hi, 41)
+        palette = plt.get_cmap("tab10")
+        for i, (name, vals) in enumerate(data.items()):
+            if vals.size:
+                ax.hist(vals, bins=bins, histtype="step", linewidth=1.6, color=palette(i % 10),
+                        label=f"{name} (n = {vals.size})")
+    else:
+        ax.text(0.5, 0.5, "no rows with both α* and α_H", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.axvline(0.0, color="black", linewidth=1.0, linestyle="--", label="α_H = α*")
+    ax.set_xlabel("α_H − α*  (entropy formula minus exact root; dimensionless)")
+    ax.set_ylabel("rows (count)")
+    ax.set_title(title or "Error of the entropy formula α_H = H(π_θ)/(H(π_θ)+H(π_t))")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# alpha* along a sequence
+
+
+def figure_alpha_along_sequence(positions, alpha_star, alpha_entropy=None, labels=None, *,
+                                title=None):
+    """alpha* per position (rows of a batch of real next-token pairs), with alpha_H when given,
+    and the alpha = 0.5 reference line. NaN alpha* (rows without a root) leave gaps and are
+    marked with an 'x' on the axis. labels: per-position tick labels (e.g. tokens), used when
+    there are at most 40 positions."""
+    pos = np.asarray(positions, dtype=np.float64)
+    a = np.asarray(alpha_star, dtype=np.float64)
+    fig, ax = _new_figure(max(7.0, min(14.0, 0.25 * pos.size + 4.0)), 4.4)
+    ax.axhline(0.5, color=C_DIAG, linestyle="--", linewidth=0.9, label="α = 0.5")
+    ax.plot(pos, a, color=C_STAR, marker="o", markersize=4, linewidth=1.4,
+            label="α* (exact root)")
+    if alpha_entropy is not None:
+        ax.plot(pos, np.asarray(alpha_entropy, dtype=np.float64), color=C_ENTROPY, marker="D",
+                markersize=3.5, linewidth=1.0, linestyle="-.", label="α_H (entropy formula)")
+    missing = ~np.isfinite(a)
+    if missing.any():
+        ax.scatter(pos[missing], np.zeros(int(missing.sum())), marker="x", color="black",
+                   clip_on=False, zorder=5, label="no α* (status not ok)")
+    if labels is not None and len(labels) == pos.size and pos.size <= 40:
+        ax.set_xticks(pos, [str(s) for s in labels], rotation=60, ha="right", fontsize=7.5)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("position in the sequence (row)")
+    ax.set_ylabel("α  (weight on π_θ; dimensionless)")
+    ax.set_title(title or "α* along a sequence of next-token pairs")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    return fig
