@@ -157,3 +157,16 @@ def random_logit_pair(rng: np.random.Generator, vocab: int, scale: float, *,
         theta[keep] = base[keep]
         target[keep] = base[keep] + 0.5
     return theta, target
+
+
+def assert_rows_close(actual, expected, atol, err_msg: str = "") -> None:
+    """assert_allclose row by row with a per-row absolute tolerance (numpy's assert_allclose
+    takes only a scalar atol)."""
+    from numpy.testing import assert_allclose
+
+    actual = np.atleast_1d(np.asarray(actual, dtype=np.float64))
+    expected = np.broadcast_to(np.asarray(expected, dtype=np.float64), actual.shape)
+    atol = np.broadcast_to(np.asarray(atol, dtype=np.float64), actual.shape)
+    for i in range(actual.shape[0]):
+        assert_allclose(actual[i], expected[i], rtol=0, atol=float(atol[i]),
+                        err_msg=f"{err_msg} (row {i})")

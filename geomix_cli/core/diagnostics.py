@@ -57,7 +57,9 @@ class RowDiagnostics:
 
 def diagnose(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, solution: AlphaSolution) -> RowDiagnostics:
     """Evaluate the family at each row's alpha (degenerate rows at alpha = 1/2, where q is the
-    same as anywhere) and collect the per-row report quantities."""
+    same as anywhere) and collect the per-row report quantities. Rows are [B, V] or one [V]."""
+    log_pi_theta = np.atleast_2d(np.asarray(log_pi_theta, dtype=np.float64))
+    log_pi_t = np.atleast_2d(np.asarray(log_pi_t, dtype=np.float64))
     n_rows = solution.n_rows
     nan = np.full(n_rows, np.nan)
     status = solution.status
