@@ -146,3 +146,477 @@ def generate(spec: str) -> RawPair:
     if int(params["rows"]) == 1:
         theta, target = theta[0], target[0]
     return RawPair(theta, target, kind, KEY_PAIRS[kind], storage_dtype="float64")
+
+
+# ==============================================================================================
+# The golden-case library: `cases/*.json`, one case per file, read and compared by `geomix regress`.
+#
+# A case file (schema_version 1) holds:
+#   id, description;
+#   source: {"type": "inline", "kind": "probs"|"logits", <two keys>: row or rows}
+#         | {"type": "generator", "spec": "gen:NAME:k=v,..."}
+#         | {"type": "file", "path": "data/x.npz" (relative to the cases folder), "rows": [..]?,
+#            "kind": ...?};
+#   source_sha256: fingerprint of the stored values (`source_fingerprint`), to notice a changed source;
+#   produced_by: the reference script and its settings (scripts/make_golden.py, mpmath, digits);
+#   tolerances: {field: {"abs": a, "rel": r}}: |got - expected| <= a + r |expected|;
+#   expected: one object per row with GOLDEN_FIELDS (null where a value is not defined);
+#   conditioning (informative): the reference's per-row quantities the tolerances came from.
+# ==============================================================================================
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+GOLDEN_SCHEMA_VERSION = 1
+GOLDEN_FIELDS = ("status", "alpha", "chernoff", "kl_q_theta", "kl_q_target", "ess_theta",
+                 "ess_target", "alpha_entropy")
+NUMERIC_FIELDS = GOLDEN_FIELDS[1:]
+CASE_KEYS = ("schema_version", "id", "description", "source", "source_sha256", "produced_by",
+             "tolerances", "expected")
+SOURCE_TYPES = ("inline", "generator", "file")
+VERDICTS_DIR = "verdicts"
+DATA_DIR = "data"
+
+
+@dataclass
+class GoldenCase:
+    """One validated case file. `data` is the parsed JSON (kept whole so updates lose nothing)."""
+
+    path: Path
+    data: dict
+
+    @property
+    def id(self) -> str:
+        return self.data["id"]
+
+    @property
+    def expected(self) -> list[dict]:
+        return self.data["expected"]
+
+    @property
+    def tolerances(self) -> dict:
+        return self.data["tolerances"]
+
+    @property
+    def cases_dir(self) -> Path:
+        return self.path.parent
+
+
+@dataclass
+class Mismatch:
+    case: str
+    method: str
+    row: int | None
+    field: str
+    expected: object
+    got: object
+    tolerance: str = ""
+
+    def line(self) -> str:
+        where = f"case {self.case}" + (f", row {self.row}" if self.row is not None else "")
+        return (f"{where}, field {self.field} ({self.method}): expected {_show(self.expected)}, "
+                f"got {_show(self.got)}" + (f" ({self.tolerance})" if self.tolerance else ""))
+
+    def to_json(self) -> dict:
+        return {"case": self.case, "method": self.method, "row": self.row, "field": self.field,
+                "expected": self.expected, "got": self.got, "tolerance": self.tolerance}
+
+
+def _show(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and validating case files
+
+
+def _read_text(path: Path) -> str:
+    """Text of a case or verdict file, through io.py's reader when it has one."""
+    from geomix_cli import io
+
+    if not path.is_file():
+        raise InputError("no such file", file=str(path))
+    reader = getattr(io, "read_text", None)
+    try:
+        return reader(path) if reader else path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text: {exc.reason}", file=str(path)) from None
+
+
+def _case_error(path, message, key=None, row=None) -> InputError:
+    return InputError(message, file=str(path), key=key, row=row)
+
+
+def load_case(path) -> GoldenCase:
+    """Read and validate one case file; any defect raises InputError naming file, key and row."""
+    path = Path(path)
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise _case_error(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: "
+                                f"{exc.msg}") from None
+    if not isinstance(data, dict):
+        raise _case_error(path, "a case file holds one JSON object")
+    for key in CASE_KEYS:
+        if key not in data:
+            raise _case_error(path, "missing key", key=key)
+    if data["schema_version"] != GOLDEN_SCHEMA_VERSION:
+        raise _case_error(path, f"schema_version {data['schema_version']!r} is not "
+                                f"{GOLDEN_SCHEMA_VERSION}", key="schema_version")
+    if not isinstance(data["id"], str) or not data["id"]:
+        raise _case_error(path, "id must be a non-empty string", key="id")
+    if data["id"] != path.stem:
+        raise _case_error(path, f"id '{data['id']}' differs from the file name '{path.stem}'",
+                          key="id")
+    _validate_source(path, data["source"])
+    tolerances = data["tolerances"]
+    if not isinstance(tolerances, dict):
+        raise _case_error(path, "tolerances must map field -> {abs, rel}", key="tolerances")
+    for field_name in NUMERIC_FIELDS:
+        tol = tolerances.get(field_name)
+        if not isinstance(tol, dict) or set(tol) - {"abs", "rel"}:
+            raise _case_error(path, f"tolerance for '{field_name}' must be {{\"abs\": a, \"rel\": r}}",
+                              key="tolerances")
+        for part in ("abs", "rel"):
+            value = tol.get(part, 0.0)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise _case_error(path, f"tolerance {field_name}.{part} = {value!r} must be a "
+                                        "number in [0, 1)", key="tolerances")
+    expected = data["expected"]
+    if not isinstance(expected, list) or not expected:
+        raise _case_error(path, "expected must be a non-empty list of rows", key="expected")
+    for i, row in enumerate(expected):
+        if not isinstance(row, dict):
+            raise _case_error(path, "expected row is not an object", key="expected", row=i)
+        if row.get("row", i) != i:
+            raise _case_error(path, f"row number {row.get('row')!r} out of order (expected {i})",
+                              key="expected", row=i)
+        for field_name in GOLDEN_FIELDS:
+            if field_name not in row:
+                raise _case_error(path, f"missing field '{field_name}'", key="expected", row=i)
+        if row["status"] not in _known_statuses():
+            raise _case_error(path, f"unknown status {row['status']!r}", key="expected", row=i)
+        for field_name in NUMERIC_FIELDS:
+            value = row[field_name]
+            if value is not None and not _is_number(value):
+                raise _case_error(path, f"field '{field_name}' is {value!r}; expected a number or "
+                                        "null", key="expected", row=i)
+        if row["status"] == "ok" and row["alpha"] is None:
+            raise _case_error(path, "status ok with alpha null", key="expected", row=i)
+    return GoldenCase(path=path, data=data)
+
+
+def _known_statuses():
+    from geomix_cli.core.solvers import STATUSES
+
+    return STATUSES
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate_source(path: Path, src) -> None:
+    if not isinstance(src, dict):
+        raise _case_error(path, "source must be an object", key="source")
+    kind = src.get("type")
+    if kind not in SOURCE_TYPES:
+        raise _case_error(path, f"source type {kind!r} is not one of {', '.join(SOURCE_TYPES)}",
+                          key="source")
+    if kind == "inline":
+        if src.get("kind") not in KEY_PAIRS:
+            raise _case_error(path, "inline source needs kind 'probs' or 'logits'", key="source")
+        for key in KEY_PAIRS[src["kind"]]:
+            if key not in src:
+                raise _case_error(path, "missing inline array", key=f"source.{key}")
+    elif kind == "generator":
+        if not isinstance(src.get("spec"), str) or not src["spec"].startswith(GENERATOR_PREFIX):
+            raise _case_error(path, "generator source needs spec 'gen:NAME:k=v,...'",
+                              key="source.spec")
+    else:
+        if not isinstance(src.get("path"), str):
+            raise _case_error(path, "file source needs a path relative to the cases folder",
+                              key="source.path")
+        rows = src.get("rows")
+        if rows is not None and (not isinstance(rows, list) or not all(
+                isinstance(r, int) and not isinstance(r, bool) for r in rows)):
+            raise _case_error(path, "rows must be a list of row numbers", key="source.rows")
+        if src.get("kind") not in (None, *KEY_PAIRS):
+            raise _case_error(path, "kind must be 'probs' or 'logits'", key="source.kind")
+
+
+def case_files(cases_dir) -> list[Path]:
+    """The case files of a folder (its *.json; data/ and verdicts/ are not cases)."""
+    cases_dir = Path(cases_dir)
+    if not cases_dir.is_dir():
+        raise InputError("no such folder of golden cases", file=str(cases_dir))
+    return sorted(p for p in cases_dir.glob("*.json") if p.is_file())
+
+
+def load_cases(cases_dir, only: list[str] | None = None) -> list[GoldenCase]:
+    files = case_files(cases_dir)
+    if only:
+        known = {p.stem for p in files}
+        missing = [c for c in only if c not in known]
+        if missing:
+            raise InputError(f"no case named {', '.join(missing)} (known: {', '.join(sorted(known))})",
+                             file=str(cases_dir))
+        files = [p for p in files if p.stem in only]
+    if not files:
+        raise InputError("holds no case files (*.json)", file=str(cases_dir))
+    return [load_case(p) for p in files]
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+def _inline_array(value, path: str, key: str) -> np.ndarray:
+    rows = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
+    if not isinstance(value, list) or not value:
+        raise InputError("expected a list of numbers or a list of rows", file=path, key=key)
+    out = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, list) or len(r) != len(rows[0]):
+            raise InputError("ragged or non-list row", file=path, key=key, row=i)
+        vals = []
+        for v in r:
+            if isinstance(v, str) and v.strip().lower() in ("-inf", "-infinity"):
+                vals.append(-math.inf)
+            elif _is_number(v):
+                vals.append(float(v))
+            else:
+                raise InputError(f"value {v!r} is not a number (use \"-inf\" for log 0)",
+                                 file=path, key=key, row=i)
+        out.append(vals)
+    return np.array(out, dtype=np.float64)
+
+
+def case_raw_pair(case, cases_dir=None) -> RawPair:
+    """The stored values of a case's source, as geomix reads them (shape [B, V])."""
+    from geomix_cli.io import read_pair_file
+
+    data = case.data if isinstance(case, GoldenCase) else case
+    path = str(case.path) if isinstance(case, GoldenCase) else str(data.get("id"))
+    cases_dir = Path(cases_dir) if cases_dir is not None else case.cases_dir
+    src = data["source"]
+    if src["type"] == "inline":
+        keys = KEY_PAIRS[src["kind"]]
+        theta = _inline_array(src[keys[0]], path, f"source.{keys[0]}")
+        target = _inline_array(src[keys[1]], path, f"source.{keys[1]}")
+        return RawPair(theta, target, src["kind"], keys, storage_dtype="float64")
+    if src["type"] == "generator":
+        raw = generate(src["spec"])
+    else:
+        raw = read_pair_file(str(cases_dir / src["path"]), kind=src.get("kind"))
+        if src.get("kind") and raw.kind != src["kind"]:
+            raw = RawPair(raw.theta, raw.target, src["kind"], raw.keys, raw.meta,
+                          raw.storage_dtype)
+    theta, target = np.atleast_2d(np.asarray(raw.theta)), np.atleast_2d(np.asarray(raw.target))
+    if src.get("rows") is not None:
+        n = theta.shape[0]
+        for r in src["rows"]:
+            if not 0 <= r < n:
+                raise InputError(f"row {r} does not exist (the file has {n} rows)", file=path,
+                                 key="source.rows")
+        theta, target = theta[src["rows"]], target[src["rows"]]
+    return RawPair(theta, target, raw.kind, raw.keys, storage_dtype=raw.storage_dtype)
+
+
+def source_fingerprint(raw: RawPair) -> str:
+    """sha256 of what the solver is given: kind, storage dtype, shapes and the values as float64."""
+    digest = hashlib.sha256()
+    digest.update(f"{raw.kind}|{raw.storage_dtype}|".encode())
+    for arr in (raw.theta, raw.target):
+        wide = np.ascontiguousarray(np.atleast_2d(np.asarray(arr, dtype=np.float64)))
+        digest.update(f"{wide.shape}|".encode())
+        digest.update(wide.astype("<f8").tobytes())
+    return digest.hexdigest()
+
+
+def case_inputs(case: GoldenCase):
+    """(log_pi_theta, log_pi_t, row_errors, fingerprint) through geomix's own validation."""
+    from geomix_cli.core.validation import validate_pair
+
+    raw = case_raw_pair(case)
+    log_theta, log_t, errors = validate_pair(raw.theta, raw.target, raw.kind, names=raw.keys,
+                                             file=str(case.path), storage_dtype=raw.storage_dtype)
+    if log_theta.shape[0] != len(case.expected):
+        raise InputError(f"the source has {log_theta.shape[0]} rows, expected lists "
+                         f"{len(case.expected)}", file=str(case.path), key="expected")
+    return log_theta, log_t, errors, source_fingerprint(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing
+
+
+def compare_records(case: GoldenCase, records: list[dict], method: str):
+    """Compare computed rows with the case's expected rows.
+
+    Returns (mismatches, max_dev) where max_dev[field] is the largest |got - expected| (relative
+    for fields whose tolerance is relative) over rows where both are numbers."""
+    mismatches: list[Mismatch] = []
+    max_dev = {f: 0.0 for f in NUMERIC_FIELDS}
+    for i, (exp, got) in enumerate(zip(case.expected, records)):
+        if got["status"] != exp["status"]:
+            mismatches.append(Mismatch(case.id, method, i, "status", exp["status"], got["status"]))
+        for f in NUMERIC_FIELDS:
+            e, g = exp[f], got.get(f)
+            g = None if g is None or (isinstance(g, float) and math.isnan(g)) else float(g)
+            tol = case.tolerances[f]
+            t_abs, t_rel = float(tol.get("abs", 0.0)), float(tol.get("rel", 0.0))
+            if e is None or g is None:
+                if (e is None) != (g is None):
+                    why = "not defined for this row" if e is None else "missing"
+                    mismatches.append(Mismatch(case.id, method, i, f, e, g, why))
+                continue
+            diff = abs(g - e)
+            if not math.isfinite(g) or diff > t_abs + t_rel * abs(e):
+                mismatches.append(Mismatch(case.id, method, i, f, e, g,
+                                           f"|diff| {diff:.3g} > tolerance {_tol_text(t_abs, t_rel)}"))
+            dev = diff / abs(e) if t_rel > 0 and e != 0 else diff
+            if math.isfinite(dev):
+                max_dev[f] = max(max_dev[f], dev)
+    return mismatches, max_dev
+
+
+def _tol_text(t_abs: float, t_rel: float) -> str:
+    parts = []
+    if t_abs and t_abs > 1e-299:
+        parts.append(f"abs {t_abs:.0e}")
+    if t_rel:
+        parts.append(f"rel {t_rel:.0e}")
+    return " + ".join(parts) or "exact"
+
+
+# ---------------------------------------------------------------------------------------------
+# golden verdicts (cases/verdicts/<suite>.json: {claim id: verdict})
+
+
+def verdicts_path(cases_dir, suite: str) -> Path:
+    return Path(cases_dir) / VERDICTS_DIR / f"{suite}.json"
+
+
+def load_verdicts(path) -> dict[str, str]:
+    path = Path(path)
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+                         file=str(path)) from None
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise InputError("a verdict file maps claim id -> verdict (strings)", file=str(path))
+    return data
+
+
+def verdict_map(result) -> dict[str, str]:
+    """{claim id: verdict} from a SuiteResult (with .claims) or its results.json dict."""
+    if isinstance(result, dict):
+        claims = result.get("claims", [])
+        return {str(c["id"]): str(c["verdict"]) for c in claims}
+    return {str(c.id): str(c.verdict) for c in result.claims}
+
+
+def compare_verdicts(golden: dict[str, str], fresh: dict[str, str], suite: str) -> list[Mismatch]:
+    out = []
+    for claim in sorted(set(golden) | set(fresh)):
+        exp, got = golden.get(claim), fresh.get(claim)
+        if exp != got:
+            why = ("claim no longer reported" if got is None else
+                   "new claim, not in the golden file" if exp is None else "verdict changed")
+            out.append(Mismatch(f"verdicts/{suite}", "verify", None, f"claim {claim}", exp, got,
+                                why))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# writing and updating
+
+
+def case_to_text(case: dict) -> str:
+    """Stable, reviewable JSON: one expected row per line, short arrays on one line."""
+    return _pretty(_jsonable(case), 0) + "\n"
+
+
+def _jsonable(value):
+    from geomix_cli.io import to_jsonable
+
+    return to_jsonable(value)
+
+
+def _pretty(value, level: int) -> str:
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        flat = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        if len(flat) <= 100 and not any(isinstance(v, (dict, list)) and v for v in value.values()):
+            return flat
+        items = [f"{inner}{json.dumps(k)}: {_pretty(v, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list):
+        if all(not isinstance(v, (dict, list)) for v in value):
+            return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        if all(isinstance(v, dict) for v in value):  # rows: one object per line
+            return "[\n" + ",\n".join(inner + json.dumps(v, ensure_ascii=False, allow_nan=False)
+                                      for v in value) + "\n" + pad + "]"
+        return "[\n" + ",\n".join(inner + _pretty(v, level + 1) for v in value) + "\n" + pad + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def diff_cases(old: dict, new: dict) -> list[str]:
+    """Human-readable differences in expected values, statuses and tolerances."""
+    lines = []
+    case_id = new.get("id", old.get("id"))
+    old_rows, new_rows = old.get("expected", []), new.get("expected", [])
+    if len(old_rows) != len(new_rows):
+        lines.append(f"{case_id}: {len(old_rows)} -> {len(new_rows)} expected rows")
+    for i, (a, b) in enumerate(zip(old_rows, new_rows)):
+        for f in GOLDEN_FIELDS:
+            if a.get(f) != b.get(f):
+                lines.append(f"{case_id} row {i} {f}: {_show(a.get(f))} -> {_show(b.get(f))}")
+    for f in NUMERIC_FIELDS:
+        a = (old.get("tolerances") or {}).get(f)
+        b = (new.get("tolerances") or {}).get(f)
+        if a != b:
+            lines.append(f"{case_id} tolerance {f}: {a} -> {b}")
+    if old.get("source_sha256") != new.get("source_sha256"):
+        lines.append(f"{case_id} source_sha256: {old.get('source_sha256')} -> "
+                     f"{new.get('source_sha256')}")
+    if (old.get("produced_by") or {}) != (new.get("produced_by") or {}):
+        lines.append(f"{case_id} produced_by: {old.get('produced_by')} -> {new.get('produced_by')}")
+    return lines
+
+
+def diff_verdicts(old: dict[str, str], new: dict[str, str], suite: str) -> list[str]:
+    return [f"verdicts/{suite} claim {c}: {_show(old.get(c))} -> {_show(new.get(c))}"
+            for c in sorted(set(old) | set(new)) if old.get(c) != new.get(c)]
+
+
+def default_reference_script() -> Path:
+    """scripts/make_golden.py of the geomix checkout this package runs from."""
+    return Path(__file__).resolve().parents[1] / "scripts" / "make_golden.py"
+
+
+def load_reference(script=None):
+    """Import the high-precision reference script as a module (for `regress --update`)."""
+    import importlib.util
+
+    from geomix_cli.errors import UnavailableError
+
+    path = Path(script) if script else default_reference_script()
+    if not path.is_file():
+        raise UnavailableError("--update needs the reference script scripts/make_golden.py of a "
+                               "geomix checkout (pass --reference PATH)", file=str(path))
+    spec = importlib.util.spec_from_file_location("geomix_make_golden", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
