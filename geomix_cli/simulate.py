@@ -485,6 +485,22 @@ def _quantiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _speedup_ci(ref_boot: np.ndarray, boot: np.ndarray, config: SimulationConfig):
+    """Bootstrap CI of median(on-policy) / median(sampler), conservative under censoring.
+
+    A run that never reached the target has an unknown count > budget. For the lower bound, an
+    on-policy 'not reached' counts as budget + N (the smallest value it can have: the ratio can only
+    be larger); for the upper bound, a sampler 'not reached' counts as budget + N (the ratio can
+    only be smaller). So neither end claims more than the censored data show."""
+    floor = float(config.budget + config.samples_per_step)
+    low = _ratio(np.where(np.isinf(ref_boot), floor, ref_boot), boot)
+    high = _ratio(ref_boot, np.where(np.isinf(boot), floor, boot))
+    a = (1 - config.confidence) / 2
+    lo = float(np.quantile(low, a, method="inverted_cdf"))
+    hi = float(np.quantile(high, 1 - a, method="inverted_cdf"))
+    return lo, hi
+
+
 def _ratio(num, den):
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.asarray(num, dtype=np.float64) / np.asarray(den, dtype=np.float64)
@@ -501,8 +517,9 @@ class SamplerResult:
 
     samples_*: samples per prompt (inf = target not reached within the budget: censored);
     speedup_vs_on_policy = median samples (on-policy) / median samples (this sampler), with a
-    paired bootstrap CI over seeds; inf when only on-policy never reached the target (then
-    speedup_lower_bound = (budget + N) / median samples of this sampler), NaN when neither did."""
+    paired bootstrap CI over seeds (conservative under censoring, see `_speedup_ci`); inf when
+    only on-policy never reached the target (then speedup_lower_bound = (budget + N) / median
+    samples of this sampler), NaN when neither did."""
 
     objective: str
     sampler: str
@@ -666,7 +683,7 @@ def simulate(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, config: SimulationC
                 samples_to_threshold_ci=_quantiles(boot_med, config.confidence),
                 reached_fraction=float(np.mean(np.isfinite(samp))),
                 speedup_vs_on_policy=speed,
-                speedup_ci=_quantiles(_ratio(ref_boot, boot_med), config.confidence),
+                speedup_ci=_speedup_ci(ref_boot, boot_med, config),
                 speedup_lower_bound=lower_bound,
                 final_kl_ratio_vs_on_policy=float(_ratio(ref_final, np.median(final))),
                 mean_alpha=float(np.mean(ev.mean_alpha[sl])),
@@ -684,3 +701,244 @@ def total_steps(config: SimulationConfig) -> int:
     """Learner steps `simulate` reports through `progress` (one step advances every run at once)."""
     config = config.checked()
     return len(config.objectives) * 2 * config.steps
+
+
+# ------------------------------------------------------------------------------------------------
+# evidence for the verify suite's `sample-efficiency` claim
+
+SHIPPED_PAIRS = "smollm2_sample.npz"
+REAL_CASE = "real"  # in EvidenceConfig.cases: the shipped real SmolLM2 pairs
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """Cases (source specs; 'real' = the shipped SmolLM2 pairs, located by `shipped_pairs_path`)
+    and the simulation settings used on each. `small()` is the verify default (about 15 s on
+    2 cores), `thorough()` the --thorough one."""
+
+    cases: tuple[str, ...]
+    simulation: SimulationConfig
+    real_rows: str | None = None  # row selection for the real pairs
+
+    @classmethod
+    def small(cls) -> "EvidenceConfig":
+        return cls(cases=(REAL_CASE, "gen:llm-like:V=32,rows=4,seed=1",
+                          "gen:dirichlet:V=16,rows=4,seed=2"),
+                   simulation=SimulationConfig(samplers=("on-policy", "off-policy", "kl-symmetry"),
+                                               samples_per_step=8, budget=768, seeds=12,
+                                               tuning_seeds=3, lr_grid=(0.3, 1.0, 3.0),
+                                               target_fraction=0.5, top_k=32, bootstrap=500),
+                   real_rows="0:6")
+
+    @classmethod
+    def thorough(cls) -> "EvidenceConfig":
+        return cls(cases=(REAL_CASE, "gen:llm-like:V=64,rows=8,seed=1",
+                          "gen:dirichlet:V=20,rows=8,seed=2",
+                          "gen:zipf:V=64,rows=8,noise=1,seed=3",
+                          "gen:temperature:V=64,rows=8,tau=0.6,seed=4",
+                          "gen:delta-uniform:V=64,eps=0.05,rows=2"),
+                   simulation=SimulationConfig(samplers=("on-policy", "off-policy", "kl-symmetry",
+                                                         "ess-balance", "entropy", "half"),
+                                               samples_per_step=8, budget=1024, seeds=24,
+                                               tuning_seeds=4, top_k=64),
+                   real_rows=None)
+
+
+@dataclass
+class CaseOutcome:
+    """q* (kl-symmetry) against on-policy on one case and objective.
+
+    outcome: 'meets' (speed-up CI lower end >= 2), 'fails' (CI upper end < 2), 'inconclusive'."""
+
+    case: str
+    objective: str
+    speedup: float
+    speedup_ci: tuple[float, float]
+    speedup_vs_off_policy: float
+    speedup_vs_off_policy_ci: tuple[float, float]
+    best_sampler: str
+    outcome: str
+
+    def record(self) -> dict:
+        return {"case": self.case, "objective": self.objective, "speedup_vs_on_policy": self.speedup,
+                "speedup_ci": list(self.speedup_ci),
+                "speedup_vs_off_policy": self.speedup_vs_off_policy,
+                "speedup_vs_off_policy_ci": list(self.speedup_vs_off_policy_ci),
+                "fastest_sampler": self.best_sampler, "outcome": self.outcome}
+
+
+@dataclass
+class SampleEfficiencyResult:
+    """Verdict on "compared with on-policy: 2-5x sample efficiency", computed from the simulation.
+
+    verdict: 'holds' (q* reaches the target >= 2x faster than on-policy, with confidence, on every
+    case and objective tried), 'depends' (on some, and significantly < 2x on others: `conditions`
+    says which), 'refuted' (on none, and significantly < 2x on at least one: a counterexample),
+    'inconclusive' (no case significantly below 2x, but not all at or above it: more seeds or
+    budget needed). A speed-up above 5x counts as meeting 'at least 2x' (noted in `conditions`)."""
+
+    claim: str
+    verdict: str
+    conditions: str
+    outcomes: list[CaseOutcome]
+    simulations: list[SimulationResult]
+    skipped: list[str]
+    config: EvidenceConfig
+
+    def to_json(self) -> dict:
+        return {"claim": self.claim, "verdict": self.verdict, "conditions": self.conditions,
+                "cases": [o.record() for o in self.outcomes], "skipped": self.skipped,
+                "simulation": self.simulations[0].summary() if self.simulations else None}
+
+
+def shipped_pairs_path():
+    """The shipped real pairs: geomix_cli/data/ (installed) or cases/data/ (a checkout); None if
+    neither exists. Only a path: reading is io's job."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "data" / SHIPPED_PAIRS, here.parent / "cases" / "data" / SHIPPED_PAIRS):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _fastest(sim: SimulationResult, objective: str) -> str:
+    rows = [r for r in sim.results if r.objective == objective]
+    return min(rows, key=lambda r: (r.samples_to_threshold_median, r.final_kl_median)).sampler
+
+
+def _fmt_ratio(value: float, ci: tuple[float, float]) -> str:
+    def f(x):
+        return "inf" if np.isinf(x) else "n/a" if np.isnan(x) else f"{x:.2g}"
+    if np.isnan(value):
+        return f"n/a (neither reached the target) [{f(ci[0])}, {f(ci[1])}]"
+    return f"{f(value)}x [{f(ci[0])}, {f(ci[1])}]"
+
+
+def judge(outcomes: list[CaseOutcome]) -> tuple[str, str]:
+    """(verdict, conditions in words) from per-case outcomes (see SampleEfficiencyResult)."""
+    meets = [o for o in outcomes if o.outcome == "meets"]
+    fails = [o for o in outcomes if o.outcome == "fails"]
+    if not outcomes:
+        return "inconclusive", "no case could be simulated"
+    if len(meets) == len(outcomes):
+        verdict = "holds"
+    elif meets and fails:
+        verdict = "depends"
+    elif fails:
+        verdict = "refuted"
+    else:
+        verdict = "inconclusive"
+
+    def describe(group):
+        return "; ".join(f"{o.objective} on {o.case}: {_fmt_ratio(o.speedup, o.speedup_ci)}"
+                         for o in group)
+
+    parts = []
+    if meets:
+        parts.append(f"q* (kl-symmetry) reached the target KL at least 2x faster than on-policy "
+                     f"sampling (95% CI of the speed-up >= 2) for {describe(meets)}")
+    if fails:
+        parts.append(f"it did not (CI of the speed-up entirely below 2) for {describe(fails)}")
+    rest = [o for o in outcomes if o.outcome == "inconclusive"]
+    if rest:
+        parts.append(f"inconclusive (CI straddles 2) for {describe(rest)}")
+    above = [o for o in meets if o.speedup_ci[0] > CLAIM_HIGH]
+    if above:
+        parts.append("the speed-up exceeds the claimed 5x where on-policy sampling barely learns "
+                     f"({describe(above)})")
+    by_obj = {}
+    for o in outcomes:
+        by_obj.setdefault(o.objective, set()).add(o.outcome)
+    for obj, kinds in by_obj.items():
+        if kinds == {"meets"} and len(by_obj) > 1:
+            parts.append(f"the condition is the objective: it holds for {obj} on every case")
+        if kinds == {"fails"} and len(by_obj) > 1:
+            parts.append(f"for {obj} on-policy sampling was never beaten 2x")
+    worse_than_off = [o for o in outcomes if o.speedup_vs_off_policy_ci[1] < 1]
+    if worse_than_off:
+        parts.append("off-policy sampling was significantly faster than q* for "
+                     + ", ".join(f"{o.objective} on {o.case}" for o in worse_than_off))
+    fastest = sorted({f"{o.objective} on {o.case}: {o.best_sampler}" for o in outcomes})
+    parts.append("fastest sampler per case: " + "; ".join(fastest))
+    return verdict, ". ".join(parts) + "."
+
+
+def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
+                               sources: dict | None = None,
+                               progress: Callable[[int], None] | None = None
+                               ) -> SampleEfficiencyResult:
+    """Run the fair simulation on every case and judge the derivation's 2-5x claim.
+
+    config: EvidenceConfig.small() by default (the verify default run), .thorough() for --thorough.
+    sources: optional {case name: (log_pi_theta [K, V], log_pi_t [K, V])} to use instead of
+    loading `config.cases` (which are loaded through `geomix_cli.io.load_source`; 'real' is the
+    shipped SmolLM2 sample, skipped with a note in `skipped` if it is not installed).
+    progress(n): learner steps done; the total is `evidence_total_steps(config)`."""
+    config = config or EvidenceConfig.small()
+    skipped: list[str] = []
+    loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if sources is not None:
+        loaded = {str(k): v for k, v in sources.items()}
+    else:
+        from geomix_cli.io import load_source
+
+        for case in config.cases:
+            if case == REAL_CASE:
+                path = shipped_pairs_path()
+                if path is None:
+                    skipped.append(f"{REAL_CASE}: {SHIPPED_PAIRS} is not installed")
+                    continue
+                pairs = load_source(str(path), rows=config.real_rows)
+                name = f"real SmolLM2 pairs ({pairs.n_rows} prompts)"
+            else:
+                pairs = load_source(case)
+                name = case
+            valid = pairs.valid_rows
+            if not valid.any():
+                skipped.append(f"{case}: no valid row")
+                continue
+            loaded[name] = (pairs.log_pi_theta[valid], pairs.log_pi_t[valid])
+    sims, outcomes = [], []
+    sim_cfg = config.simulation.checked()
+    for name, (log_theta, log_t) in loaded.items():
+        cfg = sim_cfg
+        if "reverse-kl" in cfg.objectives and not np.all(np.isfinite(log_t)):
+            cfg = replace(cfg, objectives=tuple(o for o in cfg.objectives if o != "reverse-kl"))
+            skipped.append(f"{name}: reverse-kl (pi_t has zeros, KL(pi_theta||pi_t) = inf)")
+            if not cfg.objectives:
+                continue
+        sim = simulate(log_theta, log_t, cfg, source=name, progress=progress)
+        sims.append(sim)
+        for objective in cfg.objectives:
+            q = sim.get(objective, "kl-symmetry")
+            off = sim.get(objective, "off-policy") if "off-policy" in cfg.samplers else None
+            lo, hi = q.speedup_ci
+            outcome = ("meets" if lo >= CLAIM_LOW else "fails" if hi < CLAIM_LOW
+                       else "inconclusive")
+            if off is not None:
+                v_off = float(_ratio(off.samples_to_threshold_median, q.samples_to_threshold_median))
+                n_seeds = cfg.seeds
+                rng = np.random.default_rng([cfg.seed, 15485863])
+                boot = rng.integers(0, n_seeds, size=(cfg.bootstrap, n_seeds))
+                ci_off = _speedup_ci(lower_median(off.per_seed_samples[boot], axis=1),
+                                     lower_median(q.per_seed_samples[boot], axis=1), cfg)
+            else:
+                v_off, ci_off = float("nan"), (float("nan"), float("nan"))
+            outcomes.append(CaseOutcome(case=name, objective=objective,
+                                        speedup=q.speedup_vs_on_policy, speedup_ci=(lo, hi),
+                                        speedup_vs_off_policy=v_off, speedup_vs_off_policy_ci=ci_off,
+                                        best_sampler=_fastest(sim, objective), outcome=outcome))
+    if "kl-symmetry" not in sim_cfg.samplers:
+        raise InputError("the evidence needs the kl-symmetry sampler")
+    verdict, conditions = judge(outcomes)
+    return SampleEfficiencyResult(claim=CLAIM, verdict=verdict, conditions=conditions,
+                                  outcomes=outcomes, simulations=sims, skipped=skipped,
+                                  config=config)
+
+
+def evidence_total_steps(config: EvidenceConfig | None = None) -> int:
+    config = config or EvidenceConfig.small()
+    n_cases = len(config.cases)
+    return n_cases * total_steps(config.simulation)
