@@ -89,88 +89,149 @@ def _status_panel(ax, front, title) -> None:
         ax.set_title(title)
 
 
+_MARK_STYLES = {
+    "pi_theta": dict(marker="o", s=70, color=C_THETA),
+    "pi_t": dict(marker="o", s=70, color=C_TARGET, edgecolors="black", linewidths=0.6),
+    "half": dict(marker="s", s=42, color=C_HALF, edgecolors="black", linewidths=0.5),
+    "entropy": dict(marker="D", s=42, color=C_ENTROPY, edgecolors="black", linewidths=0.5),
+    "q_star": dict(marker="*", s=220, color=C_STAR, edgecolors="black", linewidths=0.6),
+}
+_MARK_ORDER = ("pi_theta", "pi_t", "half", "entropy", "q_star")
+
+
+def _draw_front(ax, front, curve, xlim, ylim, *, cloud_size: float = 12.0,
+                mark_scale: float = 1.0) -> int:
+    """Cloud, diagonal, curve and marks on `ax` within the given limits; returns the number of
+    cloud points outside them."""
+    off_scale = 0
+    if front.cloud is not None and len(front.cloud):
+        cloud = front.cloud
+        inside = ((cloud.kl_q_theta >= xlim[0]) & (cloud.kl_q_theta <= xlim[1])
+                  & (cloud.kl_q_target >= ylim[0]) & (cloud.kl_q_target <= ylim[1]))
+        off_scale = int(np.size(inside) - np.count_nonzero(inside))
+        for kind in dict.fromkeys(cloud.kind.tolist()):
+            sel = cloud.kind == kind
+            ax.scatter(cloud.kl_q_theta[sel], cloud.kl_q_target[sel], s=cloud_size, alpha=0.6,
+                       marker=M_CLOUD.get(kind, "o"), color=C_CLOUD.get(kind, "#999999"),
+                       linewidths=0, label=f"other q: {kind}", zorder=1)
+    lo, hi = min(xlim[0], ylim[0]), max(xlim[1], ylim[1])
+    ax.plot([lo, hi], [lo, hi], linestyle="--", linewidth=1.0, color=C_DIAG,
+            label=DIAGONAL_LABEL, zorder=2)
+    ax.plot(curve.kl_q_theta, curve.kl_q_target, color=C_FRONT, linewidth=2.2,
+            label=FRONT_LABEL, zorder=3)
+    for key in _MARK_ORDER:
+        mark = front.marks.get(key)
+        if mark is None or not mark.finite:
+            continue
+        style = dict(_MARK_STYLES[key])
+        style["s"] = style["s"] * mark_scale
+        ax.scatter([mark.kl_q_theta], [mark.kl_q_target], label=mark.label, zorder=5,
+                   clip_on=False, **style)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    return off_scale
+
+
+def _front_notes(front, off_scale: int) -> list[str]:
+    notes = []
+    for key in _MARK_ORDER:
+        mark = front.marks.get(key)
+        if mark is not None and not mark.finite:
+            notes.append(f"{mark.label.split(' (')[0]}: at infinite KL, not drawn")
+    if "q_star" not in front.marks:
+        notes.append(f"status '{front.status}': no α equalises the two KLs")
+    if not front.same_support:
+        notes.append("supports differ: the curve's ends are the limits α → 0+, 1−")
+    if off_scale:
+        notes.append(f"{off_scale} cloud point(s) beyond the axes")
+    return notes
+
+
 def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend: bool = True):
     """The Pareto front of one row (a `core.front.ParetoFront`).
 
-    Draws: the cloud of other distributions (one scatter per kind, labelled by kind), the front
-    as a line through `front.values` (in alpha order, pi_theta -> pi_t), the diagonal x = y, the
-    end points pi_theta (alpha = 1) and pi_t (alpha = 0), q* (when the row has one), the
-    entropy-formula point and alpha = 0.5. A row with nothing to draw (front.drawable False)
-    becomes a labelled panel that says why. log=True: symmetric-log axes (linear near 0, so the
-    end points at KL = 0 stay visible), for fronts spanning several orders of magnitude.
-    ax: draw into an existing Axes (then the legend is put on the axes only if `legend`), else
-    a new Figure is made. Returns the Figure. Lines and collections carry labels (see the
-    FRONT_LABEL, DIAGONAL_LABEL constants and the marks' labels) so tests can find them."""
-    fig = None
-    if ax is None:
-        fig, ax = _new_figure(7.6, 5.4)
-    fig = fig or ax.figure
+    Draws: the cloud of other distributions (one scatter per kind, labelled 'other q: KIND'),
+    the front as a line through `front.values` (in alpha order, pi_theta -> pi_t; label
+    FRONT_LABEL), the diagonal x = y (DIAGONAL_LABEL), the end points pi_theta (alpha = 1) and
+    pi_t (alpha = 0), q* (when the row has one), the entropy-formula point and alpha = 0.5 (each
+    a one-point scatter labelled with its mark's label). The axes span the curve and the finite
+    end points; cloud points beyond them are counted in a legend note. Notes (no q*, infinite
+    end points, differing supports) go into the legend, never over the data.
+
+    ax=None: a new Figure whose first Axes is the front; when the row has q* and
+    `front.zoom`, a second Axes shows a close-up of the curve around q*, alpha_H and alpha = 0.5
+    (from `front.zoom`); the legend sits below both. ax given: draw into it only (legend on the
+    axes' right if `legend`; notes appended to the title otherwise).
+    A row with nothing to draw (front.drawable False) becomes a labelled panel that says why.
+    log=True: symmetric-log axes (linear near 0 so the end points at KL = 0 stay visible), for
+    fronts spanning several orders of magnitude. Returns the Figure."""
+    standalone = ax is None
+    zoom_ax = None
+    if standalone:
+        has_zoom = front.drawable and getattr(front, "zoom", None) is not None
+        if has_zoom:
+            fig = plt.figure(figsize=(11.5, 6.2), layout="constrained")
+            ax, zoom_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.45, 1.0]})
+        else:
+            fig, ax = _new_figure(7.6, 6.2)
+    fig = ax.figure
     if title is None:
         title = "Pareto front of (KL(q‖π_θ), KL(q‖π_t)) over the geometric-mean family"
     if not front.drawable:
         _status_panel(ax, front, title)
         return fig
     xmax, ymax = _front_limits(front)
-    xlim, ylim = 1.08 * xmax, 1.08 * ymax
-    off_scale = 0
-    if front.cloud is not None and len(front.cloud):
-        cloud = front.cloud
-        inside = (cloud.kl_q_theta <= xlim) & (cloud.kl_q_target <= ylim)
-        off_scale = int(np.size(inside) - np.count_nonzero(inside))
-        for kind in dict.fromkeys(cloud.kind.tolist()):
-            sel = cloud.kind == kind
-            ax.scatter(cloud.kl_q_theta[sel], cloud.kl_q_target[sel], s=12, alpha=0.55,
-                       marker=M_CLOUD.get(kind, "o"), color=C_CLOUD.get(kind, "#999999"),
-                       linewidths=0, label=f"other q: {kind}", zorder=1)
-    v = front.values
-    lim = max(xlim, ylim)
-    ax.plot([0.0, lim], [0.0, lim], linestyle="--", linewidth=1.0, color=C_DIAG,
-            label=DIAGONAL_LABEL, zorder=2)
-    ax.plot(v.kl_q_theta, v.kl_q_target, color=C_FRONT, linewidth=2.2, label=FRONT_LABEL,
-            zorder=3)
-    styles = {
-        "pi_theta": dict(marker="o", s=70, color=C_THETA),
-        "pi_t": dict(marker="o", s=70, color=C_TARGET, edgecolors="black", linewidths=0.6),
-        "half": dict(marker="s", s=42, color=C_HALF, edgecolors="black", linewidths=0.5),
-        "entropy": dict(marker="D", s=42, color=C_ENTROPY, edgecolors="black", linewidths=0.5),
-        "q_star": dict(marker="*", s=220, color=C_STAR, edgecolors="black", linewidths=0.6),
-    }
-    notes = []
-    for key in ("pi_theta", "pi_t", "half", "entropy", "q_star"):
-        mark = front.marks.get(key)
-        if mark is None:
-            continue
-        if not mark.finite:
-            notes.append(f"{mark.label}: at infinite KL, not drawn")
-            continue
-        ax.scatter([mark.kl_q_theta], [mark.kl_q_target], label=mark.label, zorder=5,
-                   **styles[key])
-    if front.status != "ok" or "q_star" not in front.marks:
-        notes.append(f"status '{front.status}': no α equalises the two KLs")
-    if not front.same_support:
-        notes.append("supports differ: the curve's ends are the limits α → 0+, 1−")
-    if off_scale:
-        notes.append(f"{off_scale} cloud point(s) beyond the axes not shown")
+    pad = 0.015 * max(xmax, ymax)
+    xlim, ylim = (-pad, 1.08 * xmax), (-pad, 1.08 * ymax)
+    off_scale = _draw_front(ax, front, front.values, xlim, ylim,
+                            mark_scale=1.0 if standalone else 0.6,
+                            cloud_size=12.0 if standalone else 6.0)
     if log:
-        ax.set_xscale("symlog", linthresh=max(xmax, ymax) * 1e-3)
-        ax.set_yscale("symlog", linthresh=max(xmax, ymax) * 1e-3)
-    ax.set_xlim(0.0, xlim)
-    ax.set_ylim(0.0, ylim)
-    ratio = xlim / ylim
-    if 0.2 <= ratio <= 5 and not log:
+        thresh = max(xmax, ymax) * 1e-3
+        ax.set_xscale("symlog", linthresh=thresh)
+        ax.set_yscale("symlog", linthresh=thresh)
+        ax.set_xlim(0.0, xlim[1])
+        ax.set_ylim(0.0, ylim[1])
+    elif 0.2 <= xlim[1] / ylim[1] <= 5:
         ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(X_LABEL_KL)
     ax.set_ylabel(Y_LABEL_KL)
-    ax.set_title(title)
-    ax.grid(True, linewidth=0.4, alpha=0.5)
-    if notes:
-        ax.text(0.98, 0.98, "\n".join(notes), transform=ax.transAxes, ha="right", va="top",
-                fontsize=7.5, color="#333333",
-                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85,
-                      "edgecolor": "#BBBBBB"})
-    if legend:
+    notes = _front_notes(front, off_scale)
+    if zoom_ax is not None:
+        z = front.zoom
+        zx = (float(np.min(z.kl_q_theta)), float(np.max(z.kl_q_theta)))
+        zy = (float(np.min(z.kl_q_target)), float(np.max(z.kl_q_target)))
+        span = max(zx[1] - zx[0], zy[1] - zy[0], 1e-300)
+        cx, cy = 0.5 * (zx[0] + zx[1]), 0.5 * (zy[0] + zy[1])
+        zxlim = (cx - 0.55 * span, cx + 0.55 * span)
+        zylim = (cy - 0.55 * span, cy + 0.55 * span)
+        _draw_front(zoom_ax, front, z, zxlim, zylim, cloud_size=18.0)
+        zoom_ax.set_aspect("equal", adjustable="box")
+        zoom_ax.set_xlabel(X_LABEL_KL)
+        zoom_ax.set_ylabel(Y_LABEL_KL)
+        zoom_ax.set_title("close-up around q*", fontsize=10)
+        ax.indicate_inset([zxlim[0], zylim[0], zxlim[1] - zxlim[0], zylim[1] - zylim[0]],
+                          inset_ax=None, edgecolor="black", alpha=0.8)
+        ax.set_title("whole front", fontsize=10)
+        fig.suptitle(title)
+    else:
+        ax.set_title(title if standalone or not notes else f"{title}\n({'; '.join(notes)})")
+    if standalone:
+        handles, labels = ax.get_legend_handles_labels()
+        from matplotlib.lines import Line2D
+
+        for note in notes:
+            handles.append(Line2D([], [], linestyle="none"))
+            labels.append(f"note: {note}")
+        if zoom_ax is not None:
+            fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+        else:
+            ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      borderaxespad=0.0, frameon=False)
+    elif legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                  frameon=False, markerscale=1.0)
+                  frameon=False)
     return fig
 
 
@@ -228,23 +289,30 @@ def figure_delta_with_iterates(curve, *, title=None):
     if np.isfinite(curve.alpha_star):
         ax.axvline(curve.alpha_star, color=C_STAR, linewidth=1.0, linestyle=":",
                    label=f"α* = {curve.alpha_star:.6g}")
+    exact_notes = []
     for method, pts in curve.iterates.items():
         if len(pts) == 0:
             continue
         style = ITER_STYLE.get(method, dict(marker="+", color="gray"))
         what = "float32 objective" if method == "bisection" else "D"
-        ax.scatter(pts[:, 0], pts[:, 1], s=30, zorder=4, facecolors="none"
-                   if style["marker"] == "o" else style["color"], edgecolors=style["color"],
-                   marker=style["marker"],
-                   label=f"{method}: {len(pts)} evaluations ({what})")
-        for k, (a_k, d_k) in enumerate(pts[:6]):
-            ax.annotate(str(k + 1), (a_k, d_k), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=style["color"])
+        paint = ({"facecolors": "none", "edgecolors": style["color"]}
+                 if style["marker"] in ("o", "v") else {"color": style["color"]})
+        ax.scatter(pts[:, 0], pts[:, 1], s=30, zorder=4, marker=style["marker"],
+                   label=f"{method}: {len(pts)} evaluations ({what})", **paint)
+        for k, (a_k, d_k) in enumerate(pts[:4]):
+            # number the first iterates, except those sitting on top of the root
+            if not np.isfinite(curve.alpha_star) or abs(a_k - curve.alpha_star) > 0.03:
+                ax.annotate(str(k + 1), (a_k, d_k), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=style["color"])
         if np.isfinite(curve.alpha_star):
             err = np.abs(pts[:, 0] - curve.alpha_star)
             ax2.semilogy(np.arange(1, len(pts) + 1), np.where(err > 0, err, np.nan),
                          marker=style["marker"], color=style["color"], linewidth=1.0,
                          label=method)
+            exact = np.flatnonzero(err == 0)
+            if exact.size:
+                exact_notes.append(f"{method}: iterate {exact[0] + 1} is α* itself\n"
+                                   "(error 0, off the log scale)")
     if curve.status != "ok":
         ax.text(0.02, 0.04, f"status '{curve.status}': no root in (0, 1)", transform=ax.transAxes,
                 fontsize=8)
@@ -254,12 +322,21 @@ def figure_delta_with_iterates(curve, *, title=None):
     ax.set_title("D(α) over [0, 1]")
     ax.grid(True, linewidth=0.4, alpha=0.5)
     ax.legend(loc="upper right", frameon=True, framealpha=0.9)
+    from matplotlib.ticker import MaxNLocator
+
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_xlabel("iteration k")
     ax2.set_ylabel("|α_k − α*|  (dimensionless)")
     ax2.set_title("distance to α* (exact Newton root)")
     ax2.grid(True, which="both", linewidth=0.4, alpha=0.5)
     if ax2.lines:
-        ax2.legend(loc="upper right")
+        from matplotlib.lines import Line2D
+
+        handles, labels = ax2.get_legend_handles_labels()
+        for note in exact_notes:
+            handles.append(Line2D([], [], linestyle="none"))
+            labels.append(note)
+        ax2.legend(handles, labels, loc="upper right", framealpha=0.9)
     else:
         ax2.text(0.5, 0.5, "no root: nothing converges", ha="center", va="center",
                  transform=ax2.transAxes)
@@ -287,28 +364,33 @@ def figure_alpha_sweep(vocab_sizes, eps_values, alpha_star, *, reported=None, ti
                          shading="nearest", cmap="viridis", vmin=0.0, vmax=1.0)
     cbar = fig.colorbar(mesh, ax=ax)
     cbar.set_label("α*  (weight on π_θ; dimensionless)")
+    from matplotlib import patheffects
     from matplotlib.lines import Line2D
 
+    # white lines with a black halo stay visible on every colour of the map
+    halo = [patheffects.Stroke(linewidth=3.6, foreground="black"), patheffects.Normal()]
     handles = []
     if vocab_sizes.size >= 2 and eps_values.size >= 2:
-        ax.contour(vocab_sizes, eps_values, alpha_star, levels=[0.5], colors="white",
-                   linewidths=2.0)
-        handles.append(Line2D([], [], color="white", linewidth=2.0, label="α* = 0.5"))
+        cs = ax.contour(vocab_sizes, eps_values, alpha_star, levels=[0.5], colors="white",
+                        linewidths=2.0)
+        cs.set(path_effects=halo)
+        handles.append(Line2D([], [], color="white", linewidth=2.0, path_effects=halo,
+                              label="α* = 0.5"))
         if reported is not None:
             value, label = reported
-            ax.contour(vocab_sizes, eps_values, alpha_star, levels=[float(value)],
-                       colors=C_STAR, linewidths=1.8, linestyles="--")
-            handles.append(Line2D([], [], color=C_STAR, linewidth=1.8, linestyle="--",
-                                  label=label))
+            cs = ax.contour(vocab_sizes, eps_values, alpha_star, levels=[float(value)],
+                            colors=C_TARGET, linewidths=2.0, linestyles="--")
+            cs.set(path_effects=halo)
+            handles.append(Line2D([], [], color=C_TARGET, linewidth=2.0, linestyle="--",
+                                  path_effects=halo, label=label))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("vocabulary size V  (tokens)")
     ax.set_ylabel("ε = 1 − π_θ(top token)  (probability)")
     ax.set_title(title or "α* for π_θ = (1−ε, ε/(V−1), …) vs uniform π_t")
     if handles:
-        leg = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.13),
-                        ncols=len(handles), frameon=False)
-        leg.get_frame().set_facecolor("#DDDDDD")
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.13),
+                  ncols=len(handles), frameon=False)
     return fig
 
 

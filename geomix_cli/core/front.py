@@ -103,7 +103,9 @@ class ParetoFront:
     constant-ratio no-root: every alpha gives the same q, the 'front' is one point), or an
     invalid row. A 'no-root' row with a real curve IS drawable; it just has no q* mark.
     values: the curve (alpha decreasing from 1 to 0, i.e. from pi_theta to pi_t).
-    marks: MARK_* -> MarkedPoint (q_star only when status == 'ok')."""
+    marks: MARK_* -> MarkedPoint (q_star only when status == 'ok').
+    zoom: the curve sampled densely (alpha decreasing) over the alpha range spanned by q*, the
+    entropy-formula point and alpha = 0.5, with a margin, for a close-up of where they sit."""
 
     status: str
     message: str
@@ -115,6 +117,7 @@ class ParetoFront:
     chernoff: float = float("nan")
     alpha_entropy: float = float("nan")
     same_support: bool = True
+    zoom: FrontValues | None = None
 
     @property
     def drawable(self) -> bool:
@@ -153,17 +156,13 @@ class DeltaCurve:
 
 @dataclass(frozen=True)
 class FourCaseSummary:
-    """Per behaviour case (theory.md claim 10), summed over the rows given.
+    """Per behaviour case (theory.md claim 10), totalled over the rows given; the cases and
+    their expectations are those of core.principles (CASE_NAMES, CASE_EXPECTATIONS).
 
-    Cases by (pi_theta large?, pi_t large?) with large meaning p >= threshold (default 1/V):
-      1 (large, large)  expectation: maintained, min(pi_theta, pi_t) <= q <= max(pi_theta, pi_t)
-      2 (small, large)  boosted, not beyond the target: pi_theta < q <= pi_t
-      3 (large, small)  suppressed, not below the target: pi_t <= q < pi_theta
-      4 (small, small)  rarely sampled: q < threshold
-    counts: tokens per case; mass_q: total q* mass per case (divided by the number of rows, so
-    it is the average mass per row); meeting: tokens meeting the expectation;
-    fraction_meeting = meeting / counts (NaN for an empty case). Tokens with
-    pi_theta = pi_t = 0 are not counted."""
+    counts: tokens per case (summed over rows); mass_q: q mass per case, averaged over rows;
+    meeting: tokens meeting the expectation (summed); fraction_meeting = meeting / counts (NaN
+    for an empty case); threshold: the 'large' threshold (mean over rows; default 1/V);
+    n_rows: rows used."""
 
     labels: tuple
     expectations: tuple
@@ -344,13 +343,22 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
     marks[MARK_HALF] = MarkedPoint(MARK_HALF, "α = 0.5", 0.5, float(half.kl_q_theta[0]),
                                    float(half.kl_q_target[0]))
     values = _sorted_values(values, np.argsort(-values.alpha, kind="stable"))
+    zoom = None
+    if MARK_STAR in marks:
+        # the marks close to q* (a mark far away, like alpha_H on peaked rows, is not zoomed on)
+        near = [m.alpha for k, m in marks.items() if k in (MARK_STAR, MARK_ENTROPY, MARK_HALF)
+                and abs(m.alpha - alpha_star) <= 0.2]
+        lo, hi = min(near), max(near)
+        margin = max(0.6 * (hi - lo), 0.01)
+        zoom_alphas = np.linspace(min(1.0, hi + margin), max(0.0, lo - margin), 121)
+        zoom = row.evaluate(zoom_alphas)
     cloud_result = None
     if cloud:
         cloud_result = cloud_points(log_pi_theta, log_pi_t, values, n_points=cloud_size,
                                     seed=seed)
     return ParetoFront(status=status, message=message, vocab_size=vocab, values=values,
                        marks=marks, cloud=cloud_result, alpha_star=alpha_star, chernoff=chernoff,
-                       alpha_entropy=alpha_h, same_support=same_support)
+                       alpha_entropy=alpha_h, same_support=same_support, zoom=zoom)
 
 
 def _is_constant_ratio(message: str) -> bool:
@@ -379,7 +387,7 @@ def cloud_points(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, front: FrontVal
     - perturbed front points: log q_alpha + sigma z (z standard normal on S), renormalised;
     - Dirichlet draws near front points: Dirichlet(kappa q_alpha) on S.
     sigma and kappa are drawn so that the divergence from the front point is between about 1%
-    and 50% of the front's scale (its larger end-point KL), so the cloud sits near the front at the
+    and 30% of the front's scale (its larger end-point KL), so the cloud sits near the front at the
     scale of the picture. Deterministic given `seed`."""
     log_pi_theta, log_pi_t = _as_row(log_pi_theta, log_pi_t)
     rng = np.random.default_rng(seed)
@@ -400,7 +408,7 @@ def cloud_points(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, front: FrontVal
 
     # perturbations and Dirichlet draws near random front points, on S
     base_alpha = rng.uniform(0.0, 1.0, size=2 * n_each)
-    spread = np.exp(rng.uniform(np.log(0.01), np.log(0.5), size=2 * n_each)) * scale
+    spread = np.exp(rng.uniform(np.log(0.005), np.log(0.3), size=2 * n_each)) * scale
     m = tilted_moments(row.l, row.log_base, base_alpha)
     log_q = row.log_base[None, :] - base_alpha[:, None] * row.l[None, :] - m.log_z[:, None]
     # perturbation: KL(q'||q) ~ sigma^2 / 2 for small sigma
@@ -408,15 +416,31 @@ def cloud_points(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, front: FrontVal
     z = rng.standard_normal((n_each, row.l.size))
     log_p = log_q[:n_each] + sigma[:, None] * z
     log_p -= logsumexp(log_p, axis=-1, keepdims=True)
-    # Dirichlet(kappa q): KL(draw||q) ~ (K_eff - 1) / (2 kappa), K_eff = exp(H(q))
-    q_d = np.exp(log_q[n_each:])
-    k_eff = np.exp(entropy(log_q[n_each:]))
-    kappa = np.maximum(k_eff - 1.0, 1.0) / (2.0 * spread[n_each:])
-    draws = rng.gamma(np.maximum(kappa[:, None] * q_d, 1e-300))
-    total = draws.sum(axis=-1, keepdims=True)
-    keep = total[:, 0] > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_d = np.log(draws[keep]) - np.log(total[keep])
+    # Dirichlet(kappa q): KL(draw||q) ~ (K_eff - 1) / (2 kappa), K_eff = exp(H(q)) as a first
+    # guess; many tiny components make the draws rougher than that, so kappa is recalibrated
+    # (KL ~ 1/kappa) until the draw's KL from its front point is within 3x of its target
+    log_qd = log_q[n_each:]
+    target = spread[n_each:]
+    kappa = np.maximum(np.exp(entropy(log_qd)) - 1.0, 1.0) / (2.0 * target)
+    log_d = np.full_like(log_qd, NEG_INF)
+    pending = np.ones(n_each, dtype=bool)
+    for attempt in range(6):
+        idx = np.flatnonzero(pending)
+        if idx.size == 0:
+            break
+        draws = rng.gamma(np.maximum(kappa[idx, None] * np.exp(log_qd[idx]), 1e-300))
+        total = draws.sum(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cand = np.log(draws) - np.log(total)
+        kl = kl_divergence(cand, log_qd[idx])
+        good = np.isfinite(kl) & (kl <= 3.0 * target[idx]) & (kl >= target[idx] / 3.0)
+        if attempt == 5:
+            good = np.isfinite(kl) & (kl <= 3.0 * target[idx])
+        log_d[idx[good]] = cand[good]
+        pending[idx[good]] = False
+        ratio = np.where(np.isfinite(kl) & (kl > 0), kl / target[idx], 10.0)
+        kappa[idx] *= np.clip(ratio, 0.1, 1e4)
+    log_d = log_d[~pending]
     for log_c, kind in ((log_p, CLOUD_PERTURBED), (log_d, CLOUD_DIRICHLET)):
         full = np.full((log_c.shape[0], log_pi_theta.size), NEG_INF)
         full[:, row.support] = log_c
@@ -465,57 +489,42 @@ def delta_curve(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, n_grid: int =
 
 
 # ----------------------------------------------------------------------------------------------
-# four behaviour cases (claim 10), a compact summary for the bar chart
-
-FOUR_CASE_LABELS = ("1: π_θ large, π_t large", "2: π_θ small, π_t large",
-                    "3: π_θ large, π_t small", "4: π_θ small, π_t small")
-FOUR_CASE_EXPECTATIONS = ("maintained: min ≤ q ≤ max", "boosted: π_θ < q ≤ π_t",
-                          "suppressed: π_t ≤ q < π_θ", "rarely sampled: q < threshold")
+# four behaviour cases (claim 10): totals over rows for the bar chart. The per-token analysis is
+# principles.four_cases (the verify suite's); this only sums it over the rows of a batch.
 
 
 def four_case_summary(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha, *,
                       threshold: float | None = None) -> FourCaseSummary:
-    """Classify tokens into the seed's four cases and check each case's expectation under q_alpha.
+    """The four cases of principles.four_cases under q_alpha, totalled over rows.
 
-    log_pi_theta, log_pi_t: [V] or [B, V]; alpha: scalar or one per row (rows with a NaN alpha
-    are skipped). threshold: 'large' means p >= threshold; default 1/V (the uniform level)."""
+    log_pi_theta, log_pi_t: [V] or [B, V]; alpha: scalar or one per row (rows with a NaN alpha,
+    i.e. without alpha*, are skipped). threshold: 'large' means p >= threshold; default 1/V."""
+    from geomix_cli.core.family import log_q_alpha
+    from geomix_cli.core.principles import CASE_EXPECTATIONS, CASE_NAMES, four_cases
+
     lt = np.atleast_2d(np.asarray(log_pi_theta, dtype=np.float64))
     lg = np.atleast_2d(np.asarray(log_pi_t, dtype=np.float64))
     alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), lt.shape[:1])
-    vocab = lt.shape[1]
-    thr = float(threshold) if threshold is not None else 1.0 / vocab
-    counts = np.zeros(4, dtype=np.int64)
-    meeting = np.zeros(4, dtype=np.int64)
-    mass = np.zeros(4)
-    used = 0
-    for b in np.flatnonzero(np.isfinite(alpha)):
-        with np.errstate(invalid="ignore"):
-            inner = np.where(np.isfinite(lt[b]) & np.isfinite(lg[b]),
-                             alpha[b] * lt[b] + (1.0 - alpha[b]) * lg[b], NEG_INF)
-        if not np.isfinite(inner).any():
-            continue
-        q = np.exp(inner - logsumexp(inner))
-        p_theta, p_t = np.exp(lt[b]), np.exp(lg[b])
-        exists = (p_theta > 0) | (p_t > 0)
-        big_theta, big_t = p_theta >= thr, p_t >= thr
-        case = np.where(big_theta, np.where(big_t, 0, 2), np.where(big_t, 1, 3))
-        lo, hi = np.minimum(p_theta, p_t), np.maximum(p_theta, p_t)
-        # relative slack of a few ulps: q is computed, the comparisons are against exact inputs
-        slack = 1e-12
-        ok = np.select(
-            [case == 0, case == 1, case == 2, case == 3],
-            [(q >= lo * (1 - slack)) & (q <= hi * (1 + slack)),
-             (q > p_theta) & (q <= p_t * (1 + slack)),
-             (q < p_theta) & (q >= p_t * (1 - slack)),
-             q < thr])
-        for c in range(4):
-            sel = exists & (case == c)
-            counts[c] += int(sel.sum())
-            meeting[c] += int((sel & ok).sum())
-            mass[c] += float(q[sel].sum())
-        used += 1
+    rows = np.flatnonzero(np.isfinite(alpha))
+    if rows.size == 0:
+        nan4 = np.full(4, np.nan)
+        return FourCaseSummary(labels=CASE_NAMES, expectations=CASE_EXPECTATIONS,
+                               counts=np.zeros(4, dtype=np.int64), mass_q=nan4,
+                               meeting=np.zeros(4, dtype=np.int64), fraction_meeting=nan4,
+                               threshold=float("nan"), n_rows=0)
+    log_q = log_q_alpha(lt[rows], lg[rows], alpha[rows])
+    cases = four_cases(lt[rows], lg[rows], log_q, threshold=threshold)
+    counts = cases.counts.sum(axis=0)
+    meeting = cases.meeting.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         fraction = np.where(counts > 0, meeting / np.maximum(counts, 1), np.nan)
-    return FourCaseSummary(labels=FOUR_CASE_LABELS, expectations=FOUR_CASE_EXPECTATIONS,
-                           counts=counts, mass_q=mass / max(used, 1), meeting=meeting,
-                           fraction_meeting=fraction, threshold=thr, n_rows=used)
+    return FourCaseSummary(labels=CASE_NAMES, expectations=CASE_EXPECTATIONS, counts=counts,
+                           mass_q=cases.mass_q.mean(axis=0), meeting=meeting,
+                           fraction_meeting=fraction, threshold=float(np.mean(cases.threshold)),
+                           n_rows=int(rows.size))
+
+
+def entropy_formula_error(alpha_entropy, alpha_star) -> np.ndarray:
+    """alpha_H - alpha* per row (NaN where either is missing): how far the derivation's entropy
+    heuristic lands from the exact root (theory.md claim 6)."""
+    return np.asarray(alpha_entropy, dtype=np.float64) - np.asarray(alpha_star, dtype=np.float64)
