@@ -1,0 +1,330 @@
+"""`geomix regress`: recompute every golden case with every exact method, compare, exit 4 on drift.
+
+Values: each case file in cases/ (see `geomix_cli.cases`) holds 50-digit reference values made by
+scripts/make_golden.py and per-field tolerances; every exact solver (newton, halley, brentq, and
+the torch backend in float64 when torch is installed) must reproduce them.
+Verdicts: cases/verdicts/verify_alpha_theory.json holds {claim id: verdict}; a fresh run of the
+suite must give the same verdicts.
+`--update` rewrites expected values only from the reference script (never from the code under
+test) and verdicts from a fresh suite run, printing what changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+from geomix_cli.errors import EXIT_REGRESSION, GeomixError
+
+VERDICT_SUITES = ("verify_alpha_theory",)
+TORCH_METHOD = "torch-float64"
+
+
+class RegressionError(GeomixError):
+    """Golden values or verdicts changed."""
+
+    exit_code = EXIT_REGRESSION
+
+
+def _torch_usable() -> bool:
+    try:
+        from geomix_cli.backends import torch_available
+    except ImportError:
+        return False
+    return torch_available()
+
+
+def default_methods(with_torch: bool | None) -> list[str]:
+    from geomix_cli.core.solvers import EXACT_METHODS
+
+    methods = list(EXACT_METHODS)
+    if with_torch is None:
+        with_torch = _torch_usable()
+    if with_torch:
+        methods.append(TORCH_METHOD)
+    return methods
+
+
+def compute_records(log_theta, log_t, errors, method: str) -> list[dict]:
+    """Rows as `diagnose(...).records()` for a numpy method or the torch backend (float64, cpu)."""
+    from geomix_cli.core import diagnose, solve_alpha
+
+    if method == TORCH_METHOD:
+        from geomix_cli.backends import solve_alpha_device
+
+        sol = solve_alpha_device(log_theta, log_t, "newton", device="cpu",
+                                 compute_dtype="float64", row_errors=errors)
+        sol.method = "newton"  # an exact method: diagnostics report C for it
+    else:
+        sol = solve_alpha(log_theta, log_t, method, row_errors=errors)
+    return diagnose(log_theta, log_t, sol).records()
+
+
+def run_values(cases, methods: list[str], progress=None):
+    """Compare every case with every method. Returns (table rows, mismatches)."""
+    from geomix_cli.cases import Mismatch, case_inputs, compare_records
+
+    table, mismatches = [], []
+    for n, case in enumerate(cases):
+        if progress:
+            progress(case.id, n, len(cases))
+        log_theta, log_t, errors, fingerprint = case_inputs(case)
+        if fingerprint != case.data["source_sha256"]:
+            mismatches.append(Mismatch(case.id, "source", None, "source_sha256",
+                                       case.data["source_sha256"], fingerprint,
+                                       "the source changed: the expected values are stale; "
+                                       "review, then regress --update --accept-source-change"))
+        statuses = [row["status"] for row in case.expected]
+        for method in methods:
+            records = compute_records(log_theta, log_t, errors, method)
+            found, max_dev = compare_records(case, records, method)
+            mismatches.extend(found)
+            table.append({"case": case.id, "method": method, "rows": len(records),
+                          "vocab": int(log_theta.shape[1]), "statuses": _status_summary(statuses),
+                          "max_dev": max_dev,
+                          "tolerances": case.tolerances, "mismatches": len(found),
+                          "ok": not found})
+    return table, mismatches
+
+
+def _status_summary(statuses: list[str]) -> str:
+    from collections import Counter
+
+    return " ".join(f"{s}" + (f"×{k}" if k > 1 else "") for s, k in Counter(statuses).items())
+
+
+def run_suite_verdicts(suite: str, progress=None) -> dict[str, str]:
+    """Verdicts of a fresh run of a verify suite (default settings: seed 0, not thorough)."""
+    from geomix_cli.cases import verdict_map
+    from geomix_cli.errors import UnavailableError
+
+    try:
+        from geomix_cli.checks import run_suite
+    except ImportError:
+        raise UnavailableError("the verdict regression needs geomix_cli.checks.run_suite (the "
+                               "verify suites); pass --no-verdicts to check values only") from None
+    callback = None
+    if progress is not None:
+        def callback(label, i, total):
+            progress(f"{suite}: {label}", i, total)
+    return verdict_map(run_suite(suite, thorough=False, seed=0, progress=callback))
+
+
+def run_verdicts(cases_dir: Path, suite: str, progress=None):
+    """(golden, fresh, mismatches) for one suite."""
+    from geomix_cli.cases import Mismatch, compare_verdicts, load_verdicts, verdicts_path
+
+    path = verdicts_path(cases_dir, suite)
+    fresh = run_suite_verdicts(suite, progress)
+    if not path.is_file():
+        return None, fresh, [Mismatch(f"verdicts/{suite}", "verify", None, "file", str(path),
+                                      None, "no golden verdict file: write it on purpose with "
+                                            "geomix regress --update")]
+    golden = load_verdicts(path)
+    return golden, fresh, compare_verdicts(golden, fresh, suite)
+
+
+def _progress_printer(enabled: bool):
+    if not enabled:
+        return None
+    import sys
+
+    def show(label, i, total):
+        sys.stderr.write(f"geomix regress: [{i + 1}/{total}] {label}\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def register(app: typer.Typer) -> None:
+    from geomix_cli.cli import guarded
+
+    @app.command("regress")
+    @guarded
+    def regress(
+        cases_dir: Path = typer.Option(Path("cases"), "--cases",
+                                       help="Folder of golden case files (default ./cases)."),
+        update: bool = typer.Option(False, "--update",
+                                    help="Rewrite expected values from the 50-digit reference "
+                                         "(scripts/make_golden.py) and verdicts from a fresh run; "
+                                         "prints what changed."),
+        accept_source_change: bool = typer.Option(
+            False, "--accept-source-change",
+            help="With --update: also rewrite cases whose source (inline values, generator output "
+                 "or data file) changed since their expected values were made."),
+        verdicts: bool = typer.Option(True, "--verdicts/--no-verdicts",
+                                      help="Include the verify_alpha_theory verdicts (a ~1 minute "
+                                           "suite run)."),
+        values: bool = typer.Option(True, "--values/--no-values",
+                                    help="Include the golden values."),
+        case_ids: Optional[List[str]] = typer.Option(None, "--case",
+                                                     help="Only this case id (repeatable)."),
+        methods: Optional[List[str]] = typer.Option(
+            None, "--method", "-m",
+            help=f"Only this method (repeatable): newton, halley, brentq, {TORCH_METHOD}. "
+                 "Default: all exact methods, and torch (float64, cpu) when installed."),
+        reference: Optional[Path] = typer.Option(
+            None, "--reference", help="The reference script for --update (default: "
+                                      "scripts/make_golden.py of this checkout)."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+    ) -> None:
+        """Recompute the golden cases with every exact method and compare (exit 4 on drift)."""
+        from geomix_cli.errors import InputError
+
+        if accept_source_change and not update:
+            raise InputError("--accept-source-change only makes sense with --update")
+        if not values and not verdicts:
+            raise InputError("--no-values and --no-verdicts leave nothing to do")
+        progress = _progress_printer(True)
+        if update:
+            _update(cases_dir, case_ids, values, verdicts, accept_source_change, reference,
+                    json_out, progress)
+            return
+        known = default_methods(True) if methods else default_methods(None)
+        chosen = list(methods) if methods else known
+        for m in chosen:
+            if m not in known:
+                raise InputError(f"unknown or unavailable method '{m}'; choose from "
+                                 f"{', '.join(known)}")
+        from geomix_cli.cases import load_cases
+
+        table, mismatches, verdict_report = [], [], {}
+        if values:
+            cases = load_cases(cases_dir, case_ids)
+            table, found = run_values(cases, chosen, progress)
+            mismatches.extend(found)
+        if verdicts:
+            for suite in VERDICT_SUITES:
+                golden, fresh, found = run_verdicts(cases_dir, suite, progress)
+                mismatches.extend(found)
+                verdict_report[suite] = {"golden": golden, "fresh": fresh,
+                                         "changed": [m.to_json() for m in found]}
+        if json_out:
+            from geomix_cli.io import dumps_json
+
+            typer.echo(dumps_json({"schema_version": 1, "cases_dir": str(cases_dir),
+                                   "methods": chosen if values else [], "cases": table,
+                                   "verdicts": verdict_report, "ok": not mismatches,
+                                   "mismatches": [m.to_json() for m in mismatches]}))
+        else:
+            _render(table, verdict_report, mismatches)
+        if mismatches:
+            import sys
+
+            for m in mismatches:
+                sys.stderr.write(f"geomix regress: MISMATCH {m.line()}\n")
+            raise RegressionError(f"{len(mismatches)} golden mismatch(es); first: "
+                                  f"{mismatches[0].line()}")
+
+
+def _fmt(x) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{x:.1e}"
+
+
+def _render(table, verdict_report, mismatches) -> None:
+    from rich.table import Table
+
+    from geomix_cli.cli import stdout
+
+    if table:
+        t = Table(title="golden values vs the 50-digit reference (max deviation over rows; "
+                        "ESS relative)", title_justify="left")
+        for header in ("case", "rows", "V", "statuses", "method", "|Δα|", "tol α", "|ΔC|",
+                       "|ΔKL|", "ΔESS rel", "|Δα_H|", "result"):
+            t.add_column(header, justify="left" if header in ("case", "statuses", "method",
+                                                                "result") else "right")
+        for r in table:
+            d = r["max_dev"]
+            t.add_row(r["case"], str(r["rows"]), str(r["vocab"]), r["statuses"], r["method"],
+                      _fmt(d["alpha"]), _fmt(r["tolerances"]["alpha"]["abs"]),
+                      _fmt(d["chernoff"]), _fmt(max(d["kl_q_theta"], d["kl_q_target"])),
+                      _fmt(max(d["ess_theta"], d["ess_target"])), _fmt(d["alpha_entropy"]),
+                      "ok" if r["ok"] else f"FAIL ({r['mismatches']})")
+        stdout.print(t)
+    for suite, rep in verdict_report.items():
+        golden = rep["golden"] or {}
+        t = Table(title=f"verdicts of {suite} vs cases/verdicts/{suite}.json",
+                  title_justify="left")
+        for header in ("claim", "golden", "now", "result"):
+            t.add_column(header)
+        for claim in sorted(set(golden) | set(rep["fresh"])):
+            g, f = golden.get(claim), rep["fresh"].get(claim)
+            t.add_row(claim, g or "—", f or "—", "ok" if g == f else "CHANGED")
+        stdout.print(t)
+    if mismatches:
+        stdout.print(f"{len(mismatches)} mismatch(es):", highlight=False)
+        for m in mismatches:
+            stdout.print("  " + m.line(), highlight=False, markup=False)
+    else:
+        stdout.print("regress: everything matches the golden values"
+                     + (" and verdicts" if verdict_report else ""), highlight=False)
+
+
+def _update(cases_dir: Path, case_ids, values: bool, verdicts: bool, accept_source_change: bool,
+            reference, json_out: bool, progress) -> None:
+    """Rewrite golden files from the reference / a fresh suite run; print the diff."""
+    from geomix_cli.cases import (case_inputs, case_to_text, diff_cases, diff_verdicts,
+                                  load_cases, load_reference, load_verdicts, verdicts_path)
+    from geomix_cli.errors import InputError
+    from geomix_cli.io import dumps_json, write_text_atomic
+
+    changes: list[str] = []
+    written: list[str] = []
+    if values:
+        cases = load_cases(cases_dir, case_ids)
+        changed_sources = []
+        for case in cases:
+            *_, fingerprint = case_inputs(case)
+            if fingerprint != case.data["source_sha256"]:
+                changed_sources.append(f"{case.id} ({case.path})")
+        if changed_sources and not accept_source_change:
+            raise InputError("the source changed since the expected values were made for: "
+                             + ", ".join(changed_sources) + "; nothing was written. Review the "
+                             "change, then rerun with --update --accept-source-change")
+        ref = load_reference(reference)
+        for n, case in enumerate(cases):
+            if progress:
+                progress(f"reference for {case.id}", n, len(cases))
+            new = ref.reference_for_case(case.data, case.cases_dir)
+            new.pop("_seconds", None)
+            lines = diff_cases(case.data, new)
+            text = case_to_text(new)
+            if text != _current(case):
+                write_text_atomic(case.path, text)
+                written.append(str(case.path))
+            changes.extend(lines)
+    if verdicts:
+        from geomix_cli.commands.regress import run_suite_verdicts
+
+        for suite in VERDICT_SUITES:
+            path = verdicts_path(cases_dir, suite)
+            old = load_verdicts(path) if path.is_file() else {}
+            fresh = run_suite_verdicts(suite, progress)
+            lines = diff_verdicts(old, fresh, suite)
+            if lines or not path.is_file():
+                write_text_atomic(path, dumps_json(dict(sorted(fresh.items()))) + "\n")
+                written.append(str(path))
+            changes.extend(lines)
+    if json_out:
+        typer.echo(dumps_json({"schema_version": 1, "updated": True, "changes": changes,
+                               "written": written}))
+        return
+    from geomix_cli.cli import stdout
+
+    if changes:
+        stdout.print("changes written by --update:", highlight=False)
+        for line in changes:
+            stdout.print("  " + line, highlight=False, markup=False)
+    else:
+        stdout.print("--update: no golden value or verdict changed", highlight=False)
+    for path in written:
+        stdout.print(f"wrote {path}", highlight=False, markup=False)
+
+
+def _current(case) -> str:
+    from geomix_cli.cases import case_to_text
+
+    return case_to_text(case.data)
