@@ -272,6 +272,15 @@ def gradient_estimate(objective: str, log_p: np.ndarray, log_t: np.ndarray, log_
     return scattered - np.exp(log_p) * np.sum(coef, axis=-1, keepdims=True)
 
 
+def sampling_log_q(log_p: np.ndarray, log_t: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """log q_alpha for sampling, exactly log pi_theta at alpha = 1 and log pi_t at alpha = 0 (not
+    renormalised again), so that on-policy weights pi_theta/q and off-policy weights pi_t/q are
+    exactly 1."""
+    log_q = log_q_alpha(log_p, log_t, alpha)
+    a = np.asarray(alpha)[..., None]
+    return np.where(a == 1.0, log_p, np.where(a == 0.0, log_t, log_q))
+
+
 def sample_tokens(log_q: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """Inverse-CDF sampling: tokens [..., N] from log_q [..., V] and uniforms [..., N] in [0, 1)."""
     cdf = np.cumsum(np.exp(log_q), axis=-1)
@@ -430,7 +439,7 @@ def run_batch(objective: str, log_p0: np.ndarray, log_t: np.ndarray, samplers: S
         with np.errstate(all="ignore"):  # runs at a too-large lr may hit extreme policies
             for sampler, idx in groups.items():
                 alpha[idx], fell[idx] = sampler_alpha(sampler, log_p[idx], log_t)
-        log_q = log_q_alpha(log_p, log_t_b, alpha)
+        log_q = sampling_log_q(log_p, log_t_b, alpha)
         u_by_seed = {s: gen.random((k, n)) for s, gen in generators.items()}
         uniforms = np.stack([u_by_seed[int(s)] for s in seed_ids])
         tokens = sample_tokens(log_q, uniforms)
@@ -519,7 +528,8 @@ class SamplerResult:
     speedup_vs_on_policy = median samples (on-policy) / median samples (this sampler), with a
     paired bootstrap CI over seeds (conservative under censoring, see `_speedup_ci`); inf when
     only on-policy never reached the target (then speedup_lower_bound = (budget + N) / median
-    samples of this sampler), NaN when neither did."""
+    samples of this sampler), 0 when only this sampler never did (then speedup_upper_bound =
+    median samples of on-policy / (budget + N)), NaN when neither did."""
 
     objective: str
     sampler: str
@@ -534,6 +544,7 @@ class SamplerResult:
     speedup_vs_on_policy: float
     speedup_ci: tuple[float, float]
     speedup_lower_bound: float | None
+    speedup_upper_bound: float | None
     final_kl_ratio_vs_on_policy: float
     mean_alpha: float
     fallback_fraction: float
@@ -556,6 +567,7 @@ class SamplerResult:
             "speedup_vs_on_policy": self.speedup_vs_on_policy,
             "speedup_ci": list(self.speedup_ci),
             "speedup_lower_bound": self.speedup_lower_bound,
+            "speedup_upper_bound": self.speedup_upper_bound,
             "final_kl_ratio_vs_on_policy": self.final_kl_ratio_vs_on_policy,
             "mean_alpha": self.mean_alpha, "fallback_fraction": self.fallback_fraction,
             "diverged_runs": self.diverged_runs,
@@ -671,9 +683,11 @@ def simulate(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, config: SimulationC
             boot_med = lower_median(samp[boot], axis=1)
             final = curve[:, -1]
             speed = float(_ratio(ref_med, med))
-            lower_bound = None
+            lower_bound = upper_bound = None
             if np.isinf(ref_med) and np.isfinite(med) and med > 0:
                 lower_bound = float((config.budget + n) / med)
+            if np.isinf(med) and np.isfinite(ref_med):
+                upper_bound = float(ref_med / (config.budget + n))
             result.results.append(SamplerResult(
                 objective=objective, sampler=s, lr=float(chosen[s]), lr_grid=tuple(grid),
                 tuning_score=scores[s],
@@ -684,7 +698,7 @@ def simulate(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, config: SimulationC
                 reached_fraction=float(np.mean(np.isfinite(samp))),
                 speedup_vs_on_policy=speed,
                 speedup_ci=_speedup_ci(ref_boot, boot_med, config),
-                speedup_lower_bound=lower_bound,
+                speedup_lower_bound=lower_bound, speedup_upper_bound=upper_bound,
                 final_kl_ratio_vs_on_policy=float(_ratio(ref_final, np.median(final))),
                 mean_alpha=float(np.mean(ev.mean_alpha[sl])),
                 fallback_fraction=float(np.mean(ev.fallback_fraction[sl])),

@@ -60,6 +60,8 @@ def _speedup(rec) -> str:
         text = "— (neither reached)"
     elif np.isinf(value):
         text = f"> {_num(rec.speedup_lower_bound)} (on-policy not reached)"
+    elif rec.speedup_upper_bound is not None:
+        text = f"< {_num(rec.speedup_upper_bound)} (not reached)"
     else:
         text = f"{value:.3g}x"
     return text + _ci(rec.speedup_ci)
