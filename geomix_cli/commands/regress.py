@@ -90,6 +90,16 @@ def run_values(cases, methods: list[str], progress=None):
     return table, mismatches
 
 
+def summarize(table) -> dict:
+    """Per method: the largest deviation from the reference over all cases, per field."""
+    out: dict[str, dict] = {}
+    for row in table:
+        agg = out.setdefault(row["method"], {f: 0.0 for f in row["max_dev"]})
+        for f, v in row["max_dev"].items():
+            agg[f] = max(agg[f], v)
+    return out
+
+
 def _status_summary(statuses: list[str]) -> str:
     from collections import Counter
 
@@ -207,6 +217,7 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(dumps_json({"schema_version": 1, "cases_dir": str(cases_dir),
                                    "methods": chosen if values else [], "cases": table,
+                                   "max_deviation_by_method": summarize(table),
                                    "verdicts": verdict_report, "ok": not mismatches,
                                    "mismatches": [m.to_json() for m in mismatches]}))
         else:
@@ -244,6 +255,16 @@ def _render(table, verdict_report, mismatches) -> None:
                       _fmt(max(d["ess_theta"], d["ess_target"])), _fmt(d["alpha_entropy"]),
                       "ok" if r["ok"] else f"FAIL ({r['mismatches']})")
         stdout.print(t)
+        s = Table(title="largest deviation per method over all cases (ESS relative)",
+                  title_justify="left")
+        for header in ("method", "|Δα|", "|ΔC|", "|ΔKL(q‖πθ)|", "|ΔKL(q‖πt)|", "ΔESS_θ rel",
+                       "ΔESS_t rel", "|Δα_H|"):
+            s.add_column(header, justify="right")
+        for method, d in summarize(table).items():
+            s.add_row(method, *(_fmt(d[f]) for f in ("alpha", "chernoff", "kl_q_theta",
+                                                        "kl_q_target", "ess_theta", "ess_target",
+                                                        "alpha_entropy")))
+        stdout.print(s)
     for suite, rep in verdict_report.items():
         golden = rep["golden"] or {}
         t = Table(title=f"verdicts of {suite} vs cases/verdicts/{suite}.json",
