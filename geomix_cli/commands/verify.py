@@ -1,4 +1,4 @@
-"""`geomix verify SUITE`: placeholder until the verify suite lands (issue 3)."""
+"""`geomix verify SUITE`: check every claim of the derivation and write the report."""
 
 from __future__ import annotations
 
@@ -6,15 +6,112 @@ from typing import Optional
 
 import typer
 
+from geomix_cli.commands import _shared
+
 
 def register(app: typer.Typer) -> None:
     from geomix_cli.cli import guarded
 
     @app.command("verify")
     @guarded
-    def verify(suite: Optional[str] = typer.Argument(None)) -> None:
-        """Check every claim of the derivation (not implemented yet)."""
-        from geomix_cli.errors import UnavailableError
+    def verify(
+        suite: Optional[str] = typer.Argument(None, help="The suite to run (see --list)."),
+        list_suites: bool = typer.Option(False, "--list", help="List the suites and exit."),
+        out: Optional[str] = typer.Option(None, "--out", "-o",
+                                          help="Report folder (default outputs/SUITE/)."),
+        json_out: bool = _shared.JsonOption,
+        thorough: bool = typer.Option(False, "--thorough",
+                                      help="Larger sweeps and more cases (several minutes)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of every random case (results are "
+                                 "deterministic given it)."),
+        threshold: Optional[float] = typer.Option(
+            None, "--threshold", help="Four behaviour cases: a probability is 'large' when >= "
+            "this (default 1/V, the uniform level)."),
+        no_report: bool = typer.Option(False, "--no-report", help="Do not write the report "
+                                       "folder (print only)."),
+    ) -> None:
+        """Check every claim of the derivation by computation; write report.md, results.json,
+        CSV tables and figures. Exit 0 when the suite ran (refuted claims are findings), 1 if a
+        mathematical identity failed (a bug in geomix)."""
+        from geomix_cli.checks import SUITES
+        from geomix_cli.errors import EXIT_BUG, InputError
 
-        raise UnavailableError("the verify suites are not there yet (planned: verify_alpha_theory);"
-                               " use `geomix solve` meanwhile")
+        if list_suites:
+            for name, (description, _) in SUITES.items():
+                typer.echo(f"{name}\t{description}")
+            return
+        if suite is None:
+            raise InputError(f"name a suite (one of: {', '.join(SUITES)}), or use --list")
+        if suite not in SUITES:
+            raise InputError(f"unknown suite '{suite}'; known: {', '.join(SUITES)} "
+                             "(geomix verify --list)")
+        if threshold is not None and not (0.0 < threshold < 1.0):
+            raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+        result = _run_with_progress(suite, thorough=thorough, seed=seed, threshold=threshold)
+        out_dir = None
+        if not no_report:
+            from pathlib import Path
+
+            from geomix_cli.reports import write_suite_report
+
+            out_dir = Path(out) if out else Path("outputs") / suite
+            if out_dir.exists() and not out_dir.is_dir():
+                raise InputError("exists and is not a folder", file=str(out_dir))
+            write_suite_report(result, out_dir)
+        if json_out:
+            from geomix_cli.io import dumps_json
+
+            payload = result.to_json()
+            payload["report_dir"] = str(out_dir) if out_dir else None
+            typer.echo(dumps_json(payload))
+        else:
+            _render(result, out_dir)
+        if result.identity_failures:
+            from geomix_cli.cli import error_line
+
+            error_line("a mathematical identity failed (" + ", ".join(result.identity_failures)
+                       + "): this is a bug in geomix; the report says where")
+            raise typer.Exit(EXIT_BUG)
+
+
+def _run_with_progress(suite: str, **options):
+    import sys
+
+    from geomix_cli.checks import run_suite
+
+    if not sys.stderr.isatty():
+        return run_suite(suite, **options)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from geomix_cli.cli import stderr
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=stderr, transient=True) as bar:
+        task = bar.add_task(f"{suite}: starting", total=1)
+
+        def progress(label: str, done: int, total: int) -> None:
+            bar.update(task, total=total, completed=done, description=f"{suite}: {label}")
+
+        return run_suite(suite, progress=progress, **options)
+
+
+def _render(result, out_dir) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from geomix_cli.cli import stdout
+
+    colours = {"holds": "green", "refuted": "red", "depends": "yellow", "untested": "dim"}
+    table = Table(title=f"{result.suite} (seed {result.seed}"
+                        f"{', thorough' if result.thorough else ''})", title_justify="left")
+    table.add_column("claim")
+    table.add_column("verdict")
+    table.add_column("evidence (abridged; full text in report.md)", overflow="fold")
+    for c in result.claims:
+        text = c.evidence if len(c.evidence) <= 240 else c.evidence[:237] + "..."
+        table.add_row(c.id, f"[{colours.get(c.verdict, 'white')}]{c.verdict}[/]", escape(text))
+    stdout.print(table)
+    counts = result.verdict_counts()
+    stdout.print(", ".join(f"{n} {v}" for v, n in counts.items() if n), highlight=False)
+    if out_dir is not None:
+        stdout.print(f"report: {out_dir}/report.md", highlight=False)

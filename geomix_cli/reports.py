@@ -1,0 +1,193 @@
+"""Rendering of computed results into report folders: markdown, CSV tables, figures, JSON.
+
+No mathematics here: every number comes from a result object (checks.SuiteResult, the
+compare-alpha and check records). Files are written through io (atomically; a report folder is
+built aside and swapped in only when complete), figures through plots.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+VERDICT_BADGE = {"holds": "HOLDS", "refuted": "REFUTED", "depends": "DEPENDS",
+                 "untested": "UNTESTED"}
+
+
+# ----------------------------------------------------------------------------------------------
+# markdown helpers
+
+
+def fmt_value(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "—" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return f"{value:.{digits}g}"
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return fmt_value(value.item(), digits)
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None, *, max_rows: int = 40,
+                   digits: int = 4) -> str:
+    """A GitHub markdown table of `rows` (dicts); the first `max_rows` rows, with a note."""
+    if not rows:
+        return "_(no rows)_\n"
+    columns = columns or list(rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows[:max_rows]:
+        lines.append("| " + " | ".join(fmt_value(row.get(c), digits) for c in columns) + " |")
+    if len(rows) > max_rows:
+        lines.append(f"\n_({len(rows) - max_rows} more rows in the CSV)_")
+    return "\n".join(lines) + "\n"
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from geomix_cli.io import save_figure_atomic
+
+    try:
+        save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# verify suites
+
+# claim figure key -> (file name, caption)
+SUITE_FIGURES = {
+    "pareto": ("pareto_front.png", "The Pareto front of one of the pairs with the weighted-sum "
+               "minimisers and candidate distributions"),
+    "delta_curve": ("delta_iterates.png", "D(alpha) on a real row with the iterates of Newton "
+                    "and of the reference bisection"),
+    "alpha_sweep": ("test2_alpha_sweep.png", "alpha* over V and eps for a near point mass "
+                    "against the uniform distribution"),
+    "ess_scatter": ("test3_ess_scatter.png", "ESS_theta(q*) against ESS_t(q*) with the 10% band"),
+    "entropy_error_hist": ("entropy_formula_error.png", "alpha_entropy - alpha* per family"),
+    "four_cases": ("four_cases.png", "The four behaviour cases: tokens, q* mass, fraction "
+                   "meeting the expectation"),
+}
+
+
+def _suite_figure(key: str, payload):
+    """Build the matplotlib figure for a claim's figure payload (None if unknown)."""
+    from geomix_cli import plots
+
+    if key == "pareto":
+        return plots.figure_pareto_front(payload["front"], title=payload.get("title"))
+    if key == "delta_curve":
+        return plots.figure_delta_with_iterates(
+            payload["curve"], title=f"D(α) and the solvers' iterates ({payload['family']} row "
+                                    f"{payload['row']})")
+    if key == "alpha_sweep":
+        rep = payload.get("reported")
+        return plots.figure_alpha_sweep(payload["vocab_sizes"], payload["eps_values"],
+                                        payload["alpha_star"],
+                                        reported=(rep, f"α* = {rep} (the derivation's Test 2)")
+                                        if rep is not None else None)
+    if key == "ess_scatter":
+        return plots.figure_ess_scatter(payload["ess_theta"], payload["ess_target"],
+                                        payload["families"])
+    if key == "entropy_error_hist":
+        return plots.figure_entropy_error_hist(payload)
+    if key == "four_cases":
+        return plots.figure_four_cases(payload["case_labels"], payload["counts"],
+                                       payload["mass_q"], payload["fraction_meeting"])
+    return None
+
+
+def render_suite_markdown(result, figure_files: dict[str, list[tuple[str, str]]],
+                          table_files: dict[str, list[str]]) -> str:
+    """report.md for a SuiteResult (figure_files / table_files: claim id -> written files)."""
+    counts = result.verdict_counts()
+    out = [f"# `{result.suite}`: claim-by-claim verdicts\n",
+           f"{result.description}.\n",
+           f"Generated by `geomix verify {result.suite}"
+           f"{' --thorough' if result.thorough else ''} --seed {result.seed}`. Every verdict is "
+           f"computed from the evidence below (rerun the command to reproduce it; the numbers "
+           f"are deterministic given the seed). The derivation is *optimal-sampling-derivation "
+           f"v1.0*; its claims are restated in English.\n",
+           "Verdicts: **holds** = verified on every case tried (cases named); **refuted** = a "
+           "counterexample, shown; **depends** = holds under stated conditions and fails outside "
+           "them (both shown); **untested** = no evidence possible yet (what would test it is "
+           "said).\n",
+           "Summary: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ".\n"]
+    if result.identity_failures:
+        out.append(f"**A mathematical identity failed ({', '.join(result.identity_failures)}): "
+                   f"this is a bug in geomix, not a finding about the derivation.**\n")
+    out.append("## Summary\n")
+    out.append(markdown_table([{"claim": f"[`{c.id}`](#{c.id})", "verdict":
+                                f"**{VERDICT_BADGE.get(c.verdict, c.verdict)}**",
+                                "statement": c.claim} for c in result.claims], max_rows=100))
+    out.append("\n## Case families\n")
+    out.append("The statistical claims are measured on these families (synthetic generators "
+               "with the suite's seed, and real language-model rows):\n")
+    out.append(markdown_table(result.families, max_rows=100))
+    for c in result.claims:
+        out.append(f"\n<a id=\"{c.id}\"></a>\n## `{c.id}` — **{VERDICT_BADGE.get(c.verdict, c.verdict)}**\n")
+        out.append(f"**Claim.** {c.claim}\n")
+        out.append(f"**Evidence.** {c.evidence}\n")
+        for name, rows in c.tables.items():
+            if not rows:
+                continue
+            if len(rows) > 30:
+                out.append(f"*Table `{name}`*: {len(rows)} rows in [{name}.csv]({name}.csv).\n")
+                continue
+            out.append(f"*Table `{name}`* ([CSV]({name}.csv)):\n")
+            out.append(markdown_table(rows, max_rows=30))
+        for fname, caption in figure_files.get(c.id, []):
+            out.append(f"![{caption}]({fname})\n\n*{caption}.*\n")
+        if c.would_change:
+            out.append(f"**What would change the verdict.** {c.would_change}\n")
+    return "\n".join(out)
+
+
+def write_suite_report(result, out_dir, *, figures: bool = True) -> Path:
+    """Write report.md, results.json, one CSV per table and the figures of a SuiteResult into
+    out_dir, atomically (the folder is built aside and swapped in only on success)."""
+    from geomix_cli.io import atomic_directory, write_csv_atomic, write_json_atomic, \
+        write_text_atomic
+
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as staging:
+        table_files: dict[str, list[str]] = {}
+        for c in result.claims:
+            for name, rows in c.tables.items():
+                if rows:
+                    write_csv_atomic(staging / f"{name}.csv", _frame(rows))
+                    table_files.setdefault(c.id, []).append(f"{name}.csv")
+        figure_files: dict[str, list[tuple[str, str]]] = {}
+        if figures:
+            for c in result.claims:
+                for key, payload in c.figures.items():
+                    if key not in SUITE_FIGURES:
+                        continue
+                    fig = _suite_figure(key, payload)
+                    if fig is None:
+                        continue
+                    fname, caption = SUITE_FIGURES[key]
+                    _save(fig, staging / fname)
+                    figure_files.setdefault(c.id, []).append((fname, caption))
+        write_json_atomic(staging / "results.json", result.to_json())
+        write_text_atomic(staging / "report.md",
+                          render_suite_markdown(result, figure_files, table_files))
+    return out_dir
