@@ -253,8 +253,14 @@ def _case_error(path, message, key=None, row=None) -> InputError:
     return InputError(message, file=str(path), key=key, row=row)
 
 
-def load_case(path) -> GoldenCase:
-    """Read and validate one case file; any defect raises InputError naming file, key and row."""
+NEW_CASE_KEYS = ("schema_version", "id", "description", "source")
+
+
+def load_case(path, *, for_update: bool = False) -> GoldenCase:
+    """Read and validate one case file; any defect raises InputError naming file, key and row.
+
+    for_update: a new case may hold only schema_version, id, description and source;
+    `geomix regress --update` fills in the rest from the reference."""
     path = Path(path)
     try:
         data = json.loads(_read_text(path))
@@ -265,7 +271,12 @@ def load_case(path) -> GoldenCase:
         raise _case_error(path, "a case file holds one JSON object")
     for key in CASE_KEYS:
         if key not in data:
-            raise _case_error(path, "missing key", key=key)
+            if for_update and key not in NEW_CASE_KEYS:
+                continue
+            hint = ("" if key in NEW_CASE_KEYS else
+                    " (a new case? fill it in with geomix regress --update --case "
+                    f"{path.stem})")
+            raise _case_error(path, "missing key" + hint, key=key)
     if data["schema_version"] != GOLDEN_SCHEMA_VERSION:
         raise _case_error(path, f"schema_version {data['schema_version']!r} is not "
                                 f"{GOLDEN_SCHEMA_VERSION}", key="schema_version")
@@ -275,6 +286,11 @@ def load_case(path) -> GoldenCase:
         raise _case_error(path, f"id '{data['id']}' differs from the file name '{path.stem}'",
                           key="id")
     _validate_source(path, data["source"])
+    if for_update and "expected" not in data:
+        return GoldenCase(path=path, data=data)
+    for key in CASE_KEYS:
+        if key not in data:
+            raise _case_error(path, "missing key", key=key)
     tolerances = data["tolerances"]
     if not isinstance(tolerances, dict):
         raise _case_error(path, "tolerances must map field -> {abs, rel}", key="tolerances")
@@ -359,7 +375,8 @@ def case_files(cases_dir) -> list[Path]:
     return sorted(p for p in cases_dir.glob("*.json") if p.is_file())
 
 
-def load_cases(cases_dir, only: list[str] | None = None) -> list[GoldenCase]:
+def load_cases(cases_dir, only: list[str] | None = None, *,
+               for_update: bool = False) -> list[GoldenCase]:
     files = case_files(cases_dir)
     if only:
         known = {p.stem for p in files}
@@ -370,7 +387,7 @@ def load_cases(cases_dir, only: list[str] | None = None) -> list[GoldenCase]:
         files = [p for p in files if p.stem in only]
     if not files:
         raise InputError("holds no case files (*.json)", file=str(cases_dir))
-    return [load_case(p) for p in files]
+    return [load_case(p, for_update=for_update) for p in files]
 
 
 # ---------------------------------------------------------------------------------------------

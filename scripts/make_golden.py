@@ -330,8 +330,8 @@ def reference_for_case(case: dict, cases_dir: Path, dps: int | None = None) -> d
                            equal_nan=True)
             and np.array_equal(np.atleast_2d(np.asarray(raw.target, dtype=np.float64)), target,
                                equal_nan=True)):
-        raise SystemExit(f"case {case.get('id')}: geomix's reader and the reference's reader "
-                         "disagree on the stored values")
+        raise RuntimeError(f"case {case.get('id')}: geomix's reader and the reference's reader "
+                           "disagree on the stored values")
     started = time.time()
     rows = [reference_row(theta[b], target[b], kind, dps) for b in range(theta.shape[0])]
     tolerances, basis = derive_tolerances(rows)

@@ -193,3 +193,34 @@ def test_missing_golden_verdicts_fail_then_update_writes_them(cases_copy, fake_s
 def test_nothing_to_do_is_refused():
     result = regress("--no-values", "--no-verdicts", "--cases", CASES)
     assert result.exit_code == EXIT_BAD_INPUT
+
+
+def test_new_case_is_filled_in_by_update(cases_copy):
+    path = cases_copy / "my-pair.json"
+    path.write_text(json.dumps({"schema_version": 1, "id": "my-pair", "description": "mine",
+                                "source": {"type": "inline", "kind": "probs",
+                                           "pi_theta": [0.5, 0.5], "pi_t": [0.9, 0.1]}}))
+    refused = regress("--no-verdicts", "--cases", cases_copy, "--case", "my-pair")
+    assert refused.exit_code == EXIT_BAD_INPUT
+    assert "missing key" in refused.stderr and "--update --case my-pair" in refused.stderr
+    filled = regress("--update", "--no-verdicts", "--cases", cases_copy, "--case", "my-pair")
+    assert filled.exit_code == 0, filled.stderr
+    assert "my-pair: new case, 1 expected row(s)" in filled.stdout
+    data = json.loads(path.read_text())
+    assert data["produced_by"]["script"] == "scripts/make_golden.py"
+    assert data["expected"][0]["status"] == "ok"
+    # symmetric in the sense of swap: (0.5, 0.5) vs (0.9, 0.1); alpha* strictly inside (0, 1)
+    assert 0.0 < data["expected"][0]["alpha"] < 1.0
+    assert regress("--no-verdicts", "--cases", cases_copy, "--case", "my-pair").exit_code == 0
+
+
+def test_update_accepts_a_source_with_more_rows(cases_copy):
+    path = cases_copy / "seed-test1-two-point.json"
+    _edit(path, lambda d: d["source"].update(pi_theta=[[0.7, 0.3], [0.6, 0.4]],
+                                             pi_t=[[0.3, 0.7], [0.4, 0.6]]))
+    result = regress("--update", "--accept-source-change", "--no-verdicts", "--cases",
+                     cases_copy, "--case", "seed-test1-two-point")
+    assert result.exit_code == 0, result.stderr
+    assert "1 -> 2 expected rows" in result.stdout
+    assert regress("--no-verdicts", "--cases", cases_copy, "--case",
+                   "seed-test1-two-point").exit_code == 0

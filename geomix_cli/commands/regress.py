@@ -287,19 +287,21 @@ def _render(table, verdict_report, mismatches) -> None:
 def _update(cases_dir: Path, case_ids, values: bool, verdicts: bool, accept_source_change: bool,
             reference, json_out: bool, progress) -> None:
     """Rewrite golden files from the reference / a fresh suite run; print the diff."""
-    from geomix_cli.cases import (case_inputs, case_to_text, diff_cases, diff_verdicts,
-                                  load_cases, load_reference, load_verdicts, verdicts_path)
+    from geomix_cli.cases import (case_raw_pair, case_to_text, diff_cases, diff_verdicts,
+                                  load_cases, load_reference, load_verdicts, source_fingerprint,
+                                  verdicts_path)
     from geomix_cli.errors import InputError
     from geomix_cli.io import dumps_json, write_text_atomic
 
     changes: list[str] = []
     written: list[str] = []
     if values:
-        cases = load_cases(cases_dir, case_ids)
+        cases = load_cases(cases_dir, case_ids, for_update=True)
         changed_sources = []
         for case in cases:
-            *_, fingerprint = case_inputs(case)
-            if fingerprint != case.data["source_sha256"]:
+            fingerprint = source_fingerprint(case_raw_pair(case))
+            stored = case.data.get("source_sha256")  # absent: a new case, nothing to protect
+            if stored is not None and fingerprint != stored:
                 changed_sources.append(f"{case.id} ({case.path})")
         if changed_sources and not accept_source_change:
             raise InputError("the source changed since the expected values were made for: "
@@ -313,6 +315,11 @@ def _update(cases_dir: Path, case_ids, values: bool, verdicts: bool, accept_sour
             new.pop("_seconds", None)
             lines = diff_cases(case.data, new)
             text = case_to_text(new)
+            if "expected" not in case.data:
+                lines = [f"{case.id}: new case, {len(new['expected'])} expected row(s) from the "
+                         "reference"] + [f"{case.id} row {r['row']}: " + ", ".join(
+                             f"{k}={v}" for k, v in r.items() if k != "row")
+                         for r in new["expected"]]
             if text != _current(case):
                 write_text_atomic(case.path, text)
                 written.append(str(case.path))
