@@ -10,10 +10,10 @@ with KL(q||pi_theta) = (1-alpha) D - log Z and KL(q||pi_t) = -alpha D - log Z. A
     d KL(q||pi_theta)/d alpha = -(1-alpha) Var_q(l) <= 0,   d KL(q||pi_t)/d alpha = alpha Var_q(l) >= 0,
 so KL(q||pi_theta) grows and KL(q||pi_t) shrinks as alpha goes from 1 (pi_theta) to 0 (pi_t).
 
-The curve is sampled adaptively in alpha: starting from a uniform grid, an interval is split at its
-midpoint while the true midpoint of the curve lies further than `tol` from the chord's midpoint
-(measured in the plane scaled to a unit box), or while the chord is longer than `max_segment` of
-the box. So points crowd where the curve bends and stay sparse where it is straight.
+The curve is sampled adaptively in alpha: starting from a uniform grid, the intervals next to a
+vertex where the polyline turns by more than `max_turn_deg` (in the plane scaled to a unit box)
+are split at their midpoints, and so is any chord longer than `max_segment` of the box. So points
+crowd where the curve bends and stay sparse where it is straight.
 
 End points: for alpha in (0, 1), q_alpha lives on the common support S. The curve's end points at
 alpha = 0 and 1 are the limits from inside (0, 1); they are pi_t and pi_theta themselves when the
@@ -32,7 +32,7 @@ from scipy.special import logsumexp
 from geomix_cli.core.family import (entropy, entropy_formula_alpha, kl_divergence,
                                     log_ratio_on_support, tilted_moments)
 from geomix_cli.core.solvers import (DEGENERATE, DISJOINT, INVALID, NO_ROOT, OK, classify_rows,
-                                     solve_alpha)
+                                     constant_ratio_tolerance, solve_alpha)
 
 NEG_INF = -np.inf
 
@@ -234,35 +234,47 @@ def _merge(a: FrontValues, b: FrontValues) -> FrontValues:
     return _sorted_values(merged, np.argsort(merged.alpha, kind="stable"))
 
 
-def adaptive_front_values(row: _Row, *, n_initial: int = 17, tol: float = 1e-3,
-                          max_segment: float = 0.04, max_points: int = 600,
-                          max_rounds: int = 30) -> FrontValues:
-    """Sample the curve adaptively in alpha (see the module doc); alpha ascending."""
-    values = row.evaluate(np.linspace(0.0, 1.0, n_initial))
+def adaptive_front_values(row: _Row, *, n_initial: int = 17, max_turn_deg: float = 1.5,
+                          max_segment: float = 0.05, min_segment: float = 1e-4,
+                          max_points: int = 600, max_rounds: int = 40,
+                          include=()) -> FrontValues:
+    """Sample the curve adaptively in alpha (alpha ascending); the alphas in `include` (e.g.
+    alpha*) are part of the starting grid, so the curve passes exactly through them.
+
+    In the (KL, KL) plane scaled to a unit box, wherever the polyline turns by more than
+    `max_turn_deg` at a vertex (the curve bends there), both intervals next to that vertex are
+    split at their alpha midpoints; any chord longer than `max_segment` (arc length) is split
+    too. Bends are refined only down to chords of `min_segment` (below that they are invisible
+    and their angles are rounding noise). Stops when nothing needs splitting or at
+    `max_points`. Result: the drawn polyline turns by at most `max_turn_deg` per vertex, with
+    points crowding where the curve bends."""
+    grid = np.linspace(0.0, 1.0, n_initial)
+    for extra in include:
+        if np.isfinite(extra) and 0.0 <= extra <= 1.0:
+            grid = np.append(grid[np.abs(grid - extra) > 1e-9], extra)
+    values = row.evaluate(np.sort(grid))
+    max_turn = np.radians(max_turn_deg)
     for _ in range(max_rounds):
         x, y = values.kl_q_theta, values.kl_q_target
+        a = values.alpha
+        turn = turning_angles(x, y)  # at vertices 1..n-2
         sx = max(float(np.ptp(x)), 1e-300)
         sy = max(float(np.ptp(y)), 1e-300)
-        a = values.alpha
-        mids_alpha = 0.5 * (a[:-1] + a[1:])
-        # never split below what float64 alpha can resolve
-        splittable = (a[1:] - a[:-1]) > 1e-12
-        if not splittable.any():
-            break
-        mids = row.evaluate(mids_alpha[splittable])
-        chord_x = 0.5 * (x[:-1] + x[1:])[splittable]
-        chord_y = 0.5 * (y[:-1] + y[1:])[splittable]
-        deviation = np.hypot((mids.kl_q_theta - chord_x) / sx, (mids.kl_q_target - chord_y) / sy)
-        length = np.hypot(np.diff(x)[splittable] / sx, np.diff(y)[splittable] / sy)
-        split = (deviation > tol) | (length > max_segment)
-        budget = max_points - values.alpha.size
+        length = np.hypot(np.diff(x) / sx, np.diff(y) / sy)  # per interval
+        bent = np.zeros(a.size - 1, dtype=bool)
+        sharp = turn > max_turn
+        bent[:-1] |= sharp  # interval left of vertex v is v-1 ... (vertex v = i+1)
+        bent[1:] |= sharp
+        split = ((bent & (length > min_segment)) | (length > max_segment)) \
+            & ((a[1:] - a[:-1]) > 1e-9)
+        budget = max_points - a.size
         if not split.any() or budget <= 0:
             break
         chosen = np.flatnonzero(split)
-        if chosen.size > budget:  # keep the worst offenders
-            chosen = chosen[np.argsort(-(deviation[chosen] / tol + length[chosen] / max_segment),
-                                       kind="stable")[:budget]]
-        values = _merge(values, _sorted_values(mids, np.sort(chosen)))
+        if chosen.size > budget:  # keep the longest offenders
+            chosen = chosen[np.argsort(-length[chosen], kind="stable")[:budget]]
+        mids = row.evaluate(0.5 * (a[chosen] + a[chosen + 1]))
+        values = _merge(values, mids)
     return values
 
 
@@ -290,7 +302,7 @@ def _as_row(log_pi_theta, log_pi_t) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool = True,
-                 n_initial: int = 17, tol: float = 1e-3, max_segment: float = 0.04,
+                 n_initial: int = 17, max_turn_deg: float = 1.5, max_segment: float = 0.05,
                  max_points: int = 600, cloud_size: int = 150, seed: int = 0,
                  row_error: str | None = None) -> ParetoFront:
     """The exact Pareto front of one row, its marked points and (optionally) a cloud.
@@ -310,8 +322,9 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
     row = _Row(log_pi_theta, log_pi_t)
     marks = _end_marks(log_pi_theta, log_pi_t)
     alpha_h = float(entropy_formula_alpha(log_pi_theta, log_pi_t))
-    if status == DEGENERATE or (status == NO_ROOT and float(np.ptp(row.l)) == 0.0) or \
-            (status == NO_ROOT and _is_constant_ratio(message)):
+    constant_l = float(np.ptp(row.l)) <= float(constant_ratio_tolerance(
+        log_pi_theta[None], log_pi_t[None], row.support[None])[0])
+    if status == DEGENERATE or (status == NO_ROOT and constant_l):
         # every alpha gives the same q: the front is a single point, nothing to draw
         point = row.evaluate([0.5])
         chernoff = float(-point.log_z[0]) if status == DEGENERATE else float("nan")
@@ -320,8 +333,6 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
         return ParetoFront(status=status, message=message, vocab_size=vocab, values=None,
                            marks=marks, chernoff=chernoff, alpha_entropy=alpha_h,
                            same_support=same_support)
-    values = adaptive_front_values(row, n_initial=n_initial, tol=tol, max_segment=max_segment,
-                                   max_points=max_points)
     alpha_star = chernoff = float("nan")
     if status == OK:
         sol = solve_alpha(log_pi_theta[None], log_pi_t[None], "newton")
@@ -332,8 +343,10 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
             marks[MARK_STAR] = MarkedPoint(
                 MARK_STAR, f"q* (α* = {alpha_star:.4g}, C = {chernoff:.4g} nats)", alpha_star,
                 float(star.kl_q_theta[0]), float(star.kl_q_target[0]))
-            # put q* on the curve itself, so the drawn line passes through the marker
-            values = _merge(values, star)
+    # alpha* is in the starting grid: the drawn line passes through the q* marker
+    values = adaptive_front_values(row, n_initial=n_initial, max_turn_deg=max_turn_deg,
+                                   max_segment=max_segment, max_points=max_points,
+                                   include=(alpha_star,))
     if np.isfinite(alpha_h):
         p = row.evaluate([alpha_h])
         marks[MARK_ENTROPY] = MarkedPoint(MARK_ENTROPY, f"entropy formula (α_H = {alpha_h:.4g})",
@@ -359,10 +372,6 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
     return ParetoFront(status=status, message=message, vocab_size=vocab, values=values,
                        marks=marks, cloud=cloud_result, alpha_star=alpha_star, chernoff=chernoff,
                        alpha_entropy=alpha_h, same_support=same_support, zoom=zoom)
-
-
-def _is_constant_ratio(message: str) -> bool:
-    return "is the constant" in message
 
 
 def _end_marks(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> dict:
