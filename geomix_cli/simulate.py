@@ -827,6 +827,8 @@ def _fmt_ratio(value: float, ci: tuple[float, float]) -> str:
         return "inf" if np.isinf(x) else "n/a" if np.isnan(x) else f"{x:.2g}"
     if np.isnan(value):
         return f"n/a (neither reached the target) [{f(ci[0])}, {f(ci[1])}]"
+    if np.isinf(value):
+        return f"unbounded (on-policy never reached the target) [{f(ci[0])}, {f(ci[1])}]"
     return f"{f(value)}x [{f(ci[0])}, {f(ci[1])}]"
 
 
@@ -891,6 +893,8 @@ def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
     shipped SmolLM2 sample, skipped with a note in `skipped` if it is not installed).
     progress(n): learner steps done; the total is `evidence_total_steps(config)`."""
     config = config or EvidenceConfig.small()
+    if "kl-symmetry" not in config.simulation.samplers:
+        raise InputError("the evidence needs the kl-symmetry sampler")
     skipped: list[str] = []
     loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     if sources is not None:
@@ -944,8 +948,6 @@ def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
                                         speedup=q.speedup_vs_on_policy, speedup_ci=(lo, hi),
                                         speedup_vs_off_policy=v_off, speedup_vs_off_policy_ci=ci_off,
                                         best_sampler=_fastest(sim, objective), outcome=outcome))
-    if "kl-symmetry" not in sim_cfg.samplers:
-        raise InputError("the evidence needs the kl-symmetry sampler")
     verdict, conditions = judge(outcomes)
     return SampleEfficiencyResult(claim=CLAIM, verdict=verdict, conditions=conditions,
                                   outcomes=outcomes, simulations=sims, skipped=skipped,
