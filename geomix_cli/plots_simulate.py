@@ -58,8 +58,18 @@ def speedup_figure(result):
         labels.append(f"{r.objective} · {r.sampler}")
         if np.isfinite(value) and value > 0:
             ax.plot([value], [y], "o", color="tab:red")
+        elif np.isinf(value) and r.speedup_lower_bound:
+            ax.plot([r.speedup_lower_bound], [y], ">", color="tab:red")  # on-policy never reached
+            labels[-1] += " (on-policy not reached)"
+        elif value == 0 and r.speedup_upper_bound:
+            ax.plot([r.speedup_upper_bound], [y], "<", color="tab:red")  # sampler never reached
+            labels[-1] += " (not reached)"
         if np.isfinite(lo) and lo > 0:
-            ax.plot([lo, hi if np.isfinite(hi) else ax.get_xlim()[1]], [y, y], color="tab:red")
+            if np.isfinite(hi):
+                ax.plot([lo, hi], [y, y], color="tab:red")
+            else:  # unbounded above: an arrow from the lower end
+                ax.annotate("", xy=(lo * 4, y), xytext=(lo, y),
+                            arrowprops=dict(arrowstyle="->", color="tab:red"))
     ax.axvspan(2, 5, color="tab:green", alpha=0.15, label="claimed 2-5x")
     ax.axvline(1, color="black", lw=0.8)
     ax.set_xscale("log")
