@@ -224,3 +224,14 @@ def test_update_accepts_a_source_with_more_rows(cases_copy):
     assert "1 -> 2 expected rows" in result.stdout
     assert regress("--no-verdicts", "--cases", cases_copy, "--case",
                    "seed-test1-two-point").exit_code == 0
+
+
+@pytest.mark.slow
+def test_verdicts_of_the_real_suite_match_the_golden_file():
+    """The verdict half of the CI regression: a fresh verify_alpha_theory run (~40 s) must give
+    the verdicts in cases/verdicts/verify_alpha_theory.json."""
+    result = regress("--no-values", "--cases", CASES, "--json")
+    assert result.exit_code == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)["verdicts"]["verify_alpha_theory"]
+    assert report["changed"] == [] and report["golden"] == report["fresh"]
+    assert len(report["golden"]) >= 10

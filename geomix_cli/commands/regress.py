@@ -119,7 +119,7 @@ def run_suite_verdicts(suite: str, progress=None) -> dict[str, str]:
     callback = None
     if progress is not None:
         def callback(label, i, total):
-            progress(f"{suite}: {label}", i, total)
+            progress(f"{suite}: {label}", i - 1, total)  # the suite counts 0..total
     return verdict_map(run_suite(suite, thorough=False, seed=0, progress=callback))
 
 
