@@ -396,7 +396,8 @@ def sampler_alpha(sampler: str, log_p: np.ndarray, log_t: np.ndarray):
 @dataclass
 class BatchRun:
     """Curves of one batched run: kl[r, t] = objective (mean over prompts) after t steps of run r
-    (t = 0 is the start); +inf once a run diverged (non-finite parameters)."""
+    (t = 0 is the start); +inf from the step where a run diverged (an update with non-finite
+    parameters: the run is frozen and counted in `diverged`)."""
 
     kl: np.ndarray
     mean_alpha: np.ndarray
@@ -457,13 +458,13 @@ def run_batch(objective: str, log_p0: np.ndarray, log_t: np.ndarray, samplers: S
         diverged |= ~finite
         theta = np.where(finite[:, None, None], new_theta, theta)
         log_p = softmax_log(theta)
-        kl[:, step] = objective_value(objective, log_p, log_t_b).mean(axis=1)
+        value = objective_value(objective, log_p, log_t_b).mean(axis=1)
+        kl[:, step] = np.where(diverged, np.inf, value)  # a diverged run stays at +inf
         alpha_sum += alpha.mean(axis=1)
         fallback += fell.mean(axis=1)
         if progress is not None:
             progress(1)
     kl[~np.isfinite(kl)] = np.inf
-    kl[diverged, -1] = np.inf
     return BatchRun(kl=kl, mean_alpha=alpha_sum / steps, fallback_fraction=fallback / steps,
                     diverged=diverged)
 
