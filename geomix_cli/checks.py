@@ -1155,3 +1155,39 @@ def run_suite(name: str, *, thorough: bool = False, seed: int = 0,
     if name not in SUITES:
         raise KeyError(name)
     return SUITES[name][1](thorough=thorough, seed=seed, progress=progress, **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# built-in cases of compare-alpha and check
+
+
+def compare_families(seed: int = 0) -> list[Family]:
+    """The built-in cases of `geomix compare-alpha` without sources: the derivation's Tests 1 and
+    2, a few synthetic families and the real SmolLM2 rows (when present)."""
+    lt1 = np.log(np.array([[0.7, 0.3]]))
+    lT1 = np.log(np.array([[0.3, 0.7]]))
+    fams = [Family("test1", "the derivation's Test 1: (0.7, 0.3) vs (0.3, 0.7)", lt1, lT1)]
+    lt2, lT2 = _delta_uniform_rows(10, np.array([4e-4]))
+    lt3, lT3 = _delta_uniform_rows(1000, np.array([1e-3]))
+    fams.append(Family("test2-V10", "Test 2 shape: (1-eps, eps/9, ...) vs uniform, V = 10, "
+                       "eps = 4e-4 (where alpha* ~= 0.34)", lt2, lT2))
+    fams.append(Family("test2-V1000", "Test 2 shape, V = 1000, eps = 1e-3 (alpha* ~= 0.5)",
+                       lt3, lT3))
+    fams += [
+        _from_spec("dirichlet-20", "Dirichlet(1) pairs on 20 tokens",
+                   f"gen:dirichlet:V=20,conc=1,rows=10,seed={seed + 1}"),
+        _from_spec("dirichlet-peaked", "peaked Dirichlet(0.1) pairs on 50 tokens",
+                   f"gen:dirichlet:V=50,conc=0.1,rows=10,seed={seed + 2}"),
+        _from_spec("llm-like", "LLM-like logits (noise 1)",
+                   f"gen:llm-like:V=1000,scale=3,noise=1,rows=10,seed={seed + 4}"),
+        _from_spec("temperature", "logits and the same logits at temperature 0.6",
+                   f"gen:temperature:V=1000,scale=3,tau=0.6,rows=10,seed={seed + 6}"),
+    ]
+    path = real_pairs_path()
+    if path is not None:
+        from geomix_cli.io import load_source
+
+        src = load_source(str(path))
+        fams.append(Family("real-smollm2", "12 real SmolLM2-135M next-token pairs",
+                           src.log_pi_theta, src.log_pi_t))
+    return fams

@@ -479,3 +479,40 @@ def log_z_complex_step(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) ->
         w = np.where(sup, np.exp(s - peak), 0.0)
         log_z = np.log(np.sum(w, axis=-1)) + peak[..., 0]
     return log_z.imag / _CS_STEP
+
+
+def principle_metrics(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, sol: PrincipleSolution, *,
+                      threshold: float | None = None) -> dict:
+    """Per row, at the principle's alpha: both KLs (summed directly over tokens), |KL gap|, the
+    pair's Chernoff information C = -log Z(alpha*) (NaN where alpha* does not exist), both ESS,
+    min ESS, and the fraction of tokens meeting their four-case expectation. Arrays over rows;
+    NaN where the principle gave no alpha."""
+    log_pi_theta = np.atleast_2d(log_pi_theta)
+    log_pi_t = np.atleast_2d(log_pi_t)
+    n = log_pi_theta.shape[0]
+    nan = np.full(n, np.nan)
+    out = {k: nan.copy() for k in ("kl_q_theta", "kl_q_target", "kl_gap", "chernoff",
+                                   "ess_theta", "ess_target", "min_ess", "four_case_fraction")}
+    exact = solve_alpha(log_pi_theta, log_pi_t, "newton")
+    has_star = exact.status == OK
+    if has_star.any():
+        l, log_base, _ = log_ratio_on_support(log_pi_theta[has_star], log_pi_t[has_star])
+        out["chernoff"][has_star] = -tilted_moments(l, log_base, exact.alpha[has_star]).log_z
+    use = np.isfinite(sol.alpha)
+    if not use.any():
+        return out
+    lt, lT = log_pi_theta[use], log_pi_t[use]
+    log_q = log_q_alpha(lt, lT, sol.alpha[use])
+    kl_theta = kl_divergence(log_q, lt)
+    kl_t = kl_divergence(log_q, lT)
+    e_theta = effective_sample_size(lt, log_q)
+    e_t = effective_sample_size(lT, log_q)
+    fc = four_cases(lt, lT, log_q, threshold=threshold)
+    out["kl_q_theta"][use] = kl_theta
+    out["kl_q_target"][use] = kl_t
+    out["kl_gap"][use] = np.abs(kl_theta - kl_t)
+    out["ess_theta"][use] = e_theta
+    out["ess_target"][use] = e_t
+    out["min_ess"][use] = np.minimum(e_theta, e_t)
+    out["four_case_fraction"][use] = fc.fraction_all
+    return out
