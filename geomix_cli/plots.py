@@ -40,8 +40,8 @@ C_HALF = "#CC79A7"
 C_THETA = "#000000"
 C_TARGET = "#E69F00"
 C_DIAG = "#777777"
-C_CLOUD = {"arithmetic mixture": "#56B4E9", "perturbed front point": "#999999",
-           "Dirichlet draw near the front": "#C9B27C"}
+C_CLOUD = {"arithmetic mixture": "#3DA5E0", "perturbed front point": "#8C8C8C",
+           "Dirichlet draw near the front": "#B89B5E"}
 M_CLOUD = {"arithmetic mixture": "^", "perturbed front point": "o",
            "Dirichlet draw near the front": "s"}
 
@@ -111,7 +111,7 @@ def _draw_front(ax, front, curve, xlim, ylim, *, cloud_size: float = 12.0,
         off_scale = int(np.size(inside) - np.count_nonzero(inside))
         for kind in dict.fromkeys(cloud.kind.tolist()):
             sel = cloud.kind == kind
-            ax.scatter(cloud.kl_q_theta[sel], cloud.kl_q_target[sel], s=cloud_size, alpha=0.6,
+            ax.scatter(cloud.kl_q_theta[sel], cloud.kl_q_target[sel], s=cloud_size, alpha=0.7,
                        marker=M_CLOUD.get(kind, "o"), color=C_CLOUD.get(kind, "#999999"),
                        linewidths=0, label=f"other q: {kind}", zorder=1)
     lo, hi = min(xlim[0], ylim[0]), max(xlim[1], ylim[1])
@@ -133,18 +133,23 @@ def _draw_front(ax, front, curve, xlim, ylim, *, cloud_size: float = 12.0,
     return off_scale
 
 
-def _front_notes(front, off_scale: int) -> list[str]:
+def _front_notes(front, off_scale: int, *, short: bool = False) -> list[str]:
     notes = []
     for key in _MARK_ORDER:
         mark = front.marks.get(key)
         if mark is not None and not mark.finite:
-            notes.append(f"{mark.label.split(' (')[0]}: at infinite KL, not drawn")
+            name = mark.label.split(" (")[0]
+            notes.append(f"{name} at infinite KL" if short
+                         else f"{name}: at infinite KL, not drawn")
     if "q_star" not in front.marks:
-        notes.append(f"status '{front.status}': no α equalises the two KLs")
+        notes.append(f"{front.status}: no q*" if short
+                     else f"status '{front.status}': no α equalises the two KLs")
     if not front.same_support:
-        notes.append("supports differ: the curve's ends are the limits α → 0+, 1−")
+        notes.append("supports differ" if short
+                     else "supports differ: the curve's ends are the limits α → 0+, 1−")
     if off_scale:
-        notes.append(f"{off_scale} cloud point(s) beyond the axes")
+        notes.append(f"{off_scale} cloud pts off-axes" if short
+                     else f"{off_scale} cloud point(s) beyond the axes")
     return notes
 
 
@@ -174,7 +179,7 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
             fig = plt.figure(figsize=(11.5, 6.2), layout="constrained")
             ax, zoom_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.45, 1.0]})
         else:
-            fig, ax = _new_figure(7.6, 6.2)
+            fig, ax = _new_figure(8.0, 7.4)
     fig = ax.figure
     if title is None:
         title = "Pareto front of (KL(q‖π_θ), KL(q‖π_t)) over the geometric-mean family"
@@ -182,22 +187,21 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
         _status_panel(ax, front, title)
         return fig
     xmax, ymax = _front_limits(front)
-    pad = 0.015 * max(xmax, ymax)
-    xlim, ylim = (-pad, 1.08 * xmax), (-pad, 1.08 * ymax)
+    xlim, ylim = (-0.015 * xmax, 1.08 * xmax), (-0.015 * ymax, 1.08 * ymax)
     off_scale = _draw_front(ax, front, front.values, xlim, ylim,
                             mark_scale=1.0 if standalone else 0.6,
-                            cloud_size=12.0 if standalone else 6.0)
+                            cloud_size=12.0 if standalone else 8.0)
     if log:
         thresh = max(xmax, ymax) * 1e-3
         ax.set_xscale("symlog", linthresh=thresh)
         ax.set_yscale("symlog", linthresh=thresh)
         ax.set_xlim(0.0, xlim[1])
         ax.set_ylim(0.0, ylim[1])
-    elif 0.2 <= xlim[1] / ylim[1] <= 5:
+    elif standalone and 0.2 <= xlim[1] / ylim[1] <= 5:
         ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(X_LABEL_KL)
     ax.set_ylabel(Y_LABEL_KL)
-    notes = _front_notes(front, off_scale)
+    notes = _front_notes(front, off_scale, short=not standalone)
     if zoom_ax is not None:
         z = front.zoom
         zx = (float(np.min(z.kl_q_theta)), float(np.max(z.kl_q_theta)))
@@ -216,7 +220,13 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
         ax.set_title("whole front", fontsize=10)
         fig.suptitle(title)
     else:
-        ax.set_title(title if standalone or not notes else f"{title}\n({'; '.join(notes)})")
+        if standalone or not notes:
+            ax.set_title(title)
+        else:
+            import textwrap
+
+            ax.set_title(title + "\n" + "\n".join(textwrap.wrap("(" + "; ".join(notes) + ")",
+                                                               44)))
     if standalone:
         handles, labels = ax.get_legend_handles_labels()
         from matplotlib.lines import Line2D
@@ -224,11 +234,8 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
         for note in notes:
             handles.append(Line2D([], [], linestyle="none"))
             labels.append(f"note: {note}")
-        if zoom_ax is not None:
-            fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
-        else:
-            ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                      borderaxespad=0.0, frameon=False)
+        fig.legend(handles, labels, loc="outside lower center",
+                   ncols=3 if zoom_ax is not None else 2, frameon=False)
     elif legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                   frameon=False)

@@ -139,9 +139,12 @@ def register(app: typer.Typer) -> None:
         logits: bool = _shared.LogitsOption,
         probs: bool = _shared.ProbsOption,
     ) -> None:
-        """Draw the Pareto front of (KL(q||pi_theta), KL(q||pi_t)) over the geometric-mean family,
-        with pi_theta, pi_t, q*, the entropy-formula point, alpha = 0.5 and a cloud of other
-        distributions. Several rows: small multiples on one sheet."""
+        """Draw the exact Pareto front of a row (several rows: small multiples).
+
+        The curve {(KL(q_alpha||pi_theta), KL(q_alpha||pi_t)) : alpha in [0, 1]}, sampled
+        adaptively, with pi_theta, pi_t, q* on the diagonal, the entropy-formula point,
+        alpha = 0.5, and a cloud of other distributions (arithmetic mixtures, perturbations)
+        that lie above/right of it. Prints the path written."""
         from geomix_cli.errors import InputError
         from geomix_cli.io import save_figure_atomic, write_csv_atomic
 
