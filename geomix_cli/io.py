@@ -478,3 +478,29 @@ def write_pairs_npz(path, *, theta: np.ndarray, target: np.ndarray, kind: str,
         payload["meta"] = np.asarray([str(m) for m in meta])
     np.savez_compressed(buffer, **payload)
     return write_bytes_atomic(path, buffer.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------
+# machine facts for `geomix bench` (Linux /proc; None elsewhere)
+
+
+def resident_set_bytes() -> int | None:
+    """Current resident-set size of this process in bytes (/proc/self/statm), or None."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            resident_pages = int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_model_name() -> str | None:
+    """The CPU's model name from /proc/cpuinfo, or None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None

@@ -34,6 +34,7 @@ from geomix_cli.backends import DEFAULT_MAX_MEMORY, import_torch, resolve_device
 from geomix_cli.core.solvers import (DEGENERATE, DISJOINT, INVALID, NO_ROOT, OK, AlphaSolution)
 from geomix_cli.errors import InputError
 
+CPU_BLOCK_ELEMENTS = 1 << 18  # a few [rows, V] arrays of this size stay in a CPU's cache
 ARRAYS_PER_ROW = 9  # live [rows, V] temporaries at the peak of a chunk (measured, see tests)
 
 
@@ -83,7 +84,8 @@ def chunk_rows_for(vocab: int, itemsize: int, max_memory_bytes: int) -> int:
 def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device: str = "cpu",
                       compute_dtype="float32", max_memory_bytes: int | None = None,
                       row_errors: list[str | None] | None = None, kind: str = "logits",
-                      xtol: float | None = None, max_iter: int = 60) -> AlphaSolution:
+                      xtol: float | None = None, max_iter: int = 60,
+                      threads: int | None = 1) -> AlphaSolution:
     """alpha* per row with torch on `device`; returns the numpy solvers' `AlphaSolution`.
 
     log_pi_theta, log_pi_t: numpy arrays or torch tensors (any float dtype, bfloat16 included) of
@@ -94,6 +96,9 @@ def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device:
     compute_dtype: "float32" (default) or "float64" (or a torch dtype); agreement with the
       float64 numpy solve is about 1e-6 in alpha for float32, 1e-12 for float64.
     max_memory_bytes: budget for the chunk temporaries (default 1 GiB).
+    threads: torch intra-op threads while solving on CPU (default 1: the chunks are cache-sized,
+      too small to split, and OpenMP threads spinning on a busy machine made a solve 30x slower
+      in our measurements); None leaves torch's setting alone. Restored afterwards.
     row_errors: per-row reasons a row is invalid (from io's validation); None checks here for
       NaN, +inf and rows without mass.
     Returns an AlphaSolution with numpy arrays; `extra` records backend, device, compute dtype,
@@ -124,6 +129,8 @@ def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device:
     prep_dtype = torch.float64 if (dtype == torch.float64 or wide_input) else torch.float32
     itemsize = torch.finfo(prep_dtype).bits // 8
     step = chunk_rows_for(vocab, itemsize, budget)
+    if dev.type == "cpu":  # on CPU, chunks that stay in cache are faster (and within budget)
+        step = min(step, max(1, CPU_BLOCK_ELEMENTS // vocab))
 
     out = {
         "alpha": np.full(n_rows, np.nan), "residual": np.full(n_rows, np.nan),
@@ -133,15 +140,15 @@ def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device:
     }
     status = np.full(n_rows, OK, dtype=object)
     message = [""] * n_rows
-    with torch.no_grad():
-        for start in range(0, n_rows, step):
-            stop = min(n_rows, start + step)
-            x = _chunk(theta_rows, start, stop, torch, dev, prep_dtype)
-            y = _chunk(target_rows, start, stop, torch, dev, prep_dtype)
-            errs = None if row_errors is None else row_errors[start:stop]
-            _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps,
-                         slice(start, stop), out, status, message, dtype)
-            del x, y
+    saved_threads = torch.get_num_threads()
+    if dev.type == "cpu" and threads is not None and threads != saved_threads:
+        torch.set_num_threads(int(threads))
+    try:
+        _run_chunks(torch, theta_rows, target_rows, row_errors, n_rows, step, dev, prep_dtype,
+                    dtype, kind, order, xtol, max_iter, eps, out, status, message)
+    finally:
+        if torch.get_num_threads() != saved_threads:
+            torch.set_num_threads(saved_threads)
     sol = AlphaSolution(method=method, alpha=out["alpha"], residual=out["residual"],
                         iterations=out["iterations"], evaluations=out["evaluations"],
                         status=status, message=message, d_at_0=out["d_at_0"],
@@ -153,6 +160,19 @@ def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device:
         "row_shape": lead,
     })
     return sol
+
+
+def _run_chunks(torch, theta_rows, target_rows, row_errors, n_rows, step, dev, prep_dtype, dtype,
+                kind, order, xtol, max_iter, eps, out, status, message):
+    with torch.no_grad():
+        for start in range(0, n_rows, step):
+            stop = min(n_rows, start + step)
+            x = _chunk(theta_rows, start, stop, torch, dev, prep_dtype)
+            y = _chunk(target_rows, start, stop, torch, dev, prep_dtype)
+            errs = None if row_errors is None else row_errors[start:stop]
+            _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps,
+                         slice(start, stop), out, status, message, dtype)
+            del x, y
 
 
 def _moments(torch, l, log_base, alpha_col, order: int):
@@ -177,12 +197,11 @@ def _moments(torch, l, log_base, alpha_col, order: int):
     return log_z, mean, var, third
 
 
-def _lse64(torch, v):
-    """Row logsumexp with the sum of exponentials accumulated in float64 (rows of -inf: -inf)."""
-    peak = v.amax(dim=-1, keepdim=True)
-    peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
-    total = torch.exp(v - peak).sum(dim=-1, dtype=torch.float64)
-    return peak[:, 0].to(torch.float64) + torch.log(total)
+def _lse64(torch, v, peak):
+    """Row logsumexp with the sum of exponentials accumulated in float64 (`peak`: the row max,
+    finite for every row that reaches here)."""
+    total = torch.exp(v - peak[:, None]).sum(dim=-1, dtype=torch.float64)
+    return peak.to(torch.float64) + torch.log(total)
 
 
 def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out, status,
@@ -197,38 +216,56 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
         y = torch.log(y)
     else:
         neg = torch.zeros(n, dtype=torch.bool, device=x.device)
-    nan = torch.isnan(x).any(dim=-1) | torch.isnan(y).any(dim=-1)
-    posinf = torch.isposinf(x).any(dim=-1) | torch.isposinf(y).any(dim=-1)
-    nomass = ~torch.isfinite(x).any(dim=-1) | ~torch.isfinite(y).any(dim=-1)
+    # one max per row tells NaN (propagates), +inf, or no mass (-inf) apart
+    peak_x, peak_y = x.amax(dim=-1), y.amax(dim=-1)
+    nan = torch.isnan(peak_x) | torch.isnan(peak_y)
+    posinf = torch.isposinf(peak_x) | torch.isposinf(peak_y)
+    nomass = torch.isneginf(peak_x) | torch.isneginf(peak_y)
     bad = nan | posinf | nomass | neg
     if bool(bad.any()):
         x = torch.where(bad[:, None], torch.zeros_like(x), x)
         y = torch.where(bad[:, None], torch.zeros_like(y), y)
+        peak_x, peak_y = x.amax(dim=-1), y.amax(dim=-1)
     # Normalisers in float64 (a float32 logsumexp is off by ~1e-6, which shifts D and so alpha
     # by 1e-6 / Var). Only the difference c = lse_t - lse_theta enters l; it is applied as
     # c_hi (rounded to the working dtype, per token) + c_lo (a constant, corrected on D in float64).
-    lse_x = _lse64(torch, x)
-    lse_y = _lse64(torch, y)
+    lse_x = _lse64(torch, x, peak_x)
+    lse_y = _lse64(torch, y, peak_y)
     c = lse_y - lse_x
     c_hi = c.to(x.dtype)
     c_lo = c - c_hi.to(torch.float64)
-    fin_x, fin_y = torch.isfinite(x), torch.isfinite(y)
-    support = fin_x & fin_y
-    same_support = (fin_x == fin_y).all(dim=-1)
-    del fin_x, fin_y
-    scale = torch.where(support, (x - lse_x[:, None].to(x.dtype)).abs()
-                        + (y - lse_y[:, None].to(y.dtype)).abs(), torch.zeros_like(x)).amax(dim=-1)
-    l = torch.where(support, (y - x).sub_(c_hi[:, None]), torch.zeros_like(x)).to(work_dtype)
-    del x
     # log_base only needs to be log pi_t up to a per-row constant (q is normalised)
-    log_base = torch.where(support, y - lse_y[:, None].to(y.dtype),
-                           torch.full_like(y, -math.inf)).to(work_dtype)
-    del y
-    has_support = support.any(dim=-1)
-    spread = (torch.where(support, l, torch.full_like(l, -math.inf)).amax(dim=-1)
-              - torch.where(support, l, torch.full_like(l, math.inf)).amin(dim=-1))
-    level = torch.where(support, l.abs(), torch.zeros_like(l)).amax(dim=-1)
-    del support
+    shift_y = peak_y[:, None]
+    dense = bool((x.amin() > -math.inf) & (y.amin() > -math.inf))
+    if dense:  # no zero probability anywhere in the chunk: S is every token (the usual case)
+        has_support = torch.ones(n, dtype=torch.bool, device=x.device)
+        same_support = has_support
+        # |log pi_theta| + |log pi_t| = lse_x + lse_y - (x + y) since log p <= 0
+        scale = (lse_x + lse_y) - (x + y).amin(dim=-1).to(torch.float64)
+        l = (y - x).sub_(c_hi[:, None]).to(work_dtype)
+        del x
+        log_base = (y - shift_y).to(work_dtype)
+        del y
+        l_max, l_min = l.amax(dim=-1), l.amin(dim=-1)
+        spread = l_max - l_min
+        level = torch.maximum(l_max.abs(), l_min.abs())
+    else:
+        fin_x, fin_y = torch.isfinite(x), torch.isfinite(y)
+        support = fin_x & fin_y
+        same_support = (fin_x == fin_y).all(dim=-1)
+        del fin_x, fin_y
+        scale = torch.where(support, (x - lse_x[:, None].to(x.dtype)).abs()
+                            + (y - lse_y[:, None].to(y.dtype)).abs(),
+                            torch.zeros_like(x)).amax(dim=-1)
+        l = torch.where(support, (y - x).sub_(c_hi[:, None]), torch.zeros_like(x)).to(work_dtype)
+        del x
+        log_base = torch.where(support, y - shift_y, torch.full_like(y, -math.inf)).to(work_dtype)
+        del y
+        has_support = support.any(dim=-1)
+        spread = (torch.where(support, l, torch.full_like(l, -math.inf)).amax(dim=-1)
+                  - torch.where(support, l, torch.full_like(l, math.inf)).amin(dim=-1))
+        level = torch.where(support, l.abs(), torch.zeros_like(l)).amax(dim=-1)
+        del support
     zeros = torch.zeros(n, 1, dtype=l.dtype, device=l.device)
     _, d0, _, _ = _moments(torch, l, log_base, zeros, 2)
     _, d1, _, _ = _moments(torch, l, log_base, zeros + 1.0, 2)

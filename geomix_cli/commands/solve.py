@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _shared
+from geomix_cli.commands import _device, _shared
 
 
 def _fmt(value: float, digits: int = 6) -> str:
@@ -16,11 +16,19 @@ def _fmt(value: float, digits: int = 6) -> str:
     return f"{value:.{digits}g}"
 
 
-def solve_rows(pairs, method: str, *, progress: bool = True):
-    """Solve in row chunks (a progress bar on stderr for large batches); return diagnostics."""
+def solve_rows(pairs, method: str, *, progress: bool = True, device: Optional[str] = None,
+               dtype: str = "float32", max_memory: Optional[str] = None):
+    """Solve in row chunks (a progress bar on stderr for large batches); return diagnostics.
+
+    With `device`, the torch backend solves (it chunks rows under its own memory budget)."""
     from geomix_cli.core import diagnose, solve_alpha
     from geomix_cli.core.solvers import AlphaSolution
 
+    if device is not None:
+        from geomix_cli.commands import _device
+
+        sol = _device.solve(pairs, method, device=device, dtype=dtype, max_memory=max_memory)
+        return diagnose(pairs.log_pi_theta, pairs.log_pi_t, sol)
     n_rows, vocab = pairs.n_rows, pairs.vocab_size
     chunk = max(1, int(4_000_000 // max(vocab, 1)))
     if n_rows <= chunk or not progress:
@@ -70,6 +78,9 @@ def register(app: typer.Typer) -> None:
         renormalize: bool = _shared.RenormalizeOption,
         logits: bool = _shared.LogitsOption,
         probs: bool = _shared.ProbsOption,
+        device: Optional[str] = _device.DeviceOption,
+        dtype: str = _device.ComputeDtypeOption,
+        max_memory: Optional[str] = _device.MaxMemoryOption,
     ) -> None:
         """Solve alpha* (KL(q||pi_theta) = KL(q||pi_t)) for every row, with diagnostics."""
         from geomix_cli.core import METHODS
@@ -77,10 +88,19 @@ def register(app: typer.Typer) -> None:
 
         if method not in METHODS:
             raise InputError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
+        if device is not None:
+            from geomix_cli.backends import resolve_device
+
+            if method not in ("newton", "halley"):
+                raise InputError(f"--device runs newton or halley; method '{method}' runs "
+                                 "without --device (numpy)")
+            resolve_device(device)  # before loading: no CUDA / no torch is one line, exit 5
+            _device.parse_memory(max_memory)
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)
-        diagnostics = solve_rows(pairs, method)
+        diagnostics = solve_rows(pairs, method, device=device, dtype=dtype,
+                                 max_memory=max_memory)
         records = diagnostics.records(pairs.row_labels)
         if json_out:
             from geomix_cli.io import dumps_json

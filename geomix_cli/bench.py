@@ -1,0 +1,441 @@
+"""The benchmark harness behind `geomix bench`: every solver on the same data, side by side.
+
+One run generates a batch of LLM-like logits ([rows, vocab], stored in float32 / float16 /
+bfloat16), solves it once in float64 for the exact alpha*, then times each method (median of
+`repeat` runs) and measures, per method:
+
+- seconds (median) and seconds per row, and the speedup against the seed's reference solver;
+- passes over the data (max over rows of `evaluations`; for the reference, its iterations);
+- peak extra memory, and how it was measured: `tracemalloc` (numpy: exact for numpy's buffers),
+  `rss-sampled` (torch on CPU: resident-set size sampled every ~1 ms from /proc, minus the level
+  before the call: approximate), `cuda-max-allocated` (torch.cuda.max_memory_allocated);
+- max |alpha - exact| over the rows with a root;
+- effective GB/s (bytes of the two stored inputs, read once, per second) and the fraction of the
+  one-read floor (those bytes at the device's measured bandwidth: on CPU a numpy sum over a
+  256 MiB array, on CUDA a torch sum over 1 GiB; the figure is reported with the results).
+
+Numpy methods start from the validated float64 log-probabilities (what `geomix solve` has after
+loading; the loading is not timed); torch methods and the reference start from the stored logits
+(their normalisation is timed). brentq runs on a subsample of rows (`brentq_rows`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import threading
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from geomix_cli.errors import InputError
+
+STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclass
+class BenchConfig:
+    rows: int = 64
+    vocab: int = 151_936
+    dtype: str = "float32"          # storage dtype of the logits
+    devices: tuple = ("cpu",)       # torch devices to run on (reference + torch newton)
+    repeat: int = 3
+    brentq_rows: int = 2
+    seed: int = 0
+    scale: float = 3.0              # logits: N(0, scale^2) shared base ...
+    noise: float = 1.0              # ... plus independent N(0, noise^2) per side
+    max_memory_bytes: int | None = None
+    methods: tuple = ()             # empty: all
+    whole_process: bool = False
+
+    def check(self) -> None:
+        if self.rows < 1 or self.vocab < 2:
+            raise InputError("bench needs --rows >= 1 and --vocab >= 2")
+        if self.dtype not in STORAGE_DTYPES:
+            raise InputError(f"--dtype {self.dtype}: choose from {', '.join(STORAGE_DTYPES)}")
+        if self.repeat < 1:
+            raise InputError("--repeat must be at least 1")
+
+
+@dataclass
+class BenchResult:
+    method: str
+    device: str
+    compute_dtype: str
+    input: str
+    rows: int
+    seconds: float
+    seconds_all: list
+    seconds_per_row: float
+    passes: int
+    max_abs_alpha_error: float | None
+    peak_extra_bytes: int | None
+    memory_measure: str
+    effective_gb_s: float
+    floor_fraction: float | None
+    speedup_vs_reference: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def make_logits(config: BenchConfig):
+    """(theta, target) float32 numpy logits holding exactly the stored values, and a function
+    giving them as torch tensors in the storage dtype."""
+    rng = np.random.default_rng(config.seed)
+    shape = (config.rows, config.vocab)
+    base = rng.standard_normal(shape, dtype=np.float32) * np.float32(config.scale)
+    theta = base + rng.standard_normal(shape, dtype=np.float32) * np.float32(config.noise)
+    target = base + rng.standard_normal(shape, dtype=np.float32) * np.float32(config.noise)
+    del base
+    if config.dtype == "float16":
+        theta, target = (a.astype(np.float16).astype(np.float32) for a in (theta, target))
+    elif config.dtype == "bfloat16":
+        theta, target = (_round_bf16(a) for a in (theta, target))
+    return theta, target
+
+
+def _round_bf16(values: np.ndarray) -> np.ndarray:
+    """float32 -> nearest bfloat16 (round half to even), kept in float32."""
+    bits = values.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def stored_tensor(values: np.ndarray, dtype: str, device):
+    import torch
+
+    t = torch.from_numpy(values)
+    target = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    return t.to(device=device, dtype=target)
+
+
+# ------------------------------------------------------------------------------------------------
+# measurement helpers
+
+
+def cpu_bandwidth_bytes_per_s(size_bytes: int = 256 << 20, repeat: int = 3) -> float:
+    """Read bandwidth of this CPU, from a numpy sum over a float32 array (best of `repeat`)."""
+    a = np.ones(size_bytes // 4, dtype=np.float32)
+    a.sum()
+    best = min(_timed(lambda: a.sum()) for _ in range(repeat))
+    return size_bytes / best
+
+
+def cuda_bandwidth_bytes_per_s(device, size_bytes: int = 1 << 30, repeat: int = 5) -> float:
+    import torch
+
+    a = torch.ones(size_bytes // 4, dtype=torch.float32, device=device)
+    a.sum()
+    torch.cuda.synchronize(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a.sum()
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    del a
+    return size_bytes / min(times)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class _RssSampler:
+    """Peak resident-set size during a block, sampled from /proc/self/statm (Linux)."""
+
+    def __init__(self, interval: float = 0.001):
+        from geomix_cli.io import resident_set_bytes
+
+        self._read = resident_set_bytes
+        self.interval = interval
+        self.peak = 0
+        self.base = 0
+        self._stop = threading.Event()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._read() or 0)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.base = self._read() or 0
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._read() or 0)
+
+    @property
+    def extra(self) -> int:
+        return max(0, self.peak - self.base)
+
+
+def _peak_memory(fn, device: str):
+    """(peak extra bytes, how measured) for one call of fn."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - before), "cuda-max-allocated"
+    if device == "numpy":
+        tracemalloc.start()
+        try:
+            base, _ = tracemalloc.get_traced_memory()
+            fn()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return int(peak - base), "tracemalloc"
+    sampler = _RssSampler()
+    if sampler._read() is None:
+        fn()
+        return None, "unavailable"
+    with sampler:
+        fn()
+    return int(sampler.extra), "rss-sampled"
+
+
+def _time_runs(fn, repeat: int, device: str) -> list[float]:
+    sync = None
+    if device.startswith("cuda"):
+        import torch
+
+        sync = torch.cuda.synchronize
+    out = []
+    for _ in range(repeat):
+        if sync:
+            sync()
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+def run_bench(config: BenchConfig, log=lambda text: None) -> dict:
+    """Run every method on the same data; returns {"config", "machine", "results"}."""
+    from geomix_cli.core.solvers import (OK, solve_bisection_reference, solve_brentq,
+                                         solve_newton)
+    from geomix_cli.core.validation import validate_pair
+
+    config.check()
+    torch_devices = _torch_devices(config.devices)
+    log(f"generating {config.rows} x {config.vocab} logits ({config.dtype})")
+    theta, target = make_logits(config)
+    log("validating to float64 log-probabilities and solving exactly (float64 newton, untimed)")
+    log_theta, log_t, row_errors = validate_pair(theta, target, "logits", storage_dtype=config.dtype)
+    exact = solve_newton(log_theta, log_t, row_errors=row_errors)
+    ok = exact.status == OK
+    input_bytes = 2 * config.rows * config.vocab * _ITEMSIZE[config.dtype]
+    bandwidth = {"cpu": cpu_bandwidth_bytes_per_s()}
+    for dev in torch_devices:
+        if dev.startswith("cuda"):
+            bandwidth[dev] = cuda_bandwidth_bytes_per_s(dev)
+    results: list[BenchResult] = []
+    wanted = set(config.methods)
+
+    def want(name: str) -> bool:
+        return not wanted or name in wanted
+
+    def record(method, device, compute_dtype, input_kind, rows, fn, alpha_of, passes_of,
+               mem_device, note=""):
+        log(f"  {method} on {device} ({rows} rows) ...")
+        value = fn()  # warm-up, and the answer
+        peak, measure = _peak_memory(fn, mem_device)
+        times = _time_runs(fn, config.repeat, mem_device)
+        seconds = statistics.median(times)
+        alpha = alpha_of(value)
+        sel = ok[:rows]
+        err = float(np.max(np.abs(alpha[sel] - exact.alpha[:rows][sel]))) if sel.any() else None
+        bytes_read = input_bytes * rows / config.rows
+        bw = bandwidth.get(device.split(":")[0] if device != "numpy" else "cpu",
+                           bandwidth.get(device))
+        results.append(BenchResult(
+            method=method, device="cpu" if device == "numpy" else device,
+            compute_dtype=compute_dtype, input=input_kind, rows=rows, seconds=seconds,
+            seconds_all=times, seconds_per_row=seconds / rows, passes=int(passes_of(value)),
+            max_abs_alpha_error=err, peak_extra_bytes=peak, memory_measure=measure,
+            effective_gb_s=bytes_read / seconds / 1e9,
+            floor_fraction=(bytes_read / bw) / seconds if bw else None, note=note))
+
+    # -- the seed's reference (torch, float32), and its numpy port
+    if torch_devices and want("reference"):
+        from geomix_cli.backends.reference import reference_alpha
+
+        for dev in torch_devices:
+            xs = stored_tensor(theta, config.dtype, dev)
+            ys = stored_tensor(target, config.dtype, dev)
+            record("reference-bisection (seed 6.2, torch)", dev, "float32", "stored logits",
+                   config.rows, lambda: reference_alpha(xs, ys, kind="logits", device=dev),
+                   lambda v: v[0], lambda v: v[1], dev,
+                   note="verbatim: float32, log(p + 1e-10), tol 1e-6, logs recomputed per pass")
+            del xs, ys
+    if want("bisection"):
+        record("bisection (numpy float32 port of the seed)", "numpy", "float32",
+               "float64 log-probs", config.rows,
+               lambda: solve_bisection_reference(log_theta, log_t, row_errors=row_errors),
+               lambda s: s.alpha, lambda s: s.evaluations.max(), "numpy")
+    if want("brentq"):
+        n = max(1, min(config.brentq_rows, config.rows))
+        record("brentq (scipy, float64)", "numpy", "float64", "float64 log-probs", n,
+               lambda: solve_brentq(log_theta[:n], log_t[:n], row_errors=row_errors[:n]),
+               lambda s: s.alpha, lambda s: s.evaluations.max(), "numpy",
+               note=f"subsample: first {n} of {config.rows} rows")
+    if want("newton"):
+        record("newton (numpy float64, the default solve)", "numpy", "float64",
+               "float64 log-probs", config.rows,
+               lambda: solve_newton(log_theta, log_t, row_errors=row_errors),
+               lambda s: s.alpha, lambda s: s.evaluations.max(), "numpy")
+    if want("halley"):
+        record("halley (numpy float64)", "numpy", "float64", "float64 log-probs", config.rows,
+               lambda: solve_newton(log_theta, log_t, order=3, row_errors=row_errors),
+               lambda s: s.alpha, lambda s: s.evaluations.max(), "numpy")
+    if torch_devices and want("torch"):
+        from geomix_cli.backends.torch_backend import solve_alpha_torch
+
+        for dev in torch_devices:
+            xs = stored_tensor(theta, config.dtype, dev)
+            ys = stored_tensor(target, config.dtype, dev)
+            for cdt in ("float32", "float64"):
+                record(f"newton (torch {cdt})", dev, cdt, "stored logits", config.rows,
+                       lambda: solve_alpha_torch(xs, ys, device=dev, compute_dtype=cdt,
+                                                 max_memory_bytes=config.max_memory_bytes),
+                       lambda s: s.alpha, lambda s: s.evaluations.max(), dev)
+            del xs, ys
+    _speedups(results)
+    payload = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
+        "machine": machine_info(torch_devices, bandwidth),
+        "one_read_floor_seconds": {d: input_bytes / b for d, b in bandwidth.items()},
+        "input_bytes": input_bytes,
+        "rows_with_root": int(ok.sum()),
+        "results": [asdict(r) for r in results],
+    }
+    if config.whole_process:
+        payload["whole_process"] = whole_process(config, theta, target, log)
+    return payload
+
+
+def _speedups(results: list[BenchResult]) -> None:
+    ref = {r.device: r.seconds_per_row for r in results if r.method.startswith("reference")}
+    base = ref.get("cpu") or next(iter(ref.values()), None)
+    if base is None:  # no torch: the numpy port is the baseline
+        base = next((r.seconds_per_row for r in results if r.method.startswith("bisection")),
+                    None)
+    for r in results:
+        same_device = ref.get(r.device, base)
+        r.speedup_vs_reference = (same_device / r.seconds_per_row) if same_device else None
+
+
+def _torch_devices(devices) -> list[str]:
+    from geomix_cli.backends import resolve_device, torch_available
+
+    if not devices:
+        return []
+    if list(devices) == ["auto"]:
+        if not torch_available():
+            return []
+        import torch
+
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    out = []
+    for d in devices:
+        resolve_device(d)  # UnavailableError (exit 5) for cuda without CUDA / no torch
+        out.append(str(d))
+    return out
+
+
+def machine_info(torch_devices, bandwidth) -> dict:
+    from geomix_cli.io import cpu_model_name
+
+    info = {"cpu": cpu_model_name() or platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__,
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+            "bandwidth_gb_s": {d: b / 1e9 for d, b in bandwidth.items()},
+            "bandwidth_measure": {"cpu": "numpy float32 sum over 256 MiB (read), best of 3",
+                                  "cuda": "torch float32 sum over 1 GiB (read), best of 5"}}
+    if torch_devices:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if any(d.startswith("cuda") for d in torch_devices):
+            info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def whole_process(config: BenchConfig, theta, target, log) -> dict:
+    """Wall-clock of whole processes on the same file: `geomix solve FILE --json` (numpy newton,
+    the default) against a process that loads the file and runs the seed's reference in torch;
+    also `geomix solve FILE --method bisection` (the numpy port, through the same pipeline)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from geomix_cli.io import write_pairs_npz
+
+    with tempfile.TemporaryDirectory(prefix="geomix-bench-") as folder:
+        path = os.path.join(folder, "pairs.npz")
+        store = theta if config.dtype != "float16" else theta.astype(np.float16)
+        store_t = target if config.dtype != "float16" else target.astype(np.float16)
+        write_pairs_npz(path, theta=store, target=store_t, kind="logits")
+        reference_script = (
+            "import sys, numpy as np\n"
+            "from geomix_cli.backends.reference import reference_alpha\n"
+            "with np.load(sys.argv[1]) as d:\n"
+            "    a, b = d['logits_theta'], d['logits_t']\n"
+            "alpha, it = reference_alpha(a, b, kind='logits')\n"
+            "print(alpha.tolist())\n")
+        runs = {
+            "geomix solve FILE --json": [sys.executable, "-m", "geomix_cli", "solve", path,
+                                         "--json"],
+            "geomix solve FILE --method bisection --json": [
+                sys.executable, "-m", "geomix_cli", "solve", path, "--method", "bisection",
+                "--json"],
+            "python: load FILE + seed reference (torch)": [sys.executable, "-c",
+                                                           reference_script, path],
+        }
+        out = {}
+        for name, cmd in runs.items():
+            if "torch" in name and not _torch_devices(["auto"]):
+                continue
+            times = []
+            for _ in range(config.repeat):
+                log(f"  process: {name} ...")
+                start = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                times.append(time.perf_counter() - start)
+                if proc.returncode not in (0, 3):
+                    raise RuntimeError(f"{name} failed ({proc.returncode}): "
+                                       f"{proc.stderr.strip().splitlines()[-1:]}")
+            out[name] = {"seconds": statistics.median(times), "seconds_all": times}
+        ref = out.get("python: load FILE + seed reference (torch)")
+        if ref:
+            for rec in out.values():
+                rec["speedup_vs_reference_process"] = ref["seconds"] / rec["seconds"]
+        return out
