@@ -48,14 +48,15 @@ def default_methods(with_torch: bool | None) -> list[str]:
     return methods
 
 
-def compute_records(log_theta, log_t, errors, method: str) -> list[dict]:
-    """Rows as `diagnose(...).records()` for a numpy method or the torch backend (float64, cpu)."""
+def compute_records(log_theta, log_t, errors, method: str, device: str = "cpu") -> list[dict]:
+    """Rows as `diagnose(...).records()` for a numpy method or the torch backend (float64 on
+    `device`)."""
     from geomix_cli.core import diagnose, solve_alpha
 
     if method == TORCH_METHOD:
         from geomix_cli.backends import solve_alpha_device
 
-        sol = solve_alpha_device(log_theta, log_t, "newton", device="cpu",
+        sol = solve_alpha_device(log_theta, log_t, "newton", device=device,
                                  compute_dtype="float64", row_errors=errors)
         sol.method = "newton"  # an exact method: diagnostics report C for it
     else:
@@ -63,7 +64,7 @@ def compute_records(log_theta, log_t, errors, method: str) -> list[dict]:
     return diagnose(log_theta, log_t, sol).records()
 
 
-def run_values(cases, methods: list[str], progress=None):
+def run_values(cases, methods: list[str], progress=None, device: str = "cpu"):
     """Compare every case with every method. Returns (table rows, mismatches)."""
     from geomix_cli.cases import Mismatch, case_inputs, compare_records
 
@@ -79,7 +80,7 @@ def run_values(cases, methods: list[str], progress=None):
                                        "review, then regress --update --accept-source-change"))
         statuses = [row["status"] for row in case.expected]
         for method in methods:
-            records = compute_records(log_theta, log_t, errors, method)
+            records = compute_records(log_theta, log_t, errors, method, device)
             found, max_dev = compare_records(case, records, method)
             mismatches.extend(found)
             table.append({"case": case.id, "method": method, "rows": len(records),
@@ -179,6 +180,8 @@ def register(app: typer.Typer) -> None:
         reference: Optional[Path] = typer.Option(
             None, "--reference", help="The reference script for --update (default: "
                                       "scripts/make_golden.py of this checkout)."),
+        device: str = typer.Option("cpu", "--device",
+                                   help=f"Device of the {TORCH_METHOD} method (cpu, cuda, cuda:N)."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
     ) -> None:
         """Recompute the golden cases with every exact method and compare (exit 4 on drift)."""
@@ -204,7 +207,7 @@ def register(app: typer.Typer) -> None:
         table, mismatches, verdict_report = [], [], {}
         if values:
             cases = load_cases(cases_dir, case_ids)
-            table, found = run_values(cases, chosen, progress)
+            table, found = run_values(cases, chosen, progress, device)
             mismatches.extend(found)
         if verdicts:
             for suite in VERDICT_SUITES:
@@ -216,7 +219,8 @@ def register(app: typer.Typer) -> None:
             from geomix_cli.io import dumps_json
 
             typer.echo(dumps_json({"schema_version": 1, "cases_dir": str(cases_dir),
-                                   "methods": chosen if values else [], "cases": table,
+                                   "methods": chosen if values else [], "torch_device": device,
+                                   "cases": table,
                                    "max_deviation_by_method": summarize(table),
                                    "verdicts": verdict_report, "ok": not mismatches,
                                    "mismatches": [m.to_json() for m in mismatches]}))
@@ -276,9 +280,8 @@ def _render(table, verdict_report, mismatches) -> None:
             t.add_row(claim, g or "—", f or "—", "ok" if g == f else "CHANGED")
         stdout.print(t)
     if mismatches:
-        stdout.print(f"{len(mismatches)} mismatch(es):", highlight=False)
-        for m in mismatches:
-            stdout.print("  " + m.line(), highlight=False, markup=False)
+        stdout.print(f"regress: {len(mismatches)} mismatch(es), each listed on stderr",
+                     highlight=False)
     else:
         stdout.print("regress: everything matches the golden values"
                      + (" and verdicts" if verdict_report else ""), highlight=False)
