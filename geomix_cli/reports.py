@@ -246,3 +246,69 @@ def write_compare_report(records: list[dict], summary: list[dict], max_min: dict
             lines.append(f"\n![{caption}]({fname})\n\n*{caption}.*\n")
         write_text_atomic(staging / "report.md", "\n".join(lines))
     return out_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# check
+
+
+def write_check_report(source: str, records: list[dict], flat: list[dict], totals: dict,
+                       result: dict, out_dir, *, threshold=None) -> Path:
+    """report.md, check.csv and figures (four cases totalled over rows, ESS scatter, alpha per
+    row) for `geomix check`."""
+    import numpy as np
+
+    from geomix_cli.core.principles import CASE_EXPECTATIONS, CASE_NAMES
+    from geomix_cli.io import atomic_directory, write_csv_atomic, write_text_atomic
+
+    out_dir = Path(out_dir)
+    thr = "1/V (the uniform level)" if threshold is None else f"{threshold:g}"
+    with atomic_directory(out_dir) as staging:
+        write_csv_atomic(staging / "check.csv", _frame(flat))
+        figs = []
+        from geomix_cli import plots
+
+        ok = np.isfinite(result["alpha"])
+        if ok.any():
+            counts = np.asarray(totals["tokens"])
+            mass = np.nanmean(result["mass_q"][ok], axis=0)
+            fig = plots.figure_four_cases(list(CASE_NAMES), counts, mass,
+                                          np.asarray(totals["fraction_meeting"], dtype=float),
+                                          title=f"Four behaviour cases at q* ({source})")
+            _save(fig, staging / "four_cases.png")
+            figs.append(("four_cases.png", "Tokens per case, mean q* mass, fraction meeting "
+                         "the case's expectation"))
+            fig = plots.figure_ess_scatter(result["ess_theta"][ok], result["ess_target"][ok],
+                                           [source] * int(ok.sum()),
+                                           title="ESS_θ(q*) vs ESS_t(q*) per row")
+            _save(fig, staging / "ess_scatter.png")
+            figs.append(("ess_scatter.png", "ESS_theta(q*) against ESS_t(q*) per row, with "
+                         "the 10% band"))
+            labels = [r["row"] for r in records]
+            fig = plots.figure_alpha_along_sequence(np.asarray(labels), result["alpha"],
+                                                    result["alpha_entropy"])
+            _save(fig, staging / "alpha_per_row.png")
+            figs.append(("alpha_per_row.png", "alpha* per row, with the entropy formula"))
+        summary = [{"case": CASE_NAMES[c], "expectation": CASE_EXPECTATIONS[c],
+                    "tokens": totals["tokens"][c], "meeting": totals["meeting"][c],
+                    "fraction_meeting": totals["fraction_meeting"][c]} for c in range(4)]
+        cols = ["row", "status", "alpha", "ess_theta", "ess_target", "ess_ratio",
+                "case1_fraction_meeting", "case2_fraction_meeting", "case3_fraction_meeting",
+                "case4_fraction_meeting", "w_min", "w_q0.05", "w_q0.5", "w_q0.95"]
+        lines = [f"# check: `{source}`\n",
+                 f"Per row at q* (the exact KL-symmetric alpha*). A probability is 'large' when "
+                 f">= {thr}. Every column: [check.csv](check.csv).\n",
+                 "## Four behaviour cases, all rows\n", markdown_table(summary),
+                 f"\nESS_theta(q*) and ESS_t(q*) within 10% (max/min <= 1.1): "
+                 f"{totals['ess_within_10pct']} of {totals['rows_with_alpha']} rows with an "
+                 f"alpha*.\n",
+                 "## Per row\n", markdown_table(flat, columns=cols, max_rows=200)]
+        msgs = [r for r in records if r["message"]]
+        if msgs:
+            lines.append("\n## Rows without alpha*\n")
+            lines.append(markdown_table([{"row": r["row"], "status": r["status"],
+                                          "message": r["message"]} for r in msgs]))
+        for fname, caption in figs:
+            lines.append(f"\n![{caption}]({fname})\n\n*{caption}.*\n")
+        write_text_atomic(staging / "report.md", "\n".join(lines))
+    return out_dir

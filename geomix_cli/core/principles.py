@@ -516,3 +516,40 @@ def principle_metrics(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, sol: Princ
     out["min_ess"][use] = np.minimum(e_theta, e_t)
     out["four_case_fraction"][use] = fc.fraction_all
     return out
+
+
+def check_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *,
+               threshold: float | None = None, row_errors=None) -> dict:
+    """What `geomix check` reports per row, at q* (the exact alpha*): status, alpha*, alpha_H,
+    the four-case counts / q-mass / fraction meeting, ESS_theta(q*), ESS_t(q*), their ratio
+    max/min, and the importance weights w = pi_theta / q*. Rows without alpha* carry NaN."""
+    log_pi_theta = np.atleast_2d(log_pi_theta)
+    log_pi_t = np.atleast_2d(log_pi_t)
+    n = log_pi_theta.shape[0]
+    sol = solve_alpha(log_pi_theta, log_pi_t, "newton", row_errors=row_errors)
+    ok = sol.status == OK
+    nan = np.full(n, np.nan)
+    out = {"status": sol.status, "message": sol.message, "alpha": sol.alpha,
+           "alpha_entropy": np.where(ok, entropy_formula_alpha(log_pi_theta, log_pi_t), np.nan),
+           "ess_theta": nan.copy(), "ess_target": nan.copy(), "ess_ratio": nan.copy(),
+           "counts": np.zeros((n, 4), dtype=np.int64), "mass_q": np.full((n, 4), np.nan),
+           "mass_theta": np.full((n, 4), np.nan), "mass_t": np.full((n, 4), np.nan),
+           "meeting": np.zeros((n, 4), dtype=np.int64), "threshold": nan.copy()}
+    weights = importance_weight_summary(np.zeros((n, 1)), np.full((n, 1), -np.inf))
+    if ok.any():
+        lt, lT = log_pi_theta[ok], log_pi_t[ok]
+        log_q = log_q_alpha(lt, lT, sol.alpha[ok])
+        e_t = effective_sample_size(lt, log_q)
+        e_T = effective_sample_size(lT, log_q)
+        out["ess_theta"][ok] = e_t
+        out["ess_target"][ok] = e_T
+        out["ess_ratio"][ok] = np.maximum(e_t, e_T) / np.minimum(e_t, e_T)
+        fc = four_cases(lt, lT, log_q, threshold=threshold)
+        for key in ("counts", "mass_q", "mass_theta", "mass_t", "meeting"):
+            out[key][ok] = getattr(fc, key)
+        out["threshold"][ok] = fc.threshold
+        w = importance_weight_summary(lt, log_q)
+        for key in weights:
+            weights[key][ok] = w[key]
+    out["weights"] = weights
+    return out

@@ -1,0 +1,163 @@
+"""`geomix check SOURCE`: the four behaviour cases and the ESS balance on the user's own pairs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import typer
+
+from geomix_cli.commands import _shared
+
+CASE_KEYS = ("case1", "case2", "case3", "case4")
+
+
+def records_from(result: dict, row_labels) -> list[dict]:
+    """One JSON-ready dict per row (NaN kept; the JSON writer turns it into null)."""
+    from geomix_cli.core.principles import WEIGHT_QUANTILES
+
+    out = []
+    w = result["weights"]
+    for i, label in enumerate(row_labels):
+        counts = result["counts"][i]
+        meeting = result["meeting"][i]
+        rec = {"row": int(label), "status": str(result["status"][i]),
+               "alpha": float(result["alpha"][i]),
+               "alpha_entropy": float(result["alpha_entropy"][i]),
+               "threshold": float(result["threshold"][i]),
+               "ess_theta": float(result["ess_theta"][i]),
+               "ess_target": float(result["ess_target"][i]),
+               "ess_ratio": float(result["ess_ratio"][i]),
+               "ess_within_10pct": (bool(result["ess_ratio"][i] <= 1.1)
+                                    if np.isfinite(result["ess_ratio"][i]) else None),
+               "cases": {}, "weights": {}, "message": result["message"][i]}
+        for c, key in enumerate(CASE_KEYS):
+            rec["cases"][key] = {
+                "tokens": int(counts[c]), "meeting": int(meeting[c]),
+                "fraction_meeting": float(meeting[c] / counts[c]) if counts[c] else float("nan"),
+                "mass_q": float(result["mass_q"][i, c]),
+                "mass_theta": float(result["mass_theta"][i, c]),
+                "mass_target": float(result["mass_t"][i, c])}
+        rec["weights"] = {"min": float(w["w_min"][i]), "max": float(w["w_max"][i]),
+                          "mean_under_q": float(w["w_mean_q"][i]),
+                          "second_moment_under_q": float(w["w_second_moment_q"][i]),
+                          **{f"q{q:g}": float(w[f"w_q{q:g}"][i]) for q in WEIGHT_QUANTILES}}
+        out.append(rec)
+    return out
+
+
+def flat_record(rec: dict) -> dict:
+    """A CSV-friendly flattening of one record."""
+    flat = {k: v for k, v in rec.items() if k not in ("cases", "weights")}
+    for key, case in rec["cases"].items():
+        for field, value in case.items():
+            flat[f"{key}_{field}"] = value
+    for field, value in rec["weights"].items():
+        flat[f"w_{field}"] = value
+    return flat
+
+
+def register(app: typer.Typer) -> None:
+    from geomix_cli.cli import guarded
+
+    @app.command("check")
+    @guarded
+    def check(
+        source: str = typer.Argument(..., help="A pairs file (.npz .json .csv .parquet "
+                                     ".safetensors .pt) or a generator spec gen:NAME:k=v,..."),
+        threshold: Optional[float] = typer.Option(
+            None, "--threshold", help="A probability is 'large' when >= this (default 1/V, the "
+            "uniform level, V = tokens where pi_theta or pi_t is positive)."),
+        out: Optional[str] = typer.Option(None, "--out", "-o", help="Write report.md, "
+                                          "check.csv and figures into this folder."),
+        rows: Optional[str] = _shared.RowsOption,
+        json_out: bool = _shared.JsonOption,
+        renormalize: bool = _shared.RenormalizeOption,
+        logits: bool = _shared.LogitsOption,
+        probs: bool = _shared.ProbsOption,
+    ) -> None:
+        """The derivation's four behaviour cases and ESS balance on your own pairs: per row at
+        q*, the tokens in each case, their mass, the fraction meeting the case's expectation,
+        ESS_theta(q*), ESS_t(q*) and their ratio, and the importance weights w = pi_theta/q*.
+
+        Cases (large = probability >= threshold): 1 large/large, expect min <= q* <= max;
+        2 small/large, expect pi_theta < q* <= pi_t; 3 large/small, expect pi_t <= q* <
+        pi_theta; 4 small/small, expect q* < threshold."""
+        from geomix_cli.core.principles import CASE_EXPECTATIONS, check_rows
+        from geomix_cli.errors import InputError
+
+        if threshold is not None and not (0.0 < threshold < 1.0):
+            raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+        pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
+                             probs=probs)
+        _shared.refuse_if_nothing_usable(pairs, source)
+        result = check_rows(pairs.log_pi_theta, pairs.log_pi_t, threshold=threshold,
+                            row_errors=pairs.row_errors)
+        records = records_from(result, pairs.row_labels)
+        totals = _totals(result)
+        if out:
+            from geomix_cli.reports import write_check_report
+
+            write_check_report(source, records, [flat_record(r) for r in records], totals,
+                               result, out, threshold=threshold)
+        if json_out:
+            from geomix_cli.io import dumps_json
+
+            typer.echo(dumps_json({"schema_version": 1, "source": source,
+                                   "vocab_size": pairs.vocab_size,
+                                   "threshold": "1/V" if threshold is None else threshold,
+                                   "expectations": dict(zip(CASE_KEYS, CASE_EXPECTATIONS)),
+                                   "rows": records, "totals": totals, "report_dir": out}))
+        else:
+            _render(source, records, totals, threshold)
+        raise typer.Exit(_shared.exit_code_for(pairs))
+
+
+def _totals(result: dict) -> dict:
+    """Token counts and meeting counts summed over rows with alpha*, per case."""
+    counts = result["counts"].sum(axis=0)
+    meeting = result["meeting"].sum(axis=0)
+    ok = np.isfinite(result["alpha"])
+    ratio = result["ess_ratio"][ok]
+    return {"rows_with_alpha": int(ok.sum()), "rows": int(len(result["alpha"])),
+            "tokens": counts.tolist(), "meeting": meeting.tolist(),
+            "fraction_meeting": [float(m / c) if c else float("nan")
+                                 for m, c in zip(meeting, counts)],
+            "ess_within_10pct": int(np.sum(ratio <= 1.1)) if ratio.size else 0}
+
+
+def _fmt(v, digits=4):
+    if v is None or not np.isfinite(v):
+        return "—"
+    return f"{v:.{digits}g}"
+
+
+def _render(source, records, totals, threshold) -> None:
+    from rich.table import Table
+
+    from geomix_cli.cli import stdout
+
+    thr = "1/V" if threshold is None else f"{threshold:g}"
+    table = Table(title=f"{source}: four cases (large = p >= {thr}) and ESS at q*",
+                  title_justify="left")
+    for h in ("row", "α*", "case tokens 1/2/3/4", "meeting 1/2/3/4", "q* mass 1/2/3/4",
+              "ESS_θ", "ESS_t", "max/min", "w min", "w q5%", "w median", "w q95%", "status"):
+        table.add_column(h, justify="left" if h in ("status",) else "right")
+    for r in records:
+        cases = r["cases"]
+        table.add_row(
+            str(r["row"]), _fmt(r["alpha"], 6),
+            "/".join(str(cases[k]["tokens"]) for k in CASE_KEYS),
+            "/".join(_fmt(cases[k]["fraction_meeting"], 3) for k in CASE_KEYS),
+            "/".join(_fmt(cases[k]["mass_q"], 2) for k in CASE_KEYS),
+            _fmt(r["ess_theta"]), _fmt(r["ess_target"]), _fmt(r["ess_ratio"]),
+            _fmt(r["weights"]["min"], 3), _fmt(r["weights"]["q0.05"], 3),
+            _fmt(r["weights"]["q0.5"], 3), _fmt(r["weights"]["q0.95"], 3), r["status"])
+    stdout.print(table)
+    frac = ", ".join(f"case {c + 1}: {_fmt(f, 4)}" for c, f in enumerate(totals["fraction_meeting"]))
+    stdout.print(f"fraction of tokens meeting the expectation over all rows: {frac}; ESS within "
+                 f"10%: {totals['ess_within_10pct']} of {totals['rows_with_alpha']} rows",
+                 highlight=False)
+    for r in records:
+        if r["message"]:
+            stdout.print(f"row {r['row']} [{r['status']}]: {r['message']}", highlight=False)
