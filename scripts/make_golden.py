@@ -427,8 +427,9 @@ def case_definitions() -> list[dict]:
                          "entropy formula ~= 0.0019 (matches the seed's 0.002 while alpha* does not).",
              source=_gen("gen:delta-uniform:V=10000,eps=0.001")),
         dict(id="delta-uniform-half",
-             description="Delta vs uniform with eps = 1/V (V = 1000, eps = 1e-3): alpha* = 0.5 "
-                         "to the reference's precision.",
+             description="Delta vs uniform with eps = 1/V (V = 1000, eps = 1e-3): alpha* = 1/2 "
+                         "exactly (at alpha = 1/2, q* puts mass 1/2 on the top token, where l = "
+                         "-log(V-1), and 1/2 on the rest, where l = +log(V-1), so D = 0).",
              source=_gen("gen:delta-uniform:V=1000,eps=0.001")),
         dict(id="delta-uniform-below-half",
              description="Delta vs uniform with alpha* < 0.5: V = 1000, eps = 1e-6 (alpha* ~= "

@@ -137,6 +137,18 @@ def test_seed_test2_numbers(shipped):
     assert abs(row["alpha"] - 0.34) < 0.005 and abs(row["alpha_entropy"] - 0.002) < 0.0005
     for cid in ("seed-test2-not-reproduced-above-half", "seed-test2-not-reproduced-big-vocab"):
         assert by_id[cid].expected[0]["alpha"] > 0.5
+    assert by_id["delta-uniform-half"].expected[0]["alpha"] == 0.5  # closed form, eps = 1/V
+
+
+def test_seed_test3_ess_balance_holds_and_fails(shipped):
+    by_id = {c.id: c for c in shipped}
+
+    def ratio(row):
+        return max(row["ess_theta"], row["ess_target"]) / min(row["ess_theta"], row["ess_target"])
+
+    assert ratio(by_id["seed-test1-two-point"].expected[0]) == 1.0
+    assert all(ratio(r) < 1.1 for r in by_id["near-identical"].expected)
+    assert ratio(by_id["smollm2-real-rows"].expected[2]) > 3.0  # source row 47
 
 
 def test_shipped_cases_name_their_reference_and_source(shipped):
