@@ -209,6 +209,18 @@ def softmax_log(theta: np.ndarray) -> np.ndarray:
     return theta - _lse(theta)[..., None]
 
 
+def softmax_start(log_p0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The initial softmax policy: a softmax has no zeros, so tokens with pi_theta0 = 0 start at
+    the row's smallest positive log-probability minus log V (below every real token), and the row
+    is renormalised. Returns (log pi_theta at the start, number of floored tokens per row)."""
+    zero = ~np.isfinite(log_p0)
+    if not zero.any():
+        return log_p0, np.zeros(log_p0.shape[0], dtype=np.int64)
+    floor = np.min(np.where(zero, np.inf, log_p0), axis=-1, keepdims=True) - np.log(log_p0.shape[-1])
+    theta = np.where(zero, floor, log_p0)
+    return softmax_log(theta), zero.sum(axis=-1)
+
+
 def exact_gradient(objective: str, log_p: np.ndarray, log_t: np.ndarray) -> np.ndarray:
     """Exact gradient wrt the logits theta of the objective (rows along the last axis)."""
     p = np.exp(log_p)
@@ -309,7 +321,8 @@ def ess_balance_alpha(log_p: np.ndarray, log_t: np.ndarray, *, xtol: float = 1e-
     by the Illinois variant of regula falsi (a bracketing method: the bracket [lo, hi] with
     g(lo) < 0 < g(hi) is kept, so it cannot diverge; superlinear). g(0) <= 0 <= g(1) because
     ESS_t(pi_t) = ESS_theta(pi_theta) = 1. Stops when the bracket is below `xtol` or g = 0.
-    Returns (alpha, ok): rows without a strict sign change (pi_theta = pi_t) get NaN, ok False."""
+    Returns (alpha, ok): rows without a strict sign change (pi_theta = pi_t) or with different
+    supports (then one ESS is 0 for every alpha in (0, 1)) get NaN, ok False."""
     log_t = np.broadcast_to(log_t, log_p.shape)
     support = np.isfinite(log_p) & np.isfinite(log_t)
     two_p = np.where(np.isfinite(log_p), 2 * log_p, -np.inf)
@@ -330,7 +343,10 @@ def ess_balance_alpha(log_p: np.ndarray, log_t: np.ndarray, *, xtol: float = 1e-
     with np.errstate(invalid="ignore", divide="ignore"):
         g_lo = g_of(log_t).reshape(flat)
         g_hi = g_of(log_p).reshape(flat)
-    ok = (g_lo < 0) & (g_hi > 0)
+    # where the supports differ, the side with the larger support has ESS = 0 for every alpha in
+    # (0, 1) (q lives on the common support): no alpha balances the two
+    same_support = np.all(np.isfinite(log_p) == np.isfinite(log_t), axis=-1).reshape(flat)
+    ok = (g_lo < 0) & (g_hi > 0) & same_support
     support, two_p, two_t = (x.reshape(flat, -1) for x in (support, two_p, two_t))
     log_p, log_t = log_p.reshape(flat, -1), log_t.reshape(flat, -1)
     lo, hi = np.zeros(flat), np.ones(flat)
@@ -587,6 +603,7 @@ class SimulationResult:
     merged_mass_t: np.ndarray
     initial_kl: dict
     threshold: dict
+    floored_tokens: int = 0  # tokens with pi_theta0 = 0, started just above 0 (softmax_start)
     results: list[SamplerResult] = field(default_factory=list)
 
     def get(self, objective: str, sampler: str) -> SamplerResult:
@@ -603,6 +620,7 @@ class SimulationResult:
             "top_k": cfg.top_k if self.merged else None,
             "merged_mass_theta_max": float(np.max(self.merged_mass_theta)),
             "merged_mass_t_max": float(np.max(self.merged_mass_t)),
+            "floored_tokens": self.floored_tokens,
             "objectives": list(cfg.objectives), "samplers": list(cfg.samplers),
             "samples_per_step": cfg.samples_per_step, "budget": cfg.budget, "steps": cfg.steps,
             "seeds": cfg.seeds, "tuning_seeds": cfg.tuning_seeds, "lr_grid": list(cfg.grid),
@@ -633,14 +651,16 @@ def simulate(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, config: SimulationC
         raise InputError(f"pairs must be [K, V] of equal shapes, got {log_pi_theta.shape} and "
                          f"{log_pi_t.shape}")
     red = reduce_vocabulary(log_pi_theta, log_pi_t, config.top_k)
-    log_p0, log_t = red.log_pi_theta, red.log_pi_t
+    log_p0, floored = softmax_start(red.log_pi_theta)
+    log_t = red.log_pi_t
     if "reverse-kl" in config.objectives and not np.all(np.isfinite(log_t)):
         raise InputError("reverse-kl needs pi_t > 0 on every token (KL(pi_theta||pi_t) is +inf "
                          "for a softmax policy otherwise); use forward-kl")
     result = SimulationResult(source=source, config=config, n_prompts=log_t.shape[0],
                               vocab_size=red.original_vocab, reduced_vocab=log_t.shape[1],
                               merged=red.merged, merged_mass_theta=red.merged_mass_theta,
-                              merged_mass_t=red.merged_mass_t, initial_kl={}, threshold={})
+                              merged_mass_t=red.merged_mass_t, initial_kl={}, threshold={},
+                              floored_tokens=int(floored.sum()))
     samplers, grid, n = list(config.samplers), list(config.grid), config.samples_per_step
     tune_seeds = np.arange(config.tuning_seeds) + 1_000_000  # disjoint from evaluation seeds
     eval_seeds = np.arange(config.seeds)

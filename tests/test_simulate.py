@@ -24,7 +24,7 @@ from geomix_cli.simulate import (CaseOutcome, EvidenceConfig, SimulationConfig, 
                                  ess_balance_alpha, gradient_estimate, importance_weights, judge,
                                  parse_sampler, reduce_vocabulary, sample_efficiency_evidence,
                                  sample_tokens, sampler_alpha, sampling_log_q,
-                                 simulate)
+                                 simulate, softmax_start)
 
 Z = 5.0
 
@@ -149,6 +149,29 @@ def test_ess_balance_equalises_the_two_ess():
                     rtol=1e-7)
     alpha, ok = ess_balance_alpha(log_t, log_t)
     assert not ok and np.isnan(alpha)
+
+
+def test_ess_balance_refuses_different_supports():
+    """pi_t with zeros: q_alpha (alpha < 1) misses mass of pi_theta, ESS_theta(q) = 0 for every
+    alpha in (0, 1), so no alpha balances the two: fall back, and count it."""
+    log_p = np.log(np.full((1, 4), 0.25))
+    with np.errstate(divide="ignore"):
+        log_t = np.log(np.array([[0.5, 0.3, 0.2, 0.0]]))
+    alpha, ok = ess_balance_alpha(log_p, log_t)
+    assert not ok[0] and np.isnan(alpha[0])
+    alpha, fell = sampler_alpha("ess-balance", log_p, log_t)
+    assert fell[0] and alpha[0] == 1.0
+
+
+def test_softmax_start_floors_zeros_below_every_real_token():
+    with np.errstate(divide="ignore"):
+        log_p0 = np.log(np.array([[0.6, 0.4, 0.0, 0.0]]))
+    start, floored = softmax_start(log_p0)
+    assert floored[0] == 2 and np.all(np.isfinite(start))
+    assert_allclose(np.exp(start).sum(), 1.0, rtol=1e-14)
+    assert np.all(start[0, 2:] < start[0, :2].min())
+    full = np.log(np.array([[0.5, 0.5]]))
+    assert_array_equal(softmax_start(full)[0], full)
 
 
 def test_parse_sampler():

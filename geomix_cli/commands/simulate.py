@@ -178,6 +178,9 @@ def _header(result) -> str:
         lines.append(f"simulated on the top {cfg.top_k} tokens per prompt by max(pi_theta, pi_t) "
                      f"+ one merged token (merged mass up to {s['merged_mass_theta_max']:.3g} of "
                      f"pi_theta, {s['merged_mass_t_max']:.3g} of pi_t)")
+    if result.floored_tokens:
+        lines.append(f"{result.floored_tokens} token(s) with pi_theta = 0 start just above 0 (a "
+                     "softmax policy has no zeros): the row's smallest probability / V")
     lines.append(f"{cfg.optimizer}, {cfg.samples_per_step} samples per prompt per step, budget "
                  f"{cfg.budget} per prompt, {cfg.seeds} evaluation seeds, lr grid "
                  f"{', '.join(f'{x:g}' for x in cfg.grid)} searched per sampler on "
