@@ -1,13 +1,24 @@
-"""Generators of distribution pairs (`gen:NAME:key=value,...`) and, later, the golden-case library.
+"""Generators of distribution pairs (`gen:NAME:key=value,...`) and the golden-case library.
 
 Every generator is deterministic given `seed` (default 0) and returns a `RawPair` that goes through
 the same validation as a file. `rows=` asks for a batch: random generators draw independent rows,
 deterministic ones repeat their row.
+
+The second half of the module is the golden-case library behind `geomix regress`: reading and
+validating `cases/*.json` (`load_case`, `load_cases`), the values a case's source gives the solver
+(`case_raw_pair`, `case_inputs`) and their fingerprint (`source_fingerprint`), comparing computed
+rows with expected ones under per-field tolerances (`compare_records`), golden verdicts
+(`load_verdicts`, `verdict_map`, `compare_verdicts`), and the pieces of `--update` (`case_to_text`,
+`diff_cases`, `diff_verdicts`, `load_reference` for scripts/make_golden.py). No file is written here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -163,11 +174,6 @@ def generate(spec: str) -> RawPair:
 #   expected: one object per row with GOLDEN_FIELDS (null where a value is not defined);
 #   conditioning (informative): the reference's per-row quantities the tolerances came from.
 # ==============================================================================================
-
-import hashlib
-import json
-import math
-from pathlib import Path
 
 GOLDEN_SCHEMA_VERSION = 1
 GOLDEN_FIELDS = ("status", "alpha", "chernoff", "kl_q_theta", "kl_q_target", "ess_theta",
