@@ -823,7 +823,8 @@ class SampleEfficiencyResult:
     def to_json(self) -> dict:
         return {"claim": self.claim, "verdict": self.verdict, "conditions": self.conditions,
                 "cases": [o.record() for o in self.outcomes], "skipped": self.skipped,
-                "simulation": self.simulations[0].summary() if self.simulations else None}
+                "simulation": self.simulations[0].summary() if self.simulations else None,
+                "simulations": [s.summary() for s in self.simulations]}
 
 
 def shipped_pairs_path():
@@ -899,7 +900,7 @@ def judge(outcomes: list[CaseOutcome]) -> tuple[str, str]:
                      + ", ".join(f"{o.objective} on {o.case}" for o in worse_than_off))
     fastest = sorted({f"{o.objective} on {o.case}: {o.best_sampler}" for o in outcomes})
     parts.append("fastest sampler per case: " + "; ".join(fastest))
-    return verdict, ". ".join(parts) + "."
+    return verdict, ". ".join(p[0].upper() + p[1:] for p in parts) + "."
 
 
 def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
