@@ -220,7 +220,7 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
         ax.set_title("whole front", fontsize=10)
         fig.suptitle(title)
     else:
-        if standalone or not notes:
+        if standalone or legend or not notes:
             ax.set_title(title)
         else:
             import textwrap
@@ -237,8 +237,14 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
         fig.legend(handles, labels, loc="outside lower center",
                    ncols=3 if zoom_ax is not None else 2, frameon=False)
     elif legend:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                  frameon=False)
+        from matplotlib.lines import Line2D
+
+        handles, labels = ax.get_legend_handles_labels()
+        for note in notes:
+            handles.append(Line2D([], [], linestyle="none"))
+            labels.append(f"note: {note}")
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0, frameon=False)
     return fig
 
 
