@@ -310,7 +310,7 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
             else:
                 if first_l is None:
                     first_l = l[torch.arange(n, device=l.device),
-                                torch.isfinite(log_base).to(torch.int8).argmax(dim=-1)]
+                                torch.isfinite(log_base).to(l.dtype).argmax(dim=-1)]
                     first_l = first_l.double().cpu().numpy()
                 status[b] = NO_ROOT
                 message[b] = (f"l = log pi_t - log pi_theta is the constant {first_l[j]:.6g} "

@@ -48,6 +48,9 @@ def register(app: typer.Typer) -> None:
             False, "--whole-process", help="Also time whole processes on a temporary file: "
             "`geomix solve FILE` against loading it and running the seed's reference."),
         seed: int = typer.Option(0, "--seed", help="Seed of the generated logits."),
+        exact_rows: Optional[int] = typer.Option(
+            None, "--exact-rows", help="Errors against float64 on the first N rows only (for "
+            "large GPU batches, when no numpy method runs; default all rows)."),
         json_out: bool = _shared.JsonOption,
     ) -> None:
         """Time the reference bisection, brentq, numpy newton and the torch backend on one batch:
@@ -67,7 +70,7 @@ def register(app: typer.Typer) -> None:
                              devices=tuple(device) if device else ("auto",), repeat=repeat,
                              brentq_rows=brentq_rows, seed=seed, methods=tuple(method or ()),
                              max_memory_bytes=parse_memory(max_memory),
-                             whole_process=whole_process)
+                             whole_process=whole_process, exact_rows=exact_rows)
         payload = run_bench(config, log=lambda text: stderr.print(f"bench: {text}",
                                                                   highlight=False))
         if json_out:
