@@ -24,14 +24,12 @@ from typing import Callable
 
 import numpy as np
 
-from geomix_cli.core.family import (common_support, effective_sample_size, entropy_formula_alpha,
-                                    kl_divergence, log_q_alpha, log_ratio_on_support,
-                                    tilted_moments)
+from geomix_cli.core.family import (effective_sample_size, entropy_formula_alpha, kl_divergence,
+                                    log_q_alpha, log_ratio_on_support, tilted_moments)
 from geomix_cli.core.principles import (CASE_EXPECTATIONS, CASE_NAMES, argmin_log_z,
                                         bisection_iterations, count_sign_changes,
                                         delta_complex_step, dominance_margin, ess_balance_alpha,
-                                        four_cases, front_kls, importance_weight_summary,
-                                        log_z_complex_step, max_min_ess_alpha,
+                                        four_cases, front_kls, log_z_complex_step,
                                         weighted_objective, weighted_sum_minimiser)
 from geomix_cli.core.solvers import (NO_ROOT, OK, classify_rows, solve_alpha,
                                      solve_bisection_reference, solve_newton)
