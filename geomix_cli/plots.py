@@ -363,7 +363,8 @@ def figure_delta_with_iterates(curve, *, title=None):
 def figure_alpha_sweep(vocab_sizes, eps_values, alpha_star, *, reported=None, title=None):
     """Heatmap of alpha*(V, eps) for pi_theta = (1-eps, eps/(V-1), ...), pi_t uniform.
 
-    vocab_sizes: [nV]; eps_values: [nE]; alpha_star: [nE, nV] (NaN cells left blank). Log axes,
+    vocab_sizes: [nV]; eps_values: [nE]; alpha_star: [nE, nV] (NaN cells left blank). A
+    diverging colour map centred on 0.5 (blue: q* leans to pi_t, red: to pi_theta), log axes,
     the alpha* = 0.5 contour (solid), and, when reported = (value, label), the contour
     alpha* = value (dashed) labelled in the legend."""
     vocab_sizes = np.asarray(vocab_sizes, dtype=np.float64)
@@ -373,8 +374,15 @@ def figure_alpha_sweep(vocab_sizes, eps_values, alpha_star, *, reported=None, ti
         raise ValueError(f"alpha_star has shape {alpha_star.shape}, expected "
                          f"({eps_values.size}, {vocab_sizes.size}) = (len(eps), len(V))")
     fig, ax = _new_figure(7.4, 5.2)
+    from matplotlib.colors import TwoSlopeNorm
+
+    # diverging around 0.5: blue = alpha* < 0.5 (q* leans to pi_t), red = above (leans to pi_theta)
+    finite = alpha_star[np.isfinite(alpha_star)]
+    low = min(float(finite.min()) if finite.size else 0.0, 0.49)
+    high = max(float(finite.max()) if finite.size else 1.0, 0.51)
     mesh = ax.pcolormesh(vocab_sizes, eps_values, np.ma.masked_invalid(alpha_star),
-                         shading="nearest", cmap="viridis", vmin=0.0, vmax=1.0)
+                         shading="nearest", cmap="RdBu_r",
+                         norm=TwoSlopeNorm(vmin=low, vcenter=0.5, vmax=high))
     cbar = fig.colorbar(mesh, ax=ax)
     cbar.set_label("α*  (weight on π_θ; dimensionless)")
     from matplotlib import patheffects
