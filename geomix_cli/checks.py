@@ -427,6 +427,8 @@ def claim_boundary(fams, rng, thorough, seed) -> ClaimResult:
     ce = {"pi_theta": [0.6, 0.4, 0.0], "pi_t": [0.1, 0.2, 0.7], "D0": _q(cls.d_at_0[0]),
           "D1": _q(cls.d_at_1[0]), "status": str(cls.status[0]),
           "kl_pi_t_pi_theta": _q(float(kl_divergence(ce_t, ce_theta)[0]))}
+    ce_l, _, ce_sup = log_ratio_on_support(ce_theta[0], ce_t[0])
+    ce["max_l_on_common_support"] = _q(float(np.max(ce_l[ce_sup])))
     ce_fails = not (cls.d_at_0[0] > 0 > cls.d_at_1[0])
     partial_fail = sum(p["no_root"] for p in partial)
     full_ok = sign_fail == 0 and worst_rel < 1e-9
@@ -444,7 +446,8 @@ def claim_boundary(fams, rng, thorough, seed) -> ClaimResult:
         f"-KL(pi_theta||pi_t) (computed as direct sums) to relative error {_fmt(worst_rel)}, and "
         f"{total - sign_fail} of {total} have D(0) > 0 > D(1) as claimed. Different supports: "
         f"the claim needs equal supports, which the derivation silently assumes. Counterexample: "
-        f"pi_theta = (0.6, 0.4, 0), pi_t = (0.1, 0.2, 0.7): on the common support l < 0, "
+        f"pi_theta = (0.6, 0.4, 0), pi_t = (0.1, 0.2, 0.7): on the common support "
+        f"l <= {ce['max_l_on_common_support']:.4g} < 0, "
         f"D(0+) = {_fmt(ce['D0'], 4)}, D(1-) = {_fmt(ce['D1'], 4)} (same sign; KL(pi_t||pi_theta)"
         f" = inf), status {ce['status']}: no alpha in (0, 1) equalises the KLs. Random partial "
         f"overlaps (Dirichlet(1), V = 20, {n_partial} pairs each): no root in {frac}.")
