@@ -76,8 +76,9 @@ def register(app: typer.Typer) -> None:
         logits: bool = _shared.LogitsOption,
         probs: bool = _shared.ProbsOption,
     ) -> None:
-        """The derivation's four behaviour cases and ESS balance on your own pairs: per row at
-        q*, the tokens in each case, their mass, the fraction meeting the case's expectation,
+        """The four behaviour cases and the ESS balance on your own pairs.
+
+        Per row at q*: the tokens in each case, their mass, the fraction meeting the case's expectation,
         ESS_theta(q*), ESS_t(q*) and their ratio, and the importance weights w = pi_theta/q*.
 
         Cases (large = probability >= threshold): 1 large/large, expect min <= q* <= max;

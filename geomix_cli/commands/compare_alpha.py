@@ -128,9 +128,10 @@ def register(app: typer.Typer) -> None:
         logits: bool = _shared.LogitsOption,
         probs: bool = _shared.ProbsOption,
     ) -> None:
-        """Compare the alpha principles (KL symmetry, entropy formula, reference bisection, 1/2,
-        ESS balance, max-min ESS) per row: alpha, both KLs, C, both ESS, four-case satisfaction,
-        solve time."""
+        """Compare the alpha principles side by side, per row.
+
+        Principles: KL symmetry, entropy formula, reference bisection, 1/2, ESS balance, max-min
+        ESS. Per row: alpha, both KLs, C, both ESS, four-case satisfaction, solve time."""
         from geomix_cli.errors import EXIT_OK, InputError
 
         names = parse_principles(principles)

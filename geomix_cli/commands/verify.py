@@ -30,8 +30,10 @@ def register(app: typer.Typer) -> None:
         no_report: bool = typer.Option(False, "--no-report", help="Do not write the report "
                                        "folder (print only)."),
     ) -> None:
-        """Check every claim of the derivation by computation; write report.md, results.json,
-        CSV tables and figures. Exit 0 when the suite ran (refuted claims are findings), 1 if a
+        """Check every claim of the derivation by computation and write the report.
+
+        Writes report.md, results.json, CSV tables and figures into --out (default
+        outputs/SUITE/). Exit 0 when the suite ran (refuted claims are findings), 1 if a
         mathematical identity failed (a bug in geomix)."""
         from geomix_cli.checks import SUITES
         from geomix_cli.errors import EXIT_BUG, InputError
