@@ -174,7 +174,8 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
     standalone = ax is None
     zoom_ax = None
     if standalone:
-        has_zoom = front.drawable and getattr(front, "zoom", None) is not None
+        # no close-up on log axes: they already spread out the region near 0
+        has_zoom = front.drawable and getattr(front, "zoom", None) is not None and not log
         if has_zoom:
             fig = plt.figure(figsize=(11.5, 6.2), layout="constrained")
             ax, zoom_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.45, 1.0]})

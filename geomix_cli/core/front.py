@@ -104,8 +104,8 @@ class ParetoFront:
     invalid row. A 'no-root' row with a real curve IS drawable; it just has no q* mark.
     values: the curve (alpha decreasing from 1 to 0, i.e. from pi_theta to pi_t).
     marks: MARK_* -> MarkedPoint (q_star only when status == 'ok').
-    zoom: the curve sampled densely (alpha decreasing) over the alpha range spanned by q*, the
-    entropy-formula point and alpha = 0.5, with a margin, for a close-up of where they sit."""
+    zoom: the curve sampled densely (alpha decreasing) around q* and the marks near it, for a
+    close-up of where they sit (None when there is nothing to zoom on; see _zoom_values)."""
 
     status: str
     message: str
@@ -341,7 +341,7 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
             star = row.evaluate([alpha_star])
             chernoff = float(-star.log_z[0])
             marks[MARK_STAR] = MarkedPoint(
-                MARK_STAR, f"q* (α* = {alpha_star:.4g}, C = {chernoff:.4g} nats)", alpha_star,
+                MARK_STAR, f"q* (α* = {alpha_star:.4f}, C = {chernoff:.4g} nats)", alpha_star,
                 float(star.kl_q_theta[0]), float(star.kl_q_target[0]))
     # alpha* is in the starting grid: the drawn line passes through the q* marker
     values = adaptive_front_values(row, n_initial=n_initial, max_turn_deg=max_turn_deg,
@@ -349,22 +349,14 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
                                    include=(alpha_star,))
     if np.isfinite(alpha_h):
         p = row.evaluate([alpha_h])
-        marks[MARK_ENTROPY] = MarkedPoint(MARK_ENTROPY, f"entropy formula (α_H = {alpha_h:.4g})",
+        marks[MARK_ENTROPY] = MarkedPoint(MARK_ENTROPY, f"entropy formula (α_H = {alpha_h:.4f})",
                                           alpha_h, float(p.kl_q_theta[0]),
                                           float(p.kl_q_target[0]))
     half = row.evaluate([0.5])
     marks[MARK_HALF] = MarkedPoint(MARK_HALF, "α = 0.5", 0.5, float(half.kl_q_theta[0]),
                                    float(half.kl_q_target[0]))
     values = _sorted_values(values, np.argsort(-values.alpha, kind="stable"))
-    zoom = None
-    if MARK_STAR in marks:
-        # the marks close to q* (a mark far away, like alpha_H on peaked rows, is not zoomed on)
-        near = [m.alpha for k, m in marks.items() if k in (MARK_STAR, MARK_ENTROPY, MARK_HALF)
-                and abs(m.alpha - alpha_star) <= 0.2]
-        lo, hi = min(near), max(near)
-        margin = max(0.6 * (hi - lo), 0.01)
-        zoom_alphas = np.linspace(min(1.0, hi + margin), max(0.0, lo - margin), 121)
-        zoom = row.evaluate(zoom_alphas)
+    zoom = _zoom_values(row, values, marks)
     cloud_result = None
     if cloud:
         cloud_result = cloud_points(log_pi_theta, log_pi_t, values, n_points=cloud_size,
@@ -372,6 +364,30 @@ def pareto_front(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, cloud: bool 
     return ParetoFront(status=status, message=message, vocab_size=vocab, values=values,
                        marks=marks, cloud=cloud_result, alpha_star=alpha_star, chernoff=chernoff,
                        alpha_entropy=alpha_h, same_support=same_support, zoom=zoom)
+
+
+def _zoom_values(row: _Row, values: FrontValues, marks: dict) -> FrontValues | None:
+    """A dense stretch of the curve around q* and the marks near it (alpha_H, alpha = 0.5 when
+    within 15% of the front's extent from q* in the plane), for a close-up; None when there is
+    no q* or when that stretch would cover more than a third of the front's extent (then the
+    whole front already shows it)."""
+    star = marks.get(MARK_STAR)
+    if star is None:
+        return None
+    sx = max(float(np.ptp(values.kl_q_theta)), 1e-300)
+    sy = max(float(np.ptp(values.kl_q_target)), 1e-300)
+    near = [star.alpha]
+    for key in (MARK_ENTROPY, MARK_HALF):
+        m = marks.get(key)
+        if m is not None and np.hypot((m.kl_q_theta - star.kl_q_theta) / sx,
+                                      (m.kl_q_target - star.kl_q_target) / sy) <= 0.15:
+            near.append(m.alpha)
+    lo, hi = min(near), max(near)
+    margin = max(0.6 * (hi - lo), 0.01)
+    zoom = row.evaluate(np.linspace(min(1.0, hi + margin), max(0.0, lo - margin), 121))
+    if max(np.ptp(zoom.kl_q_theta) / sx, np.ptp(zoom.kl_q_target) / sy) > 1 / 3:
+        return None
+    return zoom
 
 
 def _end_marks(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> dict:
@@ -439,15 +455,17 @@ def cloud_points(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, front: FrontVal
             break
         draws = rng.gamma(np.maximum(kappa[idx, None] * np.exp(log_qd[idx]), 1e-300))
         total = draws.sum(axis=-1, keepdims=True)
+        drawn = total[:, 0] > 0  # all shapes tiny can underflow every gamma draw to 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            cand = np.log(draws) - np.log(total)
-        kl = kl_divergence(cand, log_qd[idx])
-        good = np.isfinite(kl) & (kl <= 3.0 * target[idx]) & (kl >= target[idx] / 3.0)
+            cand = np.log(draws) - np.log(np.where(total > 0, total, 1.0))
+        kl = np.where(drawn, kl_divergence(cand, log_qd[idx]), np.nan)
+        good = drawn & np.isfinite(kl) & (kl <= 3.0 * target[idx]) & (kl >= target[idx] / 3.0)
         if attempt == 5:
-            good = np.isfinite(kl) & (kl <= 3.0 * target[idx])
+            good = drawn & np.isfinite(kl) & (kl > 0) & (kl <= 3.0 * target[idx])
         log_d[idx[good]] = cand[good]
         pending[idx[good]] = False
-        ratio = np.where(np.isfinite(kl) & (kl > 0), kl / target[idx], 10.0)
+        # KL ~ 1/kappa: too far -> raise kappa; too close -> lower it; nothing drawn -> raise it
+        ratio = np.where(drawn & np.isfinite(kl) & (kl > 0), kl / target[idx], 10.0)
         kappa[idx] *= np.clip(ratio, 0.1, 1e4)
     log_d = log_d[~pending]
     for log_c, kind in ((log_p, CLOUD_PERTURBED), (log_d, CLOUD_DIRICHLET)):
