@@ -193,9 +193,9 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
                             mark_scale=1.0 if standalone else 0.6,
                             cloud_size=12.0 if standalone else 8.0)
     if log:
-        thresh = max(xmax, ymax) * 1e-3
-        ax.set_xscale("symlog", linthresh=thresh)
-        ax.set_yscale("symlog", linthresh=thresh)
+        # linear within 1e-3 of each axis' range (so KL = 0 stays on the axes), log beyond
+        ax.set_xscale("symlog", linthresh=1e-3 * xmax)
+        ax.set_yscale("symlog", linthresh=1e-3 * ymax)
         ax.set_xlim(0.0, xlim[1])
         ax.set_ylim(0.0, ylim[1])
     elif standalone and 0.2 <= xlim[1] / ylim[1] <= 5:

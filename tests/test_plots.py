@@ -112,6 +112,17 @@ def test_pareto_figure_log_axes_and_existing_axes(small_front):
     assert ax.get_legend() is not None  # legend=True by default on given axes
 
 
+def test_pareto_figure_without_close_up_when_the_marks_are_far_apart():
+    # sharp temperature pair: alpha_H ~ 1 sits at pi_theta, far from q*; nothing to zoom on
+    logits = np.random.default_rng(103).normal(0.0, 5.0, 500)
+    front = pareto_front(log_softmax(logits), log_softmax(logits / 0.05), cloud=False)
+    assert front.zoom is None
+    fig = plots.figure_pareto_front(front)
+    assert len(fig.axes) == 1 and len(fig.legends) == 1
+    assert_array_equal(_line(fig.axes[0], plots.FRONT_LABEL).get_xdata(),
+                       front.values.kl_q_theta)
+
+
 def test_pareto_figure_for_a_row_without_front_is_a_labelled_panel():
     front = pareto_front(np.log([0.2, 0.8]), np.log([0.2, 0.8]))
     fig = plots.figure_pareto_front(front)
