@@ -114,8 +114,11 @@ def test_pareto_figure_log_axes_and_existing_axes(small_front):
 
 def test_pareto_figure_without_close_up_when_the_marks_are_far_apart():
     # sharp temperature pair: alpha_H ~ 1 sits at pi_theta, far from q*; nothing to zoom on
-    logits = np.random.default_rng(103).normal(0.0, 5.0, 500)
-    front = pareto_front(log_softmax(logits), log_softmax(logits / 0.05), cloud=False)
+    from geomix_cli.io import load_source
+
+    pairs = load_source("gen:temperature:V=500,scale=5,tau=0.05")
+    front = pareto_front(pairs.log_pi_theta[0], pairs.log_pi_t[0], cloud=False)
+    assert front.alpha_entropy > 0.999 and abs(front.alpha_star - 0.8988) < 1e-4
     assert front.zoom is None
     fig = plots.figure_pareto_front(front)
     assert len(fig.axes) == 1 and len(fig.legends) == 1
