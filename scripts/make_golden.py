@@ -311,7 +311,8 @@ def derive_tolerances(rows: list[dict]) -> tuple[dict, str]:
         out[f] = {"abs": 0.0, "rel": t} if f in ("ess_theta", "ess_target") else {"abs": t, "rel": 0.0}
     basis = ("derive_tolerances in scripts/make_golden.py: 16 u (E_q*[|log pi_theta|+|log pi_t|] "
              "+ log2 V + 1) for D and log Z; alpha: that over Var_q*(l); KL: plus |d alpha| Var; "
-             "ESS (relative): plus |d alpha| max|l - D|; worst row of the case, rounded up to a "
+             "ESS (relative): plus |d alpha| max|l - D|; alpha_entropy: 16 u (1/(H(pi_theta) + "
+             "H(pi_t)) + log2 V + 1) (16: a safety factor); worst row of the case, rounded up to a "
              "power of ten")
     return out, basis
 

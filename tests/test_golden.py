@@ -264,3 +264,19 @@ def test_diff_cases_lists_changed_fields(good_case):
     lines = diff_cases(good_case, new)
     assert "seed-test1-two-point row 0 alpha: 0.5 -> 0.6" in lines
     assert any(line.startswith("seed-test1-two-point tolerance alpha") for line in lines)
+
+
+def test_small_shipped_cases_are_exactly_what_the_reference_makes(shipped, ref):
+    """A hand-edited expected value or tolerance is caught: recompute the cases with V <= 256
+    (a few seconds at 50 digits) and demand the shipped numbers bit for bit (mpmath is
+    deterministic)."""
+    checked = 0
+    for case in shipped:
+        if case_inputs(case)[0].shape[1] > 256:
+            continue
+        fresh = ref.reference_for_case(case.data, case.cases_dir)
+        assert fresh["expected"] == case.expected, case.id
+        assert fresh["tolerances"] == case.tolerances, case.id
+        assert fresh["source_sha256"] == case.data["source_sha256"], case.id
+        checked += 1
+    assert checked >= 10
