@@ -13,7 +13,8 @@ Stable API (the verify report calls these):
     figure_ess_scatter(ess_theta, ess_target, families, *, title=None)
     figure_four_cases(case_labels, counts, mass_q, fraction_meeting, *, title=None)
     figure_entropy_error_hist(errors_by_family, *, title=None)
-    figure_alpha_along_sequence(positions, alpha_star, alpha_entropy=None, labels=None, *, title=None)
+    figure_alpha_along_sequence(positions, alpha_star, alpha_entropy=None, labels=None, *,
+                                title=None)
 
 Every figure has a title, axis labels with units (KL in nats; alpha, ESS dimensionless) and a
 legend placed outside the data area (or in a corner the data cannot reach).

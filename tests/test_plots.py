@@ -208,7 +208,8 @@ def test_ess_scatter_points_per_family_and_band():
     inner = verts[(verts[:, 0] > 0.1) & (verts[:, 0] < 0.9)]
     ratio = inner[:, 1] / inner[:, 0]
     assert_allclose(np.sort(np.unique(np.round(ratio, 12))), [0.9, 1.1])
-    assert_array_equal(_line(ax, "ESS_θ = ESS_t").get_xdata(), _line(ax, "ESS_θ = ESS_t").get_ydata())
+    diagonal = _line(ax, "ESS_θ = ESS_t")
+    assert_array_equal(diagonal.get_xdata(), diagonal.get_ydata())
 
 
 def test_four_cases_bars_match_the_summary():

@@ -71,8 +71,8 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
             raise InputError(f"no D(alpha) to draw (status '{curve.status}'): {curve.message}",
                              file=source, row=label)
         fig = plots.figure_delta_with_iterates(
-            curve, title=f"D(α) = KL(q_α‖π_θ) − KL(q_α‖π_t) and the solvers' iterates — "
-                         f"{name}, row {label}")
+            curve, title=f"D(α) = KL(q_α‖π_θ) − KL(q_α‖π_t) and the solvers' iterates "
+                         f"— {name}, row {label}")
         return fig, {"row": label, "status": curve.status, "alpha_star": curve.alpha_star,
                      "solved": curve.solved,
                      "evaluations": {m: int(len(p)) for m, p in curve.iterates.items()}}

@@ -1,4 +1,4 @@
-"""`geomix plot-pareto SOURCE`: the exact Pareto front of one row, or small multiples for several."""
+"""`geomix plot-pareto SOURCE`: the exact Pareto front of a row, or small multiples of several."""
 
 from __future__ import annotations
 

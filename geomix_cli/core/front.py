@@ -7,7 +7,8 @@ where a probability is 0), except `four_case_summary`, which also accepts a batc
 The Pareto front (theory.md claim 1) is the curve
     alpha -> (KL(q_alpha||pi_theta), KL(q_alpha||pi_t)),  alpha in [0, 1],
 with KL(q||pi_theta) = (1-alpha) D - log Z and KL(q||pi_t) = -alpha D - log Z. Along it
-    d KL(q||pi_theta)/d alpha = -(1-alpha) Var_q(l) <= 0,   d KL(q||pi_t)/d alpha = alpha Var_q(l) >= 0,
+    d KL(q||pi_theta)/d alpha = -(1-alpha) Var_q(l) <= 0,
+    d KL(q||pi_t)/d alpha = alpha Var_q(l) >= 0,
 so KL(q||pi_theta) grows and KL(q||pi_t) shrinks as alpha goes from 1 (pi_theta) to 0 (pi_t).
 
 The curve is sampled adaptively in alpha: starting from a uniform grid, the intervals next to a
@@ -391,7 +392,8 @@ def _zoom_values(row: _Row, values: FrontValues, marks: dict) -> FrontValues | N
 
 
 def _end_marks(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> dict:
-    """pi_theta = (0, KL(pi_theta||pi_t)) and pi_t = (KL(pi_t||pi_theta), 0), exactly (may be inf)."""
+    """pi_theta = (0, KL(pi_theta||pi_t)) and pi_t = (KL(pi_t||pi_theta), 0), exactly (they may
+    be inf)."""
     kl_theta_t = float(kl_divergence(log_pi_theta, log_pi_t))
     kl_t_theta = float(kl_divergence(log_pi_t, log_pi_theta))
     return {
