@@ -258,6 +258,9 @@ def _newton_block(l, log_base, d0, d1, buf, tmp, *, order, xtol, max_iter, rows,
     final_alpha = np.full(n, np.nan)
     final_d = np.full(n, np.nan)
     iters = np.zeros(n, dtype=np.int64)
+    # sizes of the last two steps taken (rtsafe's dx, dxold), to catch a creeping Newton/Halley
+    last_step = np.ones(n)
+    step_before = np.ones(n)
     for _ in range(max_iter):
         idx = np.flatnonzero(~done)
         if idx.size == 0:
@@ -273,15 +276,21 @@ def _newton_block(l, log_base, d0, d1, buf, tmp, *, order, xtol, max_iter, rows,
                 iterates.setdefault(int(rows[j]), []).append((float(a_j), float(d_j)))
         lo[idx] = np.where(d > 0, alpha[idx], lo[idx])
         hi[idx] = np.where(d < 0, alpha[idx], hi[idx])
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             step = d / var  # alpha_new = alpha - D/D' = alpha + D/Var
             if order == 3:
                 # Halley: D'' = E_q[(l-D)^3]; alpha_new = alpha - 2 D D' / (2 D'^2 - D D'')
                 step = 2.0 * d * var / (2.0 * var**2 + d * third)
-        candidate = alpha[idx] + step
+            candidate = alpha[idx] + step
         converged = (d == 0.0) | (np.abs(step) <= xtol) | (hi[idx] - lo[idx] <= 2 * _EPS)
         bad_step = ~np.isfinite(candidate) | (candidate <= lo[idx]) | (candidate >= hi[idx])
-        candidate = np.where(bad_step, 0.5 * (lo[idx] + hi[idx]), candidate)
+        # A step that is not below half the step before last is creeping (e.g. q nearly a point
+        # mass: Var and D ~ 1e-43, Halley's step ~ 2 Var / E(l-D)^3 stays ~1e-3 for 60
+        # iterations): bisect instead (Numerical Recipes' rtsafe rule), so the bracket shrinks.
+        slow = np.abs(step) > 0.5 * step_before[idx]
+        candidate = np.where(bad_step | slow, 0.5 * (lo[idx] + hi[idx]), candidate)
+        step_before[idx] = last_step[idx]
+        last_step[idx] = np.abs(candidate - alpha[idx])
         final_alpha[idx] = np.where(converged, alpha[idx], final_alpha[idx])
         final_d[idx] = np.where(converged, d, final_d[idx])
         done[idx] |= converged
