@@ -64,7 +64,9 @@ def test_bench_with_torch_on_cpu():
     payload = run_bench(config)
     by = {r["method"]: r for r in payload["results"]}
     ref = by["reference-bisection (seed 6.2, torch)"]
-    assert ref["passes"] == 20 and ref["speedup_vs_reference"] == pytest.approx(1.0)
+    refs = [r for r in payload["results"] if r["method"].startswith("reference")]
+    assert ref["passes"] == 20
+    assert max(r["speedup_vs_reference"] for r in refs) == pytest.approx(1.0)  # the faster one
     assert by["newton (torch float32)"]["max_abs_alpha_error"] <= 1e-6
     assert by["newton (torch float64)"]["max_abs_alpha_error"] <= 1e-12
     assert by["newton (torch float32)"]["memory_measure"] == "rss-sampled"
