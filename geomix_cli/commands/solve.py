@@ -16,6 +16,10 @@ def _fmt(value: float, digits: int = 6) -> str:
     return f"{value:.{digits}g}"
 
 
+# Rows per progress-bar step: about this many [row, token] entries (32 MB of float64 per side).
+CHUNK_ELEMENTS = 4_000_000
+
+
 def solve_rows(pairs, method: str, *, progress: bool = True, device: Optional[str] = None,
                dtype: str = "float32", max_memory: Optional[str] = None):
     """Solve in row chunks (a progress bar on stderr for large batches); return diagnostics.
@@ -30,7 +34,7 @@ def solve_rows(pairs, method: str, *, progress: bool = True, device: Optional[st
         sol = _device.solve(pairs, method, device=device, dtype=dtype, max_memory=max_memory)
         return diagnose(pairs.log_pi_theta, pairs.log_pi_t, sol)
     n_rows, vocab = pairs.n_rows, pairs.vocab_size
-    chunk = max(1, int(4_000_000 // max(vocab, 1)))
+    chunk = max(1, int(CHUNK_ELEMENTS // max(vocab, 1)))
     if n_rows <= chunk or not progress:
         sol = solve_alpha(pairs.log_pi_theta, pairs.log_pi_t, method, row_errors=pairs.row_errors)
         return diagnose(pairs.log_pi_theta, pairs.log_pi_t, sol)
