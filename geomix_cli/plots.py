@@ -525,6 +525,9 @@ def figure_entropy_error_hist(errors_by_family, *, title=None):
                 transform=ax.transAxes)
     ax.axvline(0.0, color="black", linewidth=1.0, linestyle="--", label="α_H = α*")
     ax.set_xlabel("α_H − α*  (entropy formula minus exact root; dimensionless)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("rows (count)")
     ax.set_title(title or "Error of the entropy formula α_H = H(π_θ)/(H(π_θ)+H(π_t))")
     ax.grid(True, linewidth=0.4, alpha=0.5)

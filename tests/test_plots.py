@@ -384,6 +384,24 @@ def test_plot_four_cases_json_matches_core(runner, tmp_path):
     assert payload["counts"] == s.counts.tolist() and sum(payload["counts"]) == 4 * 16
 
 
+def test_plot_ess_colours_rows_by_meta_family(runner, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    original = plots.figure_ess_scatter
+
+    def spy(ess_theta, ess_target, families, **kw):
+        seen["families"] = list(families)
+        return original(ess_theta, ess_target, families, **kw)
+
+    monkeypatch.setattr(plots, "figure_ess_scatter", spy)
+    result = runner.invoke(app, ["plot", "ess", SAMPLE, "--out", str(tmp_path / "e.png"),
+                                 "--dpi", "72"])
+    assert result.exit_code == 0, result.stderr
+    assert seen["families"] == ["steer"] * 9 + ["temp0.6"] * 3
+    plt.close("all")
+
+
 def test_plot_refuses_unknown_kind_and_rows_without_alpha(runner, tmp_path, mixed_source):
     bad = runner.invoke(app, ["plot", "histogramme", SAMPLE])
     assert bad.exit_code == 2 and "unknown plot kind 'histogramme'" in bad.stderr

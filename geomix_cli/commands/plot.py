@@ -13,9 +13,10 @@ from geomix_cli.commands import _shared
 KINDS = {
     "pareto": "the Pareto front (one row) or small multiples (several rows), as plot-pareto",
     "delta": "D(alpha) with the Newton and bisection iterates, for one row (--row, default 0)",
-    "ess": "ESS_theta(q*) vs ESS_t(q*) per row, with the diagonal and the ±10% band",
+    "ess": "ESS_theta(q*) vs ESS_t(q*) per row, with the diagonal and the ±10% band "
+           "(coloured by the first '|' field of the source's meta when it has one)",
     "four-cases": "the seed's four behaviour cases under q*, totalled over the rows",
-    "entropy-error": "histogram of alpha_H - alpha* over the rows",
+    "entropy-error": "histogram of alpha_H - alpha* over the rows (per meta family, as ess)",
     "alpha-sequence": "alpha* (and alpha_H) per row, in row order",
 }
 
@@ -44,6 +45,14 @@ def _warn_skipped(diag, pairs, source: str) -> None:
         if status != "ok" and status != "invalid":
             warning_line(f"{source}: row {int(pairs.row_labels[i])}: status '{status}' "
                          "(no alpha*, left out)")
+
+
+def row_families(pairs, name: str) -> list[str]:
+    """A family label per row: the first '|' field of the source's meta (e.g. 'steer',
+    'temp0.6' in the SmolLM2 sample), else the source's name."""
+    if pairs.meta is not None and all("|" in str(m) for m in pairs.meta):
+        return [str(m).split("|", 1)[0] or name for m in pairs.meta]
+    return [name] * pairs.n_rows
 
 
 def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], log: bool):
@@ -81,8 +90,8 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
     _warn_skipped(diag, pairs, source)
     ok = diag.solution.status == "ok"
     if kind == "ess":
-        fig = plots.figure_ess_scatter(diag.ess_theta[ok], diag.ess_target[ok],
-                                       [name] * int(ok.sum()),
+        families = np.asarray(row_families(pairs, name), dtype=object)[ok]
+        fig = plots.figure_ess_scatter(diag.ess_theta[ok], diag.ess_target[ok], families,
                                        title=f"ESS at q*: ESS_θ vs ESS_t — {name}")
         return fig, {"rows": int(ok.sum())}
     if kind == "four-cases":
@@ -104,7 +113,9 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
         from geomix_cli.core.front import entropy_formula_error
 
         errors = entropy_formula_error(diag.alpha_entropy, diag.solution.alpha)
-        fig = plots.figure_entropy_error_hist({name: errors[ok]},
+        families = np.asarray(row_families(pairs, name), dtype=object)
+        by_family = {fam: errors[ok & (families == fam)] for fam in dict.fromkeys(families)}
+        fig = plots.figure_entropy_error_hist({k: v for k, v in by_family.items() if v.size},
                                               title=f"Error of the entropy formula — {name}")
         return fig, {"rows": int(ok.sum())}
     if kind == "alpha-sequence":
