@@ -409,3 +409,15 @@ def test_plot_refuses_unknown_kind_and_rows_without_alpha(runner, tmp_path, mixe
                                str(tmp_path / "e.png")])
     assert none.exit_code == 2 and "no row has alpha*" in none.stderr
     assert none.stderr.strip().splitlines()[-1].startswith("geomix: error:")
+
+
+def test_plot_pareto_batch_with_an_invalid_row_exits_3(runner, tmp_path):
+    path = tmp_path / "inv.npz"
+    write_pairs_npz(path, theta=np.array([[0.5, 0.3, 0.1, 0.1], [0.6, 0.4, 0.1, 0.0]]),
+                    target=np.array([[0.05, 0.05, 0.1, 0.8], [0.1, 0.2, 0.7, 0.0]]), kind="probs")
+    result = runner.invoke(app, ["plot-pareto", str(path), "--out", str(tmp_path / "g.png"),
+                                 "--dpi", "72", "--no-cloud"])
+    assert result.exit_code == 3
+    assert (tmp_path / "g.png").exists()
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 1 and "row 1" in warnings[0] and "sum to 1.1" in warnings[0]

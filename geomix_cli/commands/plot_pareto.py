@@ -96,7 +96,7 @@ def build_pareto_figure(source: str, pairs, *, log: bool = False, cloud: bool = 
         return plots.figure_pareto_front(front, title=title, log=log), fronts, pairs
     fronts = compute_fronts(pairs, cloud=cloud, cloud_size=60)
     for front, label in zip(fronts, pairs.row_labels):
-        if front.status != "ok":
+        if front.status not in ("ok", "invalid"):  # invalid rows were reported when loaded
             warning_line(f"{source}: row {int(label)}: status '{front.status}': {front.message}")
     titles = [row_title(pairs, i) for i in range(pairs.n_rows)]
     return plots.figure_pareto_grid(fronts, titles, log=log), fronts, pairs
