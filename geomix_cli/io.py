@@ -360,7 +360,13 @@ def _read_pt(path: Path):
                 value = value.float()
             arrays[key] = value.numpy()
         else:
-            arrays[key] = np.asarray(value)
+            # weights_only=True still admits some containers (e.g. collections.Counter): anything
+            # that is not a plain number array is named as such, not mistaken for a shape problem
+            array = np.asarray(value) if isinstance(value, (list, tuple, int, float)) else None
+            if array is None or array.dtype.kind not in "fiu":
+                raise InputError(f"holds a {type(value).__name__}, expected a tensor of numbers",
+                                 file=str(path), key=str(key))
+            arrays[key] = array
     return arrays, meta, storage
 
 
