@@ -468,12 +468,14 @@ def figure_four_cases(case_labels, counts, mass_q, fraction_meeting, *, title=No
     counts = np.asarray(counts, dtype=np.float64)
     mass = np.asarray(mass_q, dtype=np.float64)
     frac = np.asarray(fraction_meeting, dtype=np.float64)
-    fig = plt.figure(figsize=(12.0, 4.4), layout="constrained")
+    fig = plt.figure(figsize=(13.0, 4.8), layout="constrained")
     axes = fig.subplots(1, 3)
     pos = np.arange(len(labels))
     colors = [C_FRONT, C_ENTROPY, C_STAR, C_DIAG][: len(labels)] + \
         [C_DIAG] * max(0, len(labels) - 4)
-    short = [lab.replace(", ", ",\n").replace(": ", ":\n", 1) for lab in labels]
+    import textwrap
+
+    short = ["\n".join(textwrap.wrap(lab, 12)) for lab in labels]
     panels = [(axes[0], counts, "tokens (count)", "tokens per case", "{:.0f}"),
               (axes[1], mass, "mass under q*  (probability)", "q* mass per case", "{:.3g}"),
               (axes[2], frac, "fraction of tokens (0–1)", "fraction meeting the expectation",
