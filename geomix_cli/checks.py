@@ -59,11 +59,12 @@ class ClaimResult:
     tables: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)
     identity_failed: bool = False
+    headline: str = ""  # the key numbers in one short sentence (computed, like the evidence)
 
     def to_json(self) -> dict:
         return {"id": self.id, "claim": self.claim, "verdict": self.verdict,
-                "evidence": self.evidence, "data": self.data, "would_change": self.would_change,
-                "identity_failed": self.identity_failed}
+                "headline": self.headline, "evidence": self.evidence, "data": self.data,
+                "would_change": self.would_change, "identity_failed": self.identity_failed}
 
 
 @dataclass
@@ -311,8 +312,10 @@ def claim_pareto(fams, rng, thorough) -> ClaimResult:
         f"{n_dominating} dominated a point of the front (2001 alphas); the smallest dominance "
         f"margin was {_fmt(min_margin)} (>= -1e-12, rounding, means it dominates nothing)."
         + ("" if verdict == "holds" else " The witness is in data.witness."))
+    headline = (f"generic optimiser = q_alpha to {_fmt(worst_q, 2)}; {n_dominating} of {n_cand} "
+                f"other distributions dominate a front point")
     return ClaimResult(
-        "theorem1-pareto", statement, verdict, evidence,
+        "theorem1-pareto", statement, verdict, evidence, headline=headline,
         data={"pairs": n_pairs, "alphas": list(alphas), "max_abs_q_diff": _q(worst_q),
               "max_objective_improvement": _q(worst_gain), "candidates": n_cand,
               "dominating": n_dominating, "min_margin": _q(min_margin), "witness": witness},
@@ -371,8 +374,10 @@ def claim_delta_identity(fams, rng, thorough) -> ClaimResult:
         f"from the families {names} (the real rows included). The largest discrepancy was "
         f"{_fmt(worst_ulps)} x eps64 x (the size of the summed terms, sum q(|log q| + |log pi|) + 1)"
         f"; the bound for float64 precision is {bound:g}.")
+    headline = (f"closed forms = direct sums to {_fmt(worst_ulps, 3)} eps-units on {total} "
+                f"(pair, alpha) checks (bound {bound:g})")
     return ClaimResult(
-        "delta-kl-identity", statement, verdict, evidence,
+        "delta-kl-identity", statement, verdict, evidence, headline=headline,
         data={"checks": total, "max_error_in_eps_scale": _q(worst_ulps), "bound": bound,
               "per_family": rows},
         would_change="A (pair, alpha) where the closed forms differ from the direct sums by more "
@@ -451,8 +456,12 @@ def claim_boundary(fams, rng, thorough, seed) -> ClaimResult:
         f"D(0+) = {_fmt(ce['D0'], 4)}, D(1-) = {_fmt(ce['D1'], 4)} (same sign; KL(pi_t||pi_theta)"
         f" = inf), status {ce['status']}: no alpha in (0, 1) equalises the KLs. Random partial "
         f"overlaps (Dirichlet(1), V = 20, {n_partial} pairs each): no root in {frac}.")
+    headline = (f"signs as claimed on {total - sign_fail}/{total} same-support pairs; different "
+                f"supports can lose the root (theory counterexample: {ce['status']}; "
+                f"{partial[1]['fraction_no_root']:.2%} of random pairs with "
+                f"{partial[1]['zeros_each_side']} zeros each side)")
     return ClaimResult(
-        "boundary-values", statement, verdict, evidence,
+        "boundary-values", statement, verdict, evidence, headline=headline,
         data={"same_support_pairs": total, "sign_failures": sign_fail,
               "max_rel_error_limits_vs_kl": _q(worst_rel), "counterexample": ce,
               "partial_overlap": partial, "per_family": rows},
@@ -522,8 +531,11 @@ def claim_unique(fams, rng, thorough) -> ClaimResult:
         f"and l is not constant; for pi_theta = pi_t (l = 0) every alpha is a root (status "
         f"{deg_status}), which the derivation excludes by assuming the distributions differ. "
         f"Existence needs equal supports (see boundary-values).")
+    headline = (f"true, but the derivation's proof shows existence only; D' = -Var_q(l) "
+                f"verified to {_fmt(worst_rel, 2)} x E_q[l^2], D strictly decreasing on "
+                f"{checked - multi_roots}/{checked} pairs")
     return ClaimResult(
-        "alpha-unique", statement, verdict, evidence,
+        "alpha-unique", statement, verdict, evidence, headline=headline,
         data={"pairs": checked, "max_rel_error_dD_vs_minus_var":
               _q(worst_rel), "min_var": _q(min_var), "not_strictly_decreasing": multi_roots,
               "degenerate_status": deg_status, "proof_gives": "existence only",
@@ -587,8 +599,10 @@ def claim_chernoff(fams, rng, thorough) -> ClaimResult:
         f"minimum is quadratic); KL(q*||pi_theta), KL(q*||pi_t) summed directly equal -log "
         f"Z(alpha*) to {_fmt(worst['kl_eq'])} x eps64 x (size of the summed terms); C < 0 in "
         f"{worst['c_neg']} pairs.")
+    headline = (f"alpha* = argmin Z to {_fmt(worst['argmin'], 2)}; KL(q*||.) = -log Z(alpha*) = C "
+                f"to {_fmt(worst['kl_eq'], 3)} eps-units on {total} pairs")
     return ClaimResult(
-        "chernoff-identity", statement, verdict, evidence,
+        "chernoff-identity", statement, verdict, evidence, headline=headline,
         data={"pairs": total, **{f"max_{k}": _q(v) for k, v in worst.items() if k != "c_neg"},
               "negative_C": worst["c_neg"], "per_family": rows},
         would_change="Any mismatch beyond rounding (a bug in geomix: exit 1).",
@@ -615,8 +629,9 @@ def claim_test1(fams, rng, thorough) -> ClaimResult:
         f"({q[0]:.15g}, {q[1]:.15g}), w = {w:.15g}; KL(q*||pi_theta) = {kl_th:.12g} = "
         f"KL(q*||pi_t) = {kl_t:.12g}. Largest difference from the derivation's numbers: "
         f"{_fmt(err)}. The case 2 token (0.3 -> 0.7) is boosted from 0.3 to 0.5, as claimed.")
+    headline = f"alpha* = {a:.12g}, q* = ({q[0]:.12g}, {q[1]:.12g}), w = {w:.12g}"
     return ClaimResult(
-        "test1-symmetric", statement, verdict, evidence,
+        "test1-symmetric", statement, verdict, evidence, headline=headline,
         data={"alpha_star": a, "q_star": q.tolist(), "w": w, "kl_q_theta": kl_th, "kl_q_target":
               kl_t, "claimed": claimed, "max_difference": err},
         would_change="Any difference above rounding between the computed and the claimed "
@@ -702,8 +717,12 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
         f"both reported numbers (alpha* = 0.34 and alpha_H rounding to 0.002) together: "
         f"{both_txt}. The entropy formula is below alpha* at {h_below} of "
         f"{int(both_finite.sum())} sweep points (smallest alpha* - alpha_H: {h_gap_min:.3g}).")
+    headline = (("0.34 and 0.002 together only at " + ", ".join(
+        f"V = {r['V']}, eps = {r['eps_for_0.34']:.2g}" for r in both)) if both else
+        "0.34 and 0.002 never together") + (f"; alpha* > 0.5 at {frac_above:.0%} of the "
+                                            f"(V, eps) sweep")
     return ClaimResult(
-        "test2-extreme", statement, verdict, evidence,
+        "test2-extreme", statement, verdict, evidence, headline=headline,
         data={"vocab_sizes": vocabs, "eps_values": [_q(e) for e in eps_values],
               "alpha_star_min": _q(np.nanmin(alpha)), "alpha_star_max": _q(np.nanmax(alpha)),
               "points": int(finite.sum()), "points_above_half": above,
@@ -766,8 +785,10 @@ def claim_test3(fams, rng, thorough) -> ClaimResult:
         f"ESS_theta = {worst['ess_theta']:.3g} vs ESS_t = {worst['ess_target']:.3g} (ratio "
         f"{worst['ratio']:.3g}). Equal KLs do not make the chi-square divergences equal: the "
         f"ESS-balance alpha differs from alpha* (see compare-alpha).")
+    headline = (f"within 10% for {overall:.0%} of pairs; >= 90% only for "
+                f"{', '.join(good) or 'no family'}; < 50% for {len(bad)} of {len(rows)} families")
     return ClaimResult(
-        "test3-ess-balance", statement, verdict, evidence,
+        "test3-ess-balance", statement, verdict, evidence, headline=headline,
         data={"pairs": total, "fraction_within_10pct": _q(overall), "band": ESS_BAND,
               "holds_for": good, "fails_for": bad, "worst": worst, "per_family": rows},
         would_change="All families >= 90% within the band would make it hold; all below 50% "
@@ -812,8 +833,12 @@ def claim_entropy(fams, rng, thorough) -> ClaimResult:
         f"{'within 0.05 for >= 90%' if close_ok else 'NOT within 0.05 for 90%'}; median error "
         f"> 0.05 in: {', '.join(extreme) or 'no family'}. It is a heuristic, not a consequence "
         f"of the KL-symmetry condition.")
+    lo_r = min(rows, key=lambda r: r["median_abs_error"])
+    hi_r = max(rows, key=lambda r: r["median_abs_error"])
+    headline = (f"median |alpha_H - alpha*| from {lo_r['median_abs_error']:.2g} "
+                f"({lo_r['family']}) to {hi_r['median_abs_error']:.2g} ({hi_r['family']})")
     return ClaimResult(
-        "entropy-formula", statement, verdict, evidence,
+        "entropy-formula", statement, verdict, evidence, headline=headline,
         data={"per_family": rows, "close_family_ok": close_ok, "fails_for": extreme},
         would_change="Errors above 0.05 on close pairs would refute 'approximates when close'; "
                      "small errors everywhere would make it hold unconditionally.",
@@ -910,8 +935,11 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
         f"max(pi_theta, pi_t) for {above_max}: what fails is the upper bound "
         f"({', '.join(failing) or 'none'}), since q* = pi_theta^alpha pi_t^(1-alpha) / Z is "
         f"inflated by 1/Z.{ex}")
+    headline = ("tokens meeting the expectation: " + ", ".join(
+        f"case {c + 1} {frac[c]:.1%}" for c in range(4))
+        + f"; q* > max(pi_theta, pi_t) on {above_max} tokens, < min on {below_min}")
     return ClaimResult(
-        "four-cases", statement, verdict, evidence,
+        "four-cases", statement, verdict, evidence, headline=headline,
         data={"threshold": "1/V" if threshold is None else threshold,
               "expectations": dict(zip(CASE_NAMES, CASE_EXPECTATIONS)),
               "tokens": tot_counts.tolist(), "meeting": tot_meet.tolist(),
@@ -967,8 +995,11 @@ def claim_complexity(fams, rng, thorough) -> ClaimResult:
         f"reference code (tol 1e-6, max_iter 50) used {ref_passes} passes. Safeguarded Newton on D "
         f"(D' = -Var_q(l) from the same pass) needs at most {{{newton_txt}}} passes for the same "
         f"tolerances: quadratic convergence, far fewer passes than bisection at tight tolerances.")
+    headline = (f"bisection: log2(1/tol) passes ({bis_dev} deviations); Newton: at most "
+                f"{newton_max.get(1e-12, 0)} passes to 1e-12 vs "
+                f"{math.ceil(math.log2(1e12))} for bisection")
     return ClaimResult(
-        "complexity", statement, verdict, evidence,
+        "complexity", statement, verdict, evidence, headline=headline,
         data={"tolerances": tols, "bisection_deviations": bis_dev,
               "newton_max_passes": {f"{t:g}": n for t, n in newton_max.items()},
               "reference_code_passes": ref, "per_family": rows},
@@ -1029,8 +1060,13 @@ def claim_reference(fams, rng, thorough) -> ClaimResult:
         + ". The smoothing floors tokens with p << 1e-10 relative to their neighbours (real "
         "vocab-scale rows, near point masses); float32 rounding of the objective limits the "
         "bisection where D is flat or tiny (near-identical pairs).")
+    real = next((r for r in rows if r["family"] == "real-smollm2"), None)
+    headline = (f"within its tolerance 1e-6 only on {len(good)} of {len(rows)} families; worst "
+                f"{worst['max_abs_error']:.2g} ({worst['family']})"
+                + (f"; real rows up to {real['max_abs_error']:.2g}, mostly from the +1e-10 "
+                   f"smoothing ({real['max_error_from_smoothing']:.2g})" if real else ""))
     return ClaimResult(
-        "reference-code-exact", statement, verdict, evidence,
+        "reference-code-exact", statement, verdict, evidence, headline=headline,
         data={"tolerance": tol, "exact_on": good, "inexact_on": [r["family"] for r in bad],
               "per_family": rows},
         would_change="The reference within 1e-6 of alpha* on every family would make it hold.",
@@ -1055,7 +1091,7 @@ def claim_sample_efficiency(fams, rng, thorough, seed) -> ClaimResult:
             "test it yet: it needs a simulation that trains a policy toward pi_t with samples from"
             " q* and from pi_theta (same budget, importance-weighted updates) and compares the "
             "samples needed to reach a given KL to pi_t.",
-            data={"available": False},
+            data={"available": False}, headline="no simulation available",
             would_change="A simulation (geomix_cli.simulate.sample_efficiency_evidence) measuring "
                          "samples-to-target for q* vs pi_theta.")
     config = _sim.EvidenceConfig.thorough() if thorough else _sim.EvidenceConfig.small()
@@ -1073,8 +1109,13 @@ def claim_sample_efficiency(fams, rng, thorough, seed) -> ClaimResult:
                 "samples to reach the target KL, on-policy / q*, with bootstrap 95% CIs). "
                 + evidence
                 + (f" Skipped: {'; '.join(out.skipped)}." if out.skipped else ""))
+    cases = record.get("cases", [])
+    n_meet = sum(c.get("outcome") == "meets" for c in cases)
+    n_fail = sum(c.get("outcome") == "fails" for c in cases)
+    headline = (f">= 2x over on-policy (95% CI) in {n_meet} of {len(cases)} (case, objective) "
+                f"pairs; significantly below 2x in {n_fail}")
     return ClaimResult(
-        "sample-efficiency", statement, verdict, evidence, data=record,
+        "sample-efficiency", statement, verdict, evidence, data=record, headline=headline,
         would_change="A speed-up CI entirely at or above 2x on every case and objective (holds), "
                      "or entirely below 2x everywhere (refuted); other objectives, budgets or "
                      "optimisers may move the boundary (geomix simulate).",

@@ -75,8 +75,8 @@ def _save(fig, path: Path) -> None:
 
 # claim figure key -> (file name, caption)
 SUITE_FIGURES = {
-    "pareto": ("pareto_front.png", "The Pareto front of one of the pairs with the weighted-sum "
-               "minimisers and candidate distributions"),
+    "pareto": ("pareto_front.png", "The exact Pareto front of one of the pairs, with q*, the "
+               "entropy-formula point, alpha = 0.5 and a cloud of other distributions"),
     "delta_curve": ("delta_iterates.png", "D(alpha) on a real row with the iterates of Newton "
                     "and of the reference bisection"),
     "alpha_sweep": ("test2_alpha_sweep.png", "alpha* over V and eps for a near point mass "
@@ -137,7 +137,8 @@ def render_suite_markdown(result, figure_files: dict[str, list[tuple[str, str]]]
     out.append("## Summary\n")
     out.append(markdown_table([{"claim": f"[`{c.id}`](#{c.id})", "verdict":
                                 f"**{VERDICT_BADGE.get(c.verdict, c.verdict)}**",
-                                "statement": c.claim} for c in result.claims], max_rows=100))
+                                "key numbers": c.headline or "—"}
+                               for c in result.claims], max_rows=100))
     out.append("\n## Case families\n")
     out.append("The statistical claims are measured on these families (synthetic generators "
                "with the suite's seed, and real language-model rows):\n")
@@ -145,6 +146,8 @@ def render_suite_markdown(result, figure_files: dict[str, list[tuple[str, str]]]
     for c in result.claims:
         out.append(f"\n<a id=\"{c.id}\"></a>\n## `{c.id}` — **{VERDICT_BADGE.get(c.verdict, c.verdict)}**\n")
         out.append(f"**Claim.** {c.claim}\n")
+        if c.headline:
+            out.append(f"**In short.** {c.headline}.\n")
         out.append(f"**Evidence.** {c.evidence}\n")
         for name, rows in c.tables.items():
             if not rows:

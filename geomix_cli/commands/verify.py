@@ -108,9 +108,9 @@ def _render(result, out_dir) -> None:
                         f"{', thorough' if result.thorough else ''})", title_justify="left")
     table.add_column("claim")
     table.add_column("verdict")
-    table.add_column("evidence (abridged; full text in report.md)", overflow="fold")
+    table.add_column("key numbers (evidence in report.md)", overflow="fold")
     for c in result.claims:
-        text = c.evidence if len(c.evidence) <= 240 else c.evidence[:237] + "..."
+        text = c.headline or (c.evidence if len(c.evidence) <= 240 else c.evidence[:237] + "...")
         table.add_row(c.id, f"[{colours.get(c.verdict, 'white')}]{c.verdict}[/]", escape(text))
     stdout.print(table)
     counts = result.verdict_counts()
