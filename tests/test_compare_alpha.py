@@ -130,3 +130,36 @@ def test_report_folder_and_no_root_row(runner, tmp_path):
     assert (out / "ess_by_principle.png").stat().st_size > 1000
     text = (out / "report.md").read_text()
     assert "no-root" in text and "max-min-ess vs ess-balance" in text
+
+
+def test_exact_on_real_vocab_scale_rows(runner, smollm2_log_probs):
+    """compare-alpha on two real SmolLM2 rows (V = 49152): every exact principle checked from q
+    computed here with scipy's log_softmax (independent of geomix's kernel)."""
+    from scipy.special import log_softmax
+
+    from conftest import SMOLLM2_SAMPLE
+
+    res = runner.invoke(app, ["compare-alpha", str(SMOLLM2_SAMPLE), "--rows", "8:10", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    lt, lT = smollm2_log_probs
+    for rec in data["results"]:
+        i = rec["row"]
+        a = rec["alpha"]
+        log_q = log_softmax(a * lt[i] + (1 - a) * lT[i])
+        q = np.exp(log_q)
+        kl_th = np.sum(q * (log_q - lt[i]))
+        kl_t = np.sum(q * (log_q - lT[i]))
+        e_th = 1 / np.sum(np.exp(2 * lt[i] - log_q))
+        e_t = 1 / np.sum(np.exp(2 * lT[i] - log_q))
+        # the reported metrics are those of q_alpha (V-term sums: rtol 1e-9)
+        assert_allclose([rec["kl_q_theta"], rec["kl_q_target"]], [kl_th, kl_t], rtol=1e-9)
+        assert_allclose([rec["ess_theta"], rec["ess_target"]], [e_th, e_t], rtol=1e-9)
+        if rec["principle"] == "kl-symmetry":
+            assert_allclose(kl_th, kl_t, rtol=1e-9)
+        if rec["principle"] in ("ess-balance", "max-min-ess"):
+            assert_allclose(e_th, e_t, rtol=1e-7)
+        if rec["principle"] == "entropy":
+            h = lambda lp: -np.sum(np.exp(lp) * lp)  # noqa: E731
+            assert_allclose(a, h(lt[i]) / (h(lt[i]) + h(lT[i])), rtol=1e-10)
+    assert data["max_min_ess_vs_ess_balance"]["max_abs_difference"] < 1e-6
