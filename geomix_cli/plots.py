@@ -336,7 +336,7 @@ def figure_delta_with_iterates(curve, *, title=None):
     ax.set_ylabel("D(α)  [nats]")
     ax.set_title("D(α) over [0, 1]")
     ax.grid(True, linewidth=0.4, alpha=0.5)
-    ax.legend(loc="upper right", frameon=True, framealpha=0.9)
+    ax.legend(loc="best", frameon=True, framealpha=0.9)
     from matplotlib.ticker import MaxNLocator
 
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -351,10 +351,11 @@ def figure_delta_with_iterates(curve, *, title=None):
         for note in exact_notes:
             handles.append(Line2D([], [], linestyle="none"))
             labels.append(note)
-        ax2.legend(handles, labels, loc="upper right", framealpha=0.9)
+        ax2.legend(handles, labels, loc="best", framealpha=0.9)
     else:
-        ax2.text(0.5, 0.5, "no root: nothing converges", ha="center", va="center",
-                 transform=ax2.transAxes)
+        ax2.set_axis_off()
+        ax2.text(0.5, 0.5, f"status '{curve.status}': no root in (0, 1),\nno solver iterates",
+                 ha="center", va="center", transform=ax2.transAxes)
     return fig
 
 
