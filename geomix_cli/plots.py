@@ -165,10 +165,11 @@ def figure_pareto_front(front, *, ax=None, title=None, log: bool = False, legend
     end points; cloud points beyond them are counted in a legend note. Notes (no q*, infinite
     end points, differing supports) go into the legend, never over the data.
 
-    ax=None: a new Figure whose first Axes is the front; when the row has q* and
-    `front.zoom`, a second Axes shows a close-up of the curve around q*, alpha_H and alpha = 0.5
-    (from `front.zoom`); the legend sits below both. ax given: draw into it only (legend on the
-    axes' right if `legend`; notes appended to the title otherwise).
+    ax=None: a new Figure whose first Axes is the front; when `front.zoom` is set (q* with
+    marks close to it) and log is False, a second Axes shows a close-up of the curve around q*
+    (from `front.zoom`); the legend sits below the axes. ax given: draw into it only (legend with
+    the notes on the axes' right if `legend`, else the notes are appended to the title, as in
+    small multiples).
     A row with nothing to draw (front.drawable False) becomes a labelled panel that says why.
     log=True: symmetric-log axes (linear near 0 so the end points at KL = 0 stay visible), for
     fronts spanning several orders of magnitude. Returns the Figure."""
