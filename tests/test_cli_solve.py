@@ -466,3 +466,29 @@ def test_importing_core_pulls_in_no_torch_matplotlib_or_pandas():
                             cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_bfloat16_logits_solve_exactly_on_the_widened_values(suffix, tmp_path, runner):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+    from scipy.special import log_softmax
+
+    gen = torch.Generator().manual_seed(8)
+    base = torch.randn(2, 300, generator=gen) * 3
+    theta = (base + torch.randn(2, 300, generator=gen)).to(torch.bfloat16)
+    target = (base + torch.randn(2, 300, generator=gen)).to(torch.bfloat16)
+    f = str(tmp_path / f"bf16{suffix}")
+    if suffix == ".pt":
+        torch.save({"logits_theta": theta, "logits_t": target}, f)
+    else:
+        save_file({"logits_theta": theta, "logits_t": target}, f)
+    result = runner.invoke(app, ["solve", f, "--json"])
+    assert result.exit_code == 0, result.stderr
+    payload = strict_json(result.stdout)
+    assert payload["input_dtype"] == "bfloat16"
+    lt = log_softmax(theta.float().numpy().astype(np.float64), axis=1)
+    lT = log_softmax(target.float().numpy().astype(np.float64), axis=1)
+    for i, row in enumerate(payload["rows"]):
+        assert row["status"] == "ok"
+        assert abs(row["alpha"] - reference_alpha_brentq(lt[i], lT[i])) <= 1e-12
