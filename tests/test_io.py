@@ -331,3 +331,41 @@ def test_write_pairs_npz_round_trip(tmp_path):
     pairs = load_source(str(tmp_path / "w.npz"))
     assert pairs.meta == ["a", "b"]
     assert_allclose(pairs.log_pi_theta, np.log(theta), rtol=4 * EPS64)
+
+
+# ------------------------------------------------------------------------------------------------
+# `geomix cases export` (the writer of generator output)
+
+
+def test_cases_export_writes_what_the_generator_makes_and_never_overwrites(tmp_path, runner):
+    from geomix_cli.cli import app
+
+    out = tmp_path / "x.npz"
+    spec = "gen:dirichlet:V=7,rows=3,zeros=2,seed=4"
+    result = runner.invoke(app, ["cases", "export", spec, str(out)])
+    assert result.exit_code == 0, result.stderr
+    exported, generated = load_source(str(out)), load_source(spec)
+    assert_array_equal(exported.log_pi_theta, generated.log_pi_theta)
+    assert_array_equal(exported.log_pi_t, generated.log_pi_t)
+    before = out.read_bytes()
+    again = runner.invoke(app, ["cases", "export", "gen:zipf:V=5", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.stderr
+    assert len(again.stderr.splitlines()) == 1 and str(out) in again.stderr
+    assert out.read_bytes() == before
+    forced = runner.invoke(app, ["cases", "export", "gen:zipf:V=5", str(out), "--force"])
+    assert forced.exit_code == 0 and load_source(str(out)).vocab_size == 5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["not-a-spec", "o.npz"], "expected a generator spec"),
+    (["gen:zipf", "o.csv"], "output must end in .npz"),
+    (["gen:nope", "o.npz"], "unknown generator"),
+])
+def test_cases_export_refusals(argv, message, tmp_path, runner, monkeypatch):
+    from geomix_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["cases", "export", *argv])
+    assert result.exit_code == 2 and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert os.listdir(tmp_path) == []

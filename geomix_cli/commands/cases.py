@@ -14,8 +14,12 @@ def register(app: typer.Typer) -> None:
     @cases_app.command("export")
     @guarded
     def export(spec: str = typer.Argument(..., help="Generator spec gen:NAME:key=value,..."),
-               out: str = typer.Argument(..., help="Output .npz file.")) -> None:
+               out: str = typer.Argument(..., help="Output .npz file."),
+               force: bool = typer.Option(False, "--force",
+                                          help="Replace OUT if it already exists.")) -> None:
         """Write what a generator produces to an .npz file that every command reads."""
+        from pathlib import Path
+
         from geomix_cli.cases import generate
         from geomix_cli.errors import InputError
         from geomix_cli.io import write_pairs_npz
@@ -24,6 +28,8 @@ def register(app: typer.Typer) -> None:
             raise InputError("expected a generator spec gen:NAME:key=value,...", file=spec)
         if not out.lower().endswith(".npz"):
             raise InputError("output must end in .npz", file=out)
+        if Path(out).exists() and not force:  # never overwrite a user's file unasked
+            raise InputError("already exists; pass --force to replace it", file=out)
         raw = generate(spec)
         write_pairs_npz(out, theta=raw.theta, target=raw.target, kind=raw.kind)
         typer.echo(out)
