@@ -289,7 +289,10 @@ def run_bench(config: BenchConfig, log=lambda text: None) -> dict:
             seconds_all=times, seconds_per_row=seconds / rows, passes=int(passes_of(value)),
             max_abs_alpha_error=err, peak_extra_bytes=peak, memory_measure=measure,
             effective_gb_s=bytes_read / seconds / 1e9,
-            floor_fraction=(bytes_read / bw) / seconds if bw else None, note=note))
+            floor_fraction=(bytes_read / bw) / seconds if bw else None, note=note,
+            extra={k: v for k, v in getattr(value, "extra", {}).items()
+                   if k in ("temporaries_bytes_estimate", "chunk_rows", "chunks",
+                            "compute_dtype")}))
 
     # -- the seed's reference (torch, float32), and its numpy port
     if torch_devices and want("reference"):

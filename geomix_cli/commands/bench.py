@@ -99,7 +99,9 @@ def render(payload: dict) -> None:
         table.add_row(r["method"], r["device"], str(r["rows"]), f"{r['seconds']:.4g}",
                       f"{r['seconds_per_row']:.3g}", _fmt(r["speedup_vs_reference"], ".1f"),
                       str(r["passes"]),
-                      f"{_fmt_bytes(r['peak_extra_bytes'])} ({r['memory_measure']})",
+                      f"{_fmt_bytes(r['peak_extra_bytes'])} ({r['memory_measure']}"
+                      + (f"; est. {_fmt_bytes(r['extra']['temporaries_bytes_estimate'])})"
+                         if r.get("extra", {}).get("temporaries_bytes_estimate") else ")"),
                       _fmt(r["max_abs_alpha_error"], ".1e"), f"{r['effective_gb_s']:.2f}",
                       _fmt(r["floor_fraction"], ".1%"))
     stdout.print(table)
