@@ -472,8 +472,8 @@ def claim_boundary(fams, rng, thorough, seed) -> ClaimResult:
 
 def claim_unique(fams, rng, thorough) -> ClaimResult:
     statement = ("Theorem 2: there is a unique alpha* in (0, 1) with KL(q||pi_theta) = "
-                 "KL(q||pi_t) (the derivation argues by continuity and the intermediate value "
-                 "theorem).")
+                 "KL(q||pi_t), by continuity and the intermediate value theorem. Checked here: "
+                 "uniqueness (existence is the boundary-values claim).")
     rows = []
     worst_rel = 0.0
     min_var = np.inf
