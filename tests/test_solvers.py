@@ -361,3 +361,23 @@ def test_newton_and_halley_do_not_creep_on_rows_where_q_is_nearly_a_point_mass(s
             assert sol.iterations[0] < 60
             assert_rows_close(sol.alpha, expected,
                               np.maximum(1e-12, alpha_tolerance(lt, lT, expected)), method)
+
+
+@pytest.mark.parametrize("method", ["brentq", "newton", "halley"])
+def test_a_solve_that_does_not_converge_reports_no_alpha(method, monkeypatch):
+    """Iteration budgets too small to converge: status 'max-iter', alpha NaN (the last iterate
+    is not an alpha*), the message says why."""
+    import geomix_cli.core.solvers as solvers
+
+    lt, lT = logp([[0.7, 0.2, 0.1]]), logp([[0.1, 0.3, 0.6]])
+    options = {}
+    if method == "brentq":
+        original = solvers._scipy_brentq
+        monkeypatch.setattr(solvers, "_scipy_brentq",
+                            lambda *a, **k: original(*a, **{**k, "maxiter": 1}))
+    else:
+        options["max_iter"] = 1
+    sol = solve_alpha(lt, lT, method, **options)
+    assert sol.status[0] == "max-iter"
+    assert np.isnan(sol.alpha[0]) and sol.message[0]
+    assert np.isnan(diagnose(lt, lT, sol).chernoff[0])

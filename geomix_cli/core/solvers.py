@@ -382,9 +382,10 @@ def solve_brentq(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, xtol: float 
         sol.residual[b] = delta(root)
         sol.iterations[b] = info.iterations
         sol.evaluations[b] += info.function_calls
-        if not info.converged:
+        if not info.converged:  # never a number called alpha* on a row that is not 'ok'
             sol.status[b] = "max-iter"
-            sol.message[b] = f"brentq: {info.flag}"
+            sol.message[b] = f"brentq: {info.flag} (last iterate {root!r})"
+            sol.alpha[b] = np.nan
     return sol
 
 
