@@ -40,6 +40,7 @@ class RawPair:
     keys: tuple[str, str]
     meta: list[str] | None = None
     storage_dtype: str | None = None  # as stored (bfloat16 arrives widened to float32)
+    mask: object = None  # optional [B] or [B, T] mask of real (non-zero) vs padded positions
 
 
 @dataclass
@@ -100,17 +101,70 @@ def load_source(spec: str, *, kind: str | None = None, renormalize: bool = False
         raw = read_pair_file(spec, kind=kind)
         file_label = spec
     if kind is not None and raw.kind != kind:
-        raw = RawPair(raw.theta, raw.target, kind, raw.keys, raw.meta, raw.storage_dtype)
+        raw = RawPair(raw.theta, raw.target, kind, raw.keys, raw.meta, raw.storage_dtype,
+                      raw.mask)
     dtype_name = raw.storage_dtype or _dtype_name(raw.theta)
-    log_theta, log_t, errors = validate_pair(raw.theta, raw.target, raw.kind, names=raw.keys,
+    theta, target, meta, extra = _positions_and_mask(raw, file_label)
+    log_theta, log_t, errors = validate_pair(theta, target, raw.kind, names=raw.keys,
                                              file=file_label, renormalize=renormalize,
                                              storage_dtype=dtype_name)
     source = PairSource(name=spec, log_pi_theta=log_theta, log_pi_t=log_t, row_errors=errors,
                         row_labels=np.arange(log_theta.shape[0]), kind=raw.kind,
-                        storage_dtype=dtype_name, meta=raw.meta)
+                        storage_dtype=dtype_name, meta=meta, extra=extra)
     if rows is not None:
         source = source.select(parse_row_selection(rows, source.n_rows, file_label))
     return source
+
+
+def _positions_and_mask(raw: RawPair, file_label: str):
+    """[B, T, V] arrays become B*T rows (C order) with their (b, t) kept in
+    extra["positions"][row_label]; an optional mask ([B] or [B, T], key 'mask' or
+    'attention_mask', 0 = padded) drops padded positions before validation (they are not
+    errors). Returns (theta, target, meta, extra)."""
+    theta, target, meta = raw.theta, raw.target, raw.meta
+    extra: dict = {}
+    shape = tuple(np.shape(theta))
+    if len(shape) != 3 and raw.mask is None:
+        return theta, target, meta, extra
+    if tuple(np.shape(target)) != shape:
+        return theta, target, meta, extra  # validate_pair names the mismatch
+    lead = shape[:-1]
+    if len(shape) == 3:
+        n_b, n_t, vocab = shape
+        theta = np.asarray(theta).reshape(n_b * n_t, vocab)
+        target = np.asarray(target).reshape(n_b * n_t, vocab)
+        positions = np.stack(np.unravel_index(np.arange(n_b * n_t), (n_b, n_t)), axis=1)
+        if meta is not None and len(meta) == n_b:
+            meta = [f"{meta[b]} (b={b}, t={t})" for b, t in positions]
+        elif meta is None or len(meta) != n_b * n_t:
+            meta = [f"b={b}, t={t}" for b, t in positions]
+        extra["input_shape"] = shape
+    else:
+        positions = None
+    if raw.mask is not None:
+        mask = np.asarray(raw.mask)
+        if mask.shape != lead:
+            raise InputError(f"mask has shape {mask.shape}; the rows have shape {lead} "
+                             "(one entry per position: 1 = real, 0 = padded)", file=file_label,
+                             key="mask")
+        if mask.dtype.kind not in "biuf" or (mask.dtype.kind == "f" and np.isnan(mask).any()):
+            raise InputError("mask must hold 0/1 (or booleans)", file=file_label, key="mask")
+        keep = np.flatnonzero(mask.reshape(-1) != 0)
+        if keep.size == 0:
+            raise InputError("the mask marks every position as padded: nothing to solve",
+                             file=file_label, key="mask")
+        extra["padded_rows_dropped"] = int(mask.size - keep.size)
+        theta = np.asarray(theta).reshape(-1, shape[-1])[keep]
+        target = np.asarray(target).reshape(-1, shape[-1])[keep]
+        if meta is not None and len(meta) == mask.size:
+            meta = [meta[i] for i in keep]
+        if positions is not None:
+            positions = positions[keep]
+        elif len(shape) == 2:
+            positions = keep[:, None]
+    if positions is not None:
+        extra["positions"] = positions
+    return theta, target, meta, extra
 
 
 def parse_row_selection(text: str, n_rows: int, file_label: str | None = None) -> np.ndarray:
@@ -190,7 +244,8 @@ def _pick_pair(arrays: dict, file_label: str, kind: str | None, meta,
     if meta is not None:
         meta = [str(m) for m in np.atleast_1d(np.asarray(meta)).tolist()]
     storage_dtype = (storage or {}).get(keys[0]) or _dtype_name(arrays[keys[0]])
-    return RawPair(arrays[keys[0]], arrays[keys[1]], kind, keys, meta, storage_dtype)
+    mask = arrays.get("mask", arrays.get("attention_mask"))
+    return RawPair(arrays[keys[0]], arrays[keys[1]], kind, keys, meta, storage_dtype, mask)
 
 
 def _read_npz(path: Path):

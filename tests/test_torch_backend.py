@@ -329,3 +329,64 @@ def test_solve_device_refusals(runner):
     assert res.exit_code == 2
     res = runner.invoke(app, ["solve", "gen:two-point", "--device", "cpu", "--dtype", "float16"])
     assert res.exit_code == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# [B, T, V] inputs and a padding mask (io), reported with their positions
+
+
+def _btv_file(tmp_path, mask=None, name="btv.npz"):
+    rng = np.random.default_rng(11)
+    theta = rng.normal(0, 2, size=(2, 3, 64)).astype(np.float32)
+    target = (theta + rng.normal(size=(2, 3, 64))).astype(np.float32)
+    arrays = {"logits_theta": theta, "logits_t": target}
+    if mask is not None:
+        arrays["mask"] = np.asarray(mask)
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path, theta, target
+
+
+def test_btv_rows_are_flattened_with_positions_and_the_mask_drops_padding(tmp_path, runner):
+    from geomix_cli.cli import app
+    from geomix_cli.io import load_source
+
+    path, theta, target = _btv_file(tmp_path, mask=[[1, 1, 0], [1, 0, 0]])
+    src = load_source(str(path))
+    assert src.n_rows == 3 and src.extra["padded_rows_dropped"] == 3
+    assert src.extra["positions"].tolist() == [[0, 0], [0, 1], [1, 0]]
+    result = runner.invoke(app, ["solve", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["position"] for r in rows] == [[0, 0], [0, 1], [1, 0]]
+    flat = solve_newton(_log_softmax64(theta.reshape(6, 64)), _log_softmax64(target.reshape(6, 64)))
+    # (the validation's log-softmax and the one here round differently: a few ulps)
+    tol = alpha_tolerance(_log_softmax64(theta.reshape(6, 64)[[0, 1, 3]]),
+                          _log_softmax64(target.reshape(6, 64)[[0, 1, 3]]), flat.alpha[[0, 1, 3]])
+    assert np.all(np.abs(np.array([r["alpha"] for r in rows]) - flat.alpha[[0, 1, 3]]) <= tol)
+    picked = runner.invoke(app, ["solve", str(path), "--json", "--rows", "2"])
+    assert json.loads(picked.stdout)["rows"][0]["position"] == [1, 0]
+
+
+def test_btv_without_mask_and_bad_masks(tmp_path, runner):
+    from geomix_cli.cli import app
+
+    path, _, _ = _btv_file(tmp_path)
+    rows = json.loads(runner.invoke(app, ["solve", str(path), "--json"]).stdout)["rows"]
+    assert len(rows) == 6 and rows[4]["position"] == [1, 1]
+    for mask, words in (([1, 0], "shape"), ([[0, 0, 0], [0, 0, 0]], "padded")):
+        bad, _, _ = _btv_file(tmp_path, mask=mask, name="bad.npz")
+        result = runner.invoke(app, ["solve", str(bad)])
+        assert result.exit_code == 2 and words in result.output
+
+
+def test_btv_on_the_device_path(tmp_path, runner):
+    pytest.importorskip("torch")
+    from geomix_cli.cli import app
+
+    path, _, _ = _btv_file(tmp_path, mask=[[1, 1, 1], [1, 1, 0]])
+    base = json.loads(runner.invoke(app, ["solve", str(path), "--json"]).stdout)["rows"]
+    dev = json.loads(runner.invoke(app, ["solve", str(path), "--json", "--device", "cpu",
+                                         "--dtype", "float64"]).stdout)["rows"]
+    assert [r["position"] for r in dev] == [r["position"] for r in base]
+    assert_allclose([r["alpha"] for r in dev], [r["alpha"] for r in base], rtol=0, atol=1e-13)

@@ -106,6 +106,10 @@ def register(app: typer.Typer) -> None:
         diagnostics = solve_rows(pairs, method, device=device, dtype=dtype,
                                  max_memory=max_memory)
         records = diagnostics.records(pairs.row_labels)
+        positions = pairs.extra.get("positions")
+        if positions is not None:  # [B, T, V] input and/or a padding mask: where each row came from
+            for rec in records:
+                rec["position"] = [int(v) for v in positions[rec["row"]]]
         if json_out:
             from geomix_cli.io import dumps_json
 
