@@ -31,7 +31,8 @@ import math
 import numpy as np
 
 from geomix_cli.backends import DEFAULT_MAX_MEMORY, import_torch, resolve_device
-from geomix_cli.core.solvers import (DEGENERATE, DISJOINT, INVALID, NO_ROOT, OK, AlphaSolution)
+from geomix_cli.core.solvers import (DEGENERATE, DISJOINT, INVALID, NO_ROOT, OK, AlphaSolution,
+                                     hermite_start)
 from geomix_cli.errors import InputError
 
 CPU_BLOCK_ELEMENTS = 1 << 18  # a few [rows, V] arrays of this size stay in a CPU's cache
@@ -267,14 +268,14 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
         level = torch.where(support, l.abs(), torch.zeros_like(l)).amax(dim=-1)
         del support
     zeros = torch.zeros(n, 1, dtype=l.dtype, device=l.device)
-    _, d0, _, _ = _moments(torch, l, log_base, zeros, 2)
-    _, d1, _, _ = _moments(torch, l, log_base, zeros + 1.0, 2)
+    _, d0, v0, _ = _moments(torch, l, log_base, zeros, 2)
+    _, d1, v1, _ = _moments(torch, l, log_base, zeros + 1.0, 2)
     d0 = d0.to(torch.float64) - c_lo
     d1 = d1.to(torch.float64) - c_lo
     tol = 64.0 * eps * (1.0 + scale)
 
     host = {k: v.double().cpu().numpy() for k, v in dict(
-        d0=d0, d1=d1, spread=spread, level=level, tol=tol).items()}
+        d0=d0, d1=d1, v0=v0, v1=v1, spread=spread, level=level, tol=tol).items()}
     has_support_h = has_support.cpu().numpy()
     same_support_h = same_support.cpu().numpy()
     bad_h = bad.cpu().numpy()
@@ -340,12 +341,16 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
     m = int(sel.numel())
     lo = torch.zeros(m, **f64)
     hi = torch.ones(m, **f64)
-    alpha = (d0 / (d0 - d1)).clamp(1e-3, 1 - 1e-3)
+    ok_idx = np.flatnonzero(ok_local)
+    alpha = torch.from_numpy(hermite_start(host["d0"][ok_idx], host["d1"][ok_idx],
+                                           host["v0"][ok_idx], host["v1"][ok_idx])).to(**f64)
     done = torch.zeros(m, dtype=torch.bool, device=l.device)
     final_alpha = torch.full((m,), math.nan, **f64)
     final_d = torch.full((m,), math.nan, **f64)
     iters = torch.zeros(m, dtype=torch.int64, device=l.device)
     prev_step = torch.full((m,), math.inf, **f64)
+    last_step = torch.ones(m, **f64)     # rtsafe's dx, dxold (as core.solvers._newton_block)
+    step_before = torch.ones(m, **f64)
     stall_level = math.sqrt(eps)
     for _ in range(max_iter):
         if bool(done.all()):
@@ -370,7 +375,11 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
                      | ((size <= stall_level) & (size >= 0.5 * prev_step)))
         converged &= live
         bad_step = ~torch.isfinite(candidate) | (candidate <= lo) | (candidate >= hi)
-        candidate = torch.where(bad_step, 0.5 * (lo + hi), candidate)
+        # a step not below half the step before last is creeping: bisect (rtsafe rule)
+        slow = size > 0.5 * step_before
+        candidate = torch.where(bad_step | slow, 0.5 * (lo + hi), candidate)
+        step_before = torch.where(live, last_step, step_before)
+        last_step = torch.where(live, (candidate - alpha_eval).abs(), last_step)
         final_alpha = torch.where(converged, alpha_eval, final_alpha)
         final_d = torch.where(converged, d, final_d)
         prev_step = torch.where(live, size, prev_step)
