@@ -164,9 +164,14 @@ def _status_codes(numbers: dict, invalid: np.ndarray) -> np.ndarray:
         constant = numbers["spread"] <= numbers["tol"]
         zero = numbers["level"] <= numbers["tol"]
         sign_change = (numbers["d0"] > 0.0) & (numbers["d1"] < 0.0)
+        # D is non-increasing, so D(0+) and D(1-) both within rounding of 0 put D within rounding
+        # of 0 on all of (0, 1): the KLs are equal to float64 resolution for every alpha (a pair
+        # identical up to ~1e-8 in the logits, C ~ 1e-17). Its "root" would be rounding noise
+        # (alphas from 0.01 to 0.93 were reported for such pairs), its "no root" a false claim.
+        flat = (np.abs(numbers["d0"]) <= numbers["tol"]) & (np.abs(numbers["d1"]) <= numbers["tol"])
     status[~sign_change] = NO_ROOT
     status[constant & ~zero] = NO_ROOT
-    status[constant & zero] = DEGENERATE
+    status[(constant & zero) | flat] = DEGENERATE
     status[~numbers["has_support"]] = DISJOINT
     status[invalid] = INVALID
     return status
@@ -187,9 +192,14 @@ def _finish_classification(numbers: dict, status: np.ndarray,
         elif status[b] == DISJOINT:
             message[b] = ("pi_theta and pi_t share no token with positive probability: Z = 0 for "
                           "every alpha in (0, 1), there is no q")
-        elif status[b] == DEGENERATE:
+        elif status[b] == DEGENERATE and numbers["spread"][b] <= numbers["tol"][b]:
             message[b] = ("pi_theta = pi_t on the common support: every alpha gives the same q "
                           "and equal KLs, alpha* is not unique")
+        elif status[b] == DEGENERATE:
+            message[b] = (f"pi_theta and pi_t are equal to within float64 rounding: "
+                          f"|KL(q||pi_theta) - KL(q||pi_t)| <= {numbers['tol'][b]:.1e} for every "
+                          f"alpha (D(0+) = {d0[b]:.3g}, D(1-) = {d1[b]:.3g}), alpha* is not "
+                          "determined")
         elif numbers["spread"][b] <= numbers["tol"][b]:
             message[b] = (f"l = log pi_t - log pi_theta is the constant {numbers['first_l'][b]:.6g} "
                           "on the common support: q is the same for every alpha and the KLs "
