@@ -78,7 +78,8 @@ def _as_float64_2d(values, name: str, file: str | None) -> tuple[np.ndarray, str
     if arr.ndim == 0 or arr.size == 0:
         raise InputError(f"empty array (shape {arr.shape})", file=file, key=name)
     if arr.ndim > 2:
-        raise InputError(f"{arr.ndim} dimensions (shape {arr.shape}); expected [V] or [B, V]",
+        raise InputError(f"{arr.ndim} dimensions (shape {arr.shape}); expected [V], [B, V] or, in "
+                         "a file, [B, T, V]",
                          file=file, key=name)
     wide = arr.astype(np.float64)
     if wide.ndim == 1:
