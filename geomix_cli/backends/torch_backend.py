@@ -291,9 +291,9 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
             continue
         if errs is None and bad_h[j]:
             status[b] = INVALID
-            message[b] = ("NaN in the row" if why_bad["nan"][j] else
+            message[b] = ("negative probability in the row" if why_bad["neg"][j] else
+                          "NaN in the row" if why_bad["nan"][j] else
                           "+inf logit or probability in the row" if why_bad["posinf"][j] else
-                          "negative probability in the row" if why_bad["neg"][j] else
                           "no probability mass on one side")
             continue
         out["evaluations"][b] = 1
