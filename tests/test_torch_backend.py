@@ -182,6 +182,27 @@ def test_statuses_and_messages_match_numpy(compute_dtype):
                                 "disjoint-support"]
 
 
+def test_nearly_identical_pairs_follow_the_numpy_rules_in_float64():
+    """core.solvers' rule: D(0+) and D(1-) both within rounding of 0 -> degenerate. In float64
+    the backend says exactly what numpy says; in float32 a pair closer than float32 can resolve
+    is also 'degenerate' (within float32 rounding), never an 'ok' with a noise alpha."""
+    pytest.importorskip("torch")
+    from geomix_cli.backends import solve_alpha_device
+
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(5, 200))
+    target = theta.copy()
+    for row, size in zip(range(1, 5), (1e-8, 1e-5, 1e-3, 1.0)):
+        target[row] += rng.normal(size=200) * size
+    cls = classify_rows(_log_softmax64(theta), _log_softmax64(target))
+    s64 = solve_alpha_device(theta, target, compute_dtype="float64")
+    assert list(s64.status) == list(cls.status) == ["degenerate", "degenerate", "ok", "ok", "ok"]
+    assert s64.message[1].split(":")[0] == cls.message[1].split(":")[0]
+    s32 = solve_alpha_device(theta, target, compute_dtype="float32")
+    assert list(s32.status) == ["degenerate", "degenerate", "degenerate", "ok", "ok"]
+    assert "alpha* is not" in s32.message[2] and np.isnan(s32.alpha[2])
+
+
 def test_invalid_rows_from_the_values_and_from_row_errors():
     pytest.importorskip("torch")
     from geomix_cli.backends import solve_alpha_device

@@ -273,9 +273,16 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
     d0 = d0.to(torch.float64) - c_lo
     d1 = d1.to(torch.float64) - c_lo
     tol = 64.0 * eps * (1.0 + scale)
+    # D(0+), D(1-) "within rounding of 0": numpy's float64 tolerance in float64; in float32 the
+    # rounding of D = E_q[l] is relative to l itself (l is built from differences of the inputs,
+    # its constant part corrected in float64), so 64 eps32 max|l| -- a float32 solve cannot
+    # resolve alpha for pairs closer than that (numpy in float64 may still report 'ok')
+    tol_flat = tol if eps < 1e-10 else 64.0 * eps * level.to(torch.float64)
+    precision = "float64" if eps < 1e-10 else "float32"
 
     host = {k: v.double().cpu().numpy() for k, v in dict(
-        d0=d0, d1=d1, v0=v0, v1=v1, spread=spread, level=level, tol=tol).items()}
+        d0=d0, d1=d1, v0=v0, v1=v1, spread=spread, level=level, tol=tol,
+        tol_flat=tol_flat).items()}
     has_support_h = has_support.cpu().numpy()
     same_support_h = same_support.cpu().numpy()
     bad_h = bad.cpu().numpy()
@@ -303,20 +310,28 @@ def _solve_chunk(torch, x, y, errs, kind, order, xtol, max_iter, eps, where, out
             out["d_at_0"][b] = out["d_at_1"][b] = np.nan
             message[b] = ("pi_theta and pi_t share no token with positive probability: Z = 0 for "
                           "every alpha in (0, 1), there is no q")
-        elif host["spread"][j] <= host["tol"][j]:
-            if host["level"][j] <= host["tol"][j]:
-                status[b] = DEGENERATE
+        elif (host["spread"][j] <= host["tol"][j] and host["level"][j] <= host["tol"][j]) or (
+                abs(d_0) <= host["tol_flat"][j] and abs(d_1) <= host["tol_flat"][j]):
+            # as core.solvers._status_codes: l ~ 0 on S, or D(0+) and D(1-) both within
+            # rounding of 0 (D is monotone, so D is within rounding of 0 on all of (0, 1))
+            status[b] = DEGENERATE
+            if host["spread"][j] <= host["tol"][j]:
                 message[b] = ("pi_theta = pi_t on the common support: every alpha gives the same q "
                               "and equal KLs, alpha* is not unique")
             else:
-                if first_l is None:
-                    first_l = l[torch.arange(n, device=l.device),
-                                torch.isfinite(log_base).to(l.dtype).argmax(dim=-1)]
-                    first_l = first_l.double().cpu().numpy()
-                status[b] = NO_ROOT
-                message[b] = (f"l = log pi_t - log pi_theta is the constant {first_l[j]:.6g} "
-                              "on the common support: q is the same for every alpha and the KLs "
-                              "never meet")
+                message[b] = (f"pi_theta and pi_t are equal to within {precision} rounding: "
+                              f"|KL(q||pi_theta) - KL(q||pi_t)| <= {host['tol_flat'][j]:.1e} for "
+                              f"every alpha (D(0+) = {d_0:.3g}, D(1-) = {d_1:.3g}), alpha* is "
+                              "not determined")
+        elif host["spread"][j] <= host["tol"][j]:
+            if first_l is None:
+                first_l = l[torch.arange(n, device=l.device),
+                            torch.isfinite(log_base).to(l.dtype).argmax(dim=-1)]
+                first_l = first_l.double().cpu().numpy()
+            status[b] = NO_ROOT
+            message[b] = (f"l = log pi_t - log pi_theta is the constant {first_l[j]:.6g} "
+                          "on the common support: q is the same for every alpha and the KLs "
+                          "never meet")
         elif not (d_0 > 0.0 and d_1 < 0.0):
             status[b] = NO_ROOT
             sign = "<" if d_0 <= 0 else ">"
