@@ -52,6 +52,7 @@ DEFAULT_DPS = 50
 FIELDS = ("status", "alpha", "chernoff", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target",
           "alpha_entropy")
 U64 = 2.0**-52  # float64 machine epsilon
+ALPHA_CONTRACT = 1e-13  # the exact solvers' accuracy in alpha (floor of the alpha tolerance)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,14 +278,18 @@ def derive_tolerances(rows: list[dict]) -> tuple[dict, str]:
     float64 evaluates D and log Z from numbers of size E_q[|log pi_theta| + |log pi_t|] (the
     rounded log-probabilities and the exponents), plus a summation over V terms:
         e = 16 u (scale_q + log2 V + 1),    u = 2^-52
-    alpha:        |d alpha| <= e / Var_q*(l)          (error in D divided by |D'|); floor 1e-13
+    alpha:        |d alpha| <= max(e / Var_q*(l), 1e-13)   (error in D divided by |D'|; the floor
+                  is the solvers' contract: Newton stops once its correction |D/D'| is below
+                  1e-14 and returns the last evaluated alpha, so alpha carries up to that step)
     chernoff:     |d C| <= e                          (log Z is stationary at alpha*)
-    kl_q_*:       |d KL| <= e + |d alpha| Var_q*(l)   (dKL/dalpha = -(1-alpha) Var or alpha Var)
+    kl_q_*:       |d KL| <= e + |d alpha| Var_q*(l)   (dKL/dalpha = -(1-alpha) Var or alpha Var,
+                  with |d alpha| including the floor: rows with Var ~ 6e4 move KL by 6e-10 per
+                  1e-14 of alpha)
     ess_*:        relative, e + |d alpha| max_S |l - D|  (d log q / d alpha = -(l - D))
     alpha_entropy: 16 u (1 / (H(pi_theta) + H(pi_t)) + log2 V + 1) (absolute rounding of log p
                    ~ u, relative to the entropies; large for nearly deterministic pairs)
     Degenerate rows carry no alpha; their C/KL/ESS get the e bound."""
-    tol = {"alpha": 1e-13, "chernoff": 1e-15, "kl_q_theta": 1e-15, "kl_q_target": 1e-15,
+    tol = {"alpha": ALPHA_CONTRACT, "chernoff": 1e-15, "kl_q_theta": 1e-15, "kl_q_target": 1e-15,
            "ess_theta": 1e-14, "ess_target": 1e-14, "alpha_entropy": 1e-15}
     for r in rows:
         info, vals = r["info"], r["values"]
@@ -298,7 +303,7 @@ def derive_tolerances(rows: list[dict]) -> tuple[dict, str]:
         if "var" not in info:
             continue
         e = 16 * U64 * (info["scale_q"] + log_v)
-        d_alpha = e / info["var"] if vals["status"] == "ok" else 0.0
+        d_alpha = max(e / info["var"], ALPHA_CONTRACT) if vals["status"] == "ok" else 0.0
         tol["alpha"] = max(tol["alpha"], d_alpha)
         tol["chernoff"] = max(tol["chernoff"], e)
         for f in ("kl_q_theta", "kl_q_target"):
