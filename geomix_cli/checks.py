@@ -75,10 +75,14 @@ class SuiteResult:
     thorough: bool
     claims: list[ClaimResult]
     families: list[dict] = field(default_factory=list)
+    backend: dict | None = None  # --device: the backend's agreement with the numpy solve
 
     @property
     def identity_failures(self) -> list[str]:
-        return [c.id for c in self.claims if c.identity_failed]
+        failed = [c.id for c in self.claims if c.identity_failed]
+        if self.backend is not None and not self.backend["agrees"]:
+            failed.append("backend-agreement")
+        return failed
 
     def verdict_counts(self) -> dict:
         return {v: sum(c.verdict == v for c in self.claims) for v in VERDICTS}
@@ -87,7 +91,8 @@ class SuiteResult:
         return {"schema_version": SCHEMA_VERSION, "suite": self.suite,
                 "description": self.description, "seed": self.seed, "thorough": self.thorough,
                 "verdict_counts": self.verdict_counts(), "case_families": self.families,
-                "claims": [c.to_json() for c in self.claims]}
+                "claims": [c.to_json() for c in self.claims],
+                **({"backend": self.backend} if self.backend is not None else {})}
 
     def claim(self, claim_id: str) -> ClaimResult:
         return next(c for c in self.claims if c.id == claim_id)
@@ -1143,9 +1148,48 @@ def _delta_curve_figure(fams):
             "curve": delta_curve(fam.log_pi_theta[0], fam.log_pi_t[0], n_grid=101)}
 
 
+def backend_agreement(fams, device_solver: Callable, label: str) -> dict:
+    """Solve every family's rows with another backend (e.g. torch on cuda) and compare with the
+    numpy Newton solve: statuses must be equal and, on 'ok' rows, |alpha_backend - alpha| within
+    the row's conditioning, tol = 1e-12 + 64 u (1 + max|l|) / Var_q*(l) for float64 compute
+    (float32: u = 2^-23, plus 1e-6), since an error dD in D moves alpha by dD / Var."""
+    from geomix_cli.core.family import log_ratio_on_support, tilted_moments
+
+    float32 = "float32" in label
+    unit = 2.0**-23 if float32 else 2.0**-52
+    floor = 1e-6 if float32 else 1e-12
+    rows, agrees = [], True
+    for fam in fams:
+        ref = solve_alpha(fam.log_pi_theta, fam.log_pi_t, "newton")
+        got = device_solver(fam.log_pi_theta, fam.log_pi_t)
+        same_status = ref.status == got.status
+        ok = (ref.status == OK) & same_status
+        err = np.abs(got.alpha[ok] - ref.alpha[ok])
+        if ok.any():
+            l, log_base, support = log_ratio_on_support(fam.log_pi_theta[ok], fam.log_pi_t[ok])
+            var = tilted_moments(l, log_base, ref.alpha[ok]).var
+            scale = np.max(np.where(support, np.abs(l), 0.0), axis=-1)
+            tol = floor + 64 * unit * (1 + scale) / var
+            within = err <= tol
+        else:
+            tol = within = np.zeros(0)
+        fam_ok = bool(same_status.all() and within.all())
+        agrees &= fam_ok
+        rows.append({"family": fam.name, "rows": fam.n_rows,
+                     "status_mismatches": int((~same_status).sum()),
+                     "max_abs_alpha_difference": _q(err.max()) if err.size else float("nan"),
+                     "rows_beyond_tolerance": int((~within).sum()) if err.size else 0,
+                     "agrees": fam_ok})
+    return {"backend": label, "agrees": bool(agrees), "per_family": rows}
+
+
 def run_verify_alpha_theory(*, thorough: bool = False, seed: int = 0,
                             progress: ProgressFn | None = None,
-                            threshold: float | None = None) -> SuiteResult:
+                            threshold: float | None = None,
+                            device_solver: Callable | None = None,
+                            device_label: str | None = None) -> SuiteResult:
+    """All 13 claims. With `device_solver` ((log_pi_theta, log_pi_t) -> AlphaSolution, e.g. the
+    torch backend), also checks that backend against the numpy solve on every family."""
     steps = [("case families", None)] + [(cid, None) for cid in CLAIM_IDS]
     total = len(steps)
 
@@ -1178,9 +1222,13 @@ def run_verify_alpha_theory(*, thorough: bool = False, seed: int = 0,
         claims.append(makers[cid](rngs[i]))
     # the D(alpha) figure with the solvers' iterates belongs to the uniqueness claim
     claims[CLAIM_IDS.index("alpha-unique")].figures["delta_curve"] = _delta_curve_figure(fams)
+    backend = None
+    if device_solver is not None:
+        tick(total - 1, f"backend agreement ({device_label})")
+        backend = backend_agreement(fams, device_solver, device_label or "device")
     tick(total, "done")
     return SuiteResult("verify_alpha_theory", SUITES["verify_alpha_theory"][0], seed, thorough,
-                       claims, families=_family_table(fams))
+                       claims, families=_family_table(fams), backend=backend)
 
 
 SUITES: dict[str, tuple[str, Callable[..., SuiteResult]]] = {

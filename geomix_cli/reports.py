@@ -139,6 +139,13 @@ def render_suite_markdown(result, figure_files: dict[str, list[tuple[str, str]]]
                                 f"**{VERDICT_BADGE.get(c.verdict, c.verdict)}**",
                                 "key numbers": c.headline or "—"}
                                for c in result.claims], max_rows=100))
+    if result.backend is not None:
+        b = result.backend
+        out.append(f"\n## Backend agreement: `{b['backend']}`\n")
+        out.append(f"Every family's rows solved again with `{b['backend']}` and compared with the "
+                   f"numpy Newton solve (equal statuses; |Δα| within the row's conditioning): "
+                   f"**{'agrees' if b['agrees'] else 'DISAGREES'}**.\n")
+        out.append(markdown_table(b["per_family"], max_rows=100))
     out.append("\n## Case families\n")
     out.append("The statistical claims are measured on these families (synthetic generators "
                "with the suite's seed, and real language-model rows):\n")

@@ -65,3 +65,21 @@ def solve(pairs, method: str, *, device: Optional[str], dtype: str = "float32",
     return solve_alpha_device(pairs.log_pi_theta, pairs.log_pi_t, method, device=device,
                               compute_dtype=dtype, max_memory_bytes=parse_memory(max_memory),
                               row_errors=pairs.row_errors, kind="logits", **options)
+
+
+def suite_solver(*, device: str, dtype: str = "float64", max_memory: Optional[str] = None) -> dict:
+    """Options for checks.run_suite that make it check the torch backend on `device`:
+    {"device_solver": (log_pi_theta, log_pi_t) -> AlphaSolution, "device_label": ...}.
+    Resolves the device first, so a missing torch/CUDA is one line (exit 5) before any work."""
+    if dtype not in ("float32", "float64"):
+        raise InputError(f"--dtype must be float32 or float64, got '{dtype}'")
+    from geomix_cli.backends import resolve_device, solve_alpha_device
+
+    resolve_device(device)
+    budget = parse_memory(max_memory)
+
+    def device_solver(log_pi_theta, log_pi_t):
+        return solve_alpha_device(log_pi_theta, log_pi_t, "newton", device=device,
+                                  compute_dtype=dtype, max_memory_bytes=budget, kind="logits")
+
+    return {"device_solver": device_solver, "device_label": f"torch {device} {dtype}"}

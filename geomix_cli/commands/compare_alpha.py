@@ -7,7 +7,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _shared
+from geomix_cli.commands import _device, _shared
 
 RECORD_FIELDS = ("case", "row", "principle", "status", "alpha", "kl_q_theta", "kl_q_target",
                  "kl_gap", "chernoff", "ess_theta", "ess_target", "min_ess",
@@ -28,18 +28,27 @@ def parse_principles(text: Optional[List[str]]) -> list[str]:
 
 
 def compare_case(name: str, log_pi_theta, log_pi_t, row_labels, row_errors, principles,
-                 *, threshold=None) -> list[dict]:
-    """Records (one per row and principle) for one case; invalid rows keep status 'invalid'."""
+                 *, threshold=None, kl_solver=None) -> list[dict]:
+    """Records (one per row and principle) for one case; invalid rows keep status 'invalid'.
+
+    kl_solver: optional (log_pi_theta, log_pi_t) -> AlphaSolution used for kl-symmetry instead of
+    the numpy Newton solve (the torch backend under --device)."""
     import time
 
-    from geomix_cli.core.principles import principle_metrics, solve_principle
+    from geomix_cli.core.principles import (PrincipleSolution, principle_metrics,
+                                            solve_principle)
 
     valid = np.array([e is None for e in row_errors], dtype=bool)
     records = []
     for principle in principles:
         if valid.any():
             start = time.perf_counter()
-            sol = solve_principle(log_pi_theta[valid], log_pi_t[valid], principle)
+            if principle == "kl-symmetry" and kl_solver is not None:
+                raw = kl_solver(log_pi_theta[valid], log_pi_t[valid])
+                sol = PrincipleSolution(principle, raw.alpha, raw.status, raw.message,
+                                        raw.residual, raw.evaluations)
+            else:
+                sol = solve_principle(log_pi_theta[valid], log_pi_t[valid], principle)
             elapsed = time.perf_counter() - start
             metrics = principle_metrics(log_pi_theta[valid], log_pi_t[valid], sol,
                                         threshold=threshold)
@@ -127,6 +136,9 @@ def register(app: typer.Typer) -> None:
         renormalize: bool = _shared.RenormalizeOption,
         logits: bool = _shared.LogitsOption,
         probs: bool = _shared.ProbsOption,
+        device: Optional[str] = _device.DeviceOption,
+        dtype: str = _device.ComputeDtypeOption,
+        max_memory: Optional[str] = _device.MaxMemoryOption,
     ) -> None:
         """Compare the alpha principles side by side, per row.
 
@@ -135,6 +147,10 @@ def register(app: typer.Typer) -> None:
         from geomix_cli.errors import EXIT_OK, InputError
 
         names = parse_principles(principles)
+        kl_solver = None
+        if device is not None:
+            kl_solver = _device.suite_solver(device=device, dtype=dtype,
+                                             max_memory=max_memory)["device_solver"]
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
         records: list[dict] = []
@@ -150,7 +166,7 @@ def register(app: typer.Typer) -> None:
             for source, pairs in loaded:
                 records += compare_case(source, pairs.log_pi_theta, pairs.log_pi_t,
                                         pairs.row_labels, pairs.row_errors, names,
-                                        threshold=threshold)
+                                        threshold=threshold, kl_solver=kl_solver)
         else:
             if rows is not None:
                 raise InputError("--rows needs a source")
@@ -159,7 +175,7 @@ def register(app: typer.Typer) -> None:
             for fam in compare_families(seed):
                 records += compare_case(fam.name, fam.log_pi_theta, fam.log_pi_t,
                                         np.arange(fam.n_rows), [None] * fam.n_rows, names,
-                                        threshold=threshold)
+                                        threshold=threshold, kl_solver=kl_solver)
         summary = summarise(records)
         mm = max_min_vs_balance(records)
         deterministic = [{k: v for k, v in r.items()} for r in records]

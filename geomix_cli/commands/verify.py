@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from geomix_cli.commands import _shared
+from geomix_cli.commands import _device, _shared
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,13 @@ def register(app: typer.Typer) -> None:
             "this (default 1/V, the uniform level)."),
         no_report: bool = typer.Option(False, "--no-report", help="Do not write the report "
                                        "folder (print only)."),
+        device: Optional[str] = typer.Option(
+            None, "--device", help="Also solve every family with the torch backend on cpu or "
+            "cuda and check it against the numpy solve (exit 1 if it disagrees)."),
+        dtype: str = typer.Option("float64", "--dtype", help="Compute dtype of the --device "
+                                  "backend: float64 (default here: verify is about exactness) "
+                                  "or float32."),
+        max_memory: Optional[str] = _device.MaxMemoryOption,
     ) -> None:
         """Check every claim of the derivation by computation and write the report.
 
@@ -49,7 +56,12 @@ def register(app: typer.Typer) -> None:
                              "(geomix verify --list)")
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
-        result = _run_with_progress(suite, thorough=thorough, seed=seed, threshold=threshold)
+        device_options = {}
+        if device is not None:
+            device_options = _device.suite_solver(device=device, dtype=dtype,
+                                                  max_memory=max_memory)
+        result = _run_with_progress(suite, thorough=thorough, seed=seed, threshold=threshold,
+                                    **device_options)
         out_dir = None
         if not no_report:
             from pathlib import Path
