@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from geomix_cli.core.family import entropy, entropy_formula_alpha, family_point
+from geomix_cli.core.family import entropy, entropy_ratio, family_point
 from geomix_cli.core.solvers import DEGENERATE, EXACT_METHODS, OK, AlphaSolution
 
 ROW_FIELDS = ("row", "status", "alpha", "kl_q_theta", "kl_q_target", "chernoff", "log_z",
@@ -69,7 +69,10 @@ def diagnose(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, solution: AlphaSolu
     values = {f.name: nan.copy() for f in fields(FamilyFields)}
     if where.any():
         alpha = np.where(degenerate, 0.5, solution.alpha)[where]
-        point = family_point(log_pi_theta[where], log_pi_t[where], alpha)
+        if where.all():  # no copy of the batch (family_point works on it in row blocks)
+            point = family_point(log_pi_theta, log_pi_t, alpha)
+        else:
+            point = family_point(log_pi_theta[where], log_pi_t[where], alpha)
         for name in values:
             values[name][where] = getattr(point, name)
     # KL >= 0 and log Z <= 0 (Hoelder) hold exactly; what rounding puts on the wrong side of 0
@@ -84,9 +87,11 @@ def diagnose(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, solution: AlphaSolu
     chernoff[degenerate] = -values["log_z"][degenerate]
     chernoff = chernoff + 0.0  # -(0.0) is -0.0
     valid = status != "invalid"
-    h_theta = np.where(valid, entropy(log_pi_theta), np.nan)
-    h_t = np.where(valid, entropy(log_pi_t), np.nan)
-    alpha_h = np.where(valid, entropy_formula_alpha(log_pi_theta, log_pi_t), np.nan)
+    h_theta_all = entropy(log_pi_theta)  # each entropy once (entropy_formula_alpha recomputed both)
+    h_t_all = entropy(log_pi_t)
+    h_theta = np.where(valid, h_theta_all, np.nan)
+    h_t = np.where(valid, h_t_all, np.nan)
+    alpha_h = np.where(valid, entropy_ratio(h_theta_all, h_t_all), np.nan)
     return RowDiagnostics(solution=solution, kl_q_theta=values["kl_q_theta"],
                           kl_q_target=values["kl_q_target"], chernoff=chernoff,
                           log_z=values["log_z"], ess_theta=values["ess_theta"],

@@ -21,9 +21,67 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
 NEG_INF = -np.inf
+
+# Rows are processed in blocks of about this many elements (2 MiB of float64 per array), so that
+# a block's temporaries stay in the CPU cache (as in solvers.py). Every function here reduces
+# along the last axis only, so a row's result does not depend on the block it is computed in.
+BLOCK_ELEMENTS = 1 << 18
+
+
+def row_blocks(n_rows: int, n_cols: int):
+    """Slices of rows covering [0, n_rows) with about BLOCK_ELEMENTS entries each."""
+    step = max(1, BLOCK_ELEMENTS // max(n_cols, 1))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(n_rows, start + step))
+
+
+def _logsumexp_2d(x: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """Row logsumexp of a 2-d block, the way scipy.special.logsumexp (1.15+) computes it: every
+    entry equal to the row maximum is taken out of the sum (count m), the rest is summed shifted
+    by the maximum, then log1p(s / m) + log(m) + max; a non-finite result falls back to
+    log(sum(exp(x))). Same operations in the same order, so the same numbers; `buf` is scratch of
+    x's shape."""
+    peak = np.max(x, axis=-1, keepdims=True)
+    at_peak = x == peak
+    m = np.count_nonzero(at_peak, axis=-1).astype(np.float64)[:, None]
+    np.subtract(x, peak, out=buf)
+    np.exp(buf, out=buf)
+    np.putmask(buf, at_peak, 0.0)
+    s = np.sum(buf, axis=-1, keepdims=True)
+    s = np.where(s == 0, s, s / m)
+    out = (np.log1p(s) + np.log(m) + peak)[:, 0]
+    bad = ~np.isfinite(out)
+    if bad.any():
+        out[bad] = np.log(np.sum(np.exp(x[bad]), axis=-1))
+    return out
+
+
+def logsumexp(x: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    """log(sum(exp(x))) along the last axis: plain numpy, in cache-sized row blocks.
+
+    Gives scipy.special.logsumexp's numbers (same algorithm, see `_logsumexp_2d`) at a fraction
+    of its cost (scipy's makes several full-size temporaries and passes per call). All -inf gives
+    -inf; a +inf entry gives +inf."""
+    if axis not in (-1, np.ndim(x) - 1):
+        raise ValueError("logsumexp reduces along the last axis only")
+    x = np.asarray(x, dtype=np.float64)
+    lead = x.shape[:-1]
+    flat = np.ascontiguousarray(x).reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+    out = np.empty(flat.shape[0])
+    if flat.shape[0] and flat.shape[1]:
+        buf = None
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for block in row_blocks(flat.shape[0], flat.shape[1]):
+                rows = flat[block]
+                if buf is None or buf.shape != rows.shape:
+                    buf = np.empty_like(rows)
+                out[block] = _logsumexp_2d(rows, buf)
+    else:
+        out[:] = NEG_INF
+    out = out.reshape(lead)
+    return out[..., None] if keepdims else out
 
 
 def common_support(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> np.ndarray:
@@ -100,6 +158,16 @@ def kl_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
 
 def entropy(log_p: np.ndarray) -> np.ndarray:
     """Shannon entropy H(p) = -sum_y p(y) log p(y) in nats (0 log 0 = 0)."""
+    log_p = np.asarray(log_p)
+    if log_p.ndim != 2 or log_p.shape[0] * log_p.shape[1] <= BLOCK_ELEMENTS:
+        return _entropy(log_p)
+    out = np.empty(log_p.shape[0])
+    for block in row_blocks(*log_p.shape):  # cache-sized blocks, same numbers
+        out[block] = _entropy(log_p[block])
+    return out
+
+
+def _entropy(log_p: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         # 0.0 - sum, not -sum: a point mass must give +0.0, not -0.0 (printed as "-0.0")
         return 0.0 - np.sum(np.where(log_p > NEG_INF, np.exp(log_p) * log_p, 0.0), axis=-1)
@@ -119,8 +187,11 @@ def entropy_formula_alpha(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> np.
     """The derivation's heuristic alpha_H = H(pi_theta) / (H(pi_theta) + H(pi_t)).
 
     NaN when both entropies are 0 (two point masses): the formula is undefined there."""
-    h_theta = entropy(log_pi_theta)
-    h_t = entropy(log_pi_t)
+    return entropy_ratio(entropy(log_pi_theta), entropy(log_pi_t))
+
+
+def entropy_ratio(h_theta: np.ndarray, h_t: np.ndarray) -> np.ndarray:
+    """alpha_H from the two entropies (NaN where both are 0)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(h_theta + h_t > 0, h_theta / (h_theta + h_t), np.nan)
 
@@ -142,8 +213,29 @@ class FamilyPoint:
 
 
 def family_point(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> FamilyPoint:
-    """Evaluate the family at `alpha` (scalar or one per row): log Z, D, both KLs, both ESS."""
-    alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), log_pi_theta.shape[:-1])
+    """Evaluate the family at `alpha` (scalar or one per row): log Z, D, both KLs, both ESS.
+
+    Computed in cache-sized blocks of rows (every quantity is row-wise, so the numbers are those
+    of one evaluation over the whole batch)."""
+    log_pi_theta = np.asarray(log_pi_theta, dtype=np.float64)
+    log_pi_t = np.asarray(log_pi_t, dtype=np.float64)
+    lead = log_pi_theta.shape[:-1]
+    alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), lead)
+    n_cols = log_pi_theta.shape[-1]
+    theta2 = log_pi_theta.reshape(-1, n_cols)
+    t2 = log_pi_t.reshape(-1, n_cols)
+    alpha2 = alpha.reshape(-1)
+    names = ("log_z", "delta", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target")
+    out = {name: np.empty(alpha2.shape) for name in names}
+    for block in row_blocks(theta2.shape[0], n_cols):
+        part = _family_point_rows(theta2[block], t2[block], alpha2[block])
+        for name in names:
+            out[name][block] = part[name]
+    return FamilyPoint(alpha=np.array(alpha), **{k: v.reshape(lead) for k, v in out.items()})
+
+
+def _family_point_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha: np.ndarray) -> dict:
+    """family_point on one block of rows ([n, V], alpha [n])."""
     l, log_base, _ = log_ratio_on_support(log_pi_theta, log_pi_t)
     moments = tilted_moments(l, log_base, alpha)
     interior_theta = (1.0 - alpha) * moments.mean - moments.log_z
@@ -161,7 +253,6 @@ def family_point(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> Famil
     with np.errstate(invalid="ignore"):
         log_z = np.where(at_one | at_zero, 0.0, moments.log_z)
         delta = np.where(at_one | at_zero, kl_theta - kl_t, moments.mean)
-    return FamilyPoint(alpha=np.array(alpha), log_z=log_z, delta=delta,
-                       kl_q_theta=kl_theta, kl_q_target=kl_t,
-                       ess_theta=effective_sample_size(log_pi_theta, log_q),
-                       ess_target=effective_sample_size(log_pi_t, log_q))
+    return dict(log_z=log_z, delta=delta, kl_q_theta=kl_theta, kl_q_target=kl_t,
+                ess_theta=effective_sample_size(log_pi_theta, log_q),
+                ess_target=effective_sample_size(log_pi_t, log_q))

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import brentq as _scipy_brentq
 
 from geomix_cli.core.family import (entropy_formula_alpha, log_ratio_on_support,
                                     tilted_moments)
@@ -403,6 +402,14 @@ def solve_newton(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int =
             sol.status[rows[j]] = "max-iter"
             sol.message[rows[j]] = f"no convergence in {max_iter} iterations"
     return sol
+
+
+def _scipy_brentq(*args, **kwargs):
+    """scipy.optimize.brentq, imported on first use (importing scipy.optimize takes ~0.3 s, which
+    every `geomix` process paid at start-up when it was imported with the core)."""
+    from scipy.optimize import brentq
+
+    return brentq(*args, **kwargs)
 
 
 def solve_brentq(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, xtol: float = 1e-15,

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import logsumexp
 
+from geomix_cli.core.family import _logsumexp_2d, row_blocks
 from geomix_cli.errors import InputError
 
 PROBS = "probs"
@@ -102,24 +102,12 @@ def validate_rows(values, kind: str, *, name: str, file: str | None = None,
     n_rows = x.shape[0]
     errors: list[str | None] = [None] * n_rows
 
-    nan_rows = np.isnan(x).any(axis=1)
-    posinf_rows = np.isposinf(x).any(axis=1)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if kind == LOGITS:
-            finite_mass = np.isfinite(x).any(axis=1)
-            safe = np.where(nan_rows[:, None] | posinf_rows[:, None] | ~finite_mass[:, None], 0.0, x)
-            # Subtract the row's maximum first: x - logsumexp(x) directly would carry a rounding
-            # error of eps * |x| (large for shifted logits), x - max(x) only eps * |log p|.
-            shifted = safe - np.max(safe, axis=1, keepdims=True)
-            log_p = shifted - logsumexp(shifted, axis=1, keepdims=True)
-            for b in range(n_rows):
-                if nan_rows[b]:
-                    errors[b] = _first_bad(x[b], np.isnan, "NaN")
-                elif posinf_rows[b]:
-                    errors[b] = _first_bad(x[b], np.isposinf, "+inf logit")
-                elif not finite_mass[b]:
-                    errors[b] = "every logit is -inf (no probability mass)"
+            log_p = _log_softmax_in_place(x, errors)
         else:
+            nan_rows = np.isnan(x).any(axis=1)
+            posinf_rows = np.isposinf(x).any(axis=1)
             neginf_rows = np.isneginf(x).any(axis=1)
             negative_rows = (x < 0).any(axis=1)
             bad = nan_rows | posinf_rows | neginf_rows | negative_rows
@@ -145,6 +133,37 @@ def validate_rows(values, kind: str, *, name: str, file: str | None = None,
     if bad_rows.any():
         log_p[bad_rows] = -np.log(x.shape[1])
     return LogProbRows(log_p=log_p, row_errors=errors, storage_dtype=dtype_name)
+
+
+def _log_softmax_in_place(x: np.ndarray, errors: list) -> np.ndarray:
+    """Logit rows -> log_softmax, overwriting `x` (validate_rows' own float64 copy), in
+    cache-sized blocks of rows: one finiteness scan per block, and only rows that are not all
+    finite are looked at further (NaN, +inf, or no finite logit: `errors[b]` is set and the row
+    becomes 0 before the softmax, a placeholder). Same operations as
+    `shifted = x - max(x); shifted - logsumexp(shifted)`, so the same numbers."""
+    buf = None
+    for block in row_blocks(*x.shape):
+        xb = x[block]
+        finite = np.isfinite(xb).all(axis=1)
+        if not finite.all():
+            for i in np.flatnonzero(~finite):
+                b = block.start + i
+                row = xb[i]
+                if np.isnan(row).any():
+                    errors[b] = _first_bad(row, np.isnan, "NaN")
+                elif np.isposinf(row).any():
+                    errors[b] = _first_bad(row, np.isposinf, "+inf logit")
+                elif not np.isfinite(row).any():
+                    errors[b] = "every logit is -inf (no probability mass)"
+                if errors[b] is not None:
+                    row[:] = 0.0
+        # Subtract the row's maximum first: x - logsumexp(x) directly would carry a rounding
+        # error of eps * |x| (large for shifted logits), x - max(x) only eps * |log p|.
+        xb -= np.max(xb, axis=1, keepdims=True)
+        if buf is None or buf.shape != xb.shape:
+            buf = np.empty_like(xb)
+        xb -= _logsumexp_2d(xb, buf)[:, None]
+    return x
 
 
 def _first_bad(row: np.ndarray, predicate, what: str) -> str:
