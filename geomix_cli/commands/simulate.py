@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
             None, help="Pairs file or generator spec gen:NAME:k=v,... (rows = prompts; "
                        "theta rows = initial policy, t rows = target). Default: the shipped "
                        "real SmolLM2 pairs."),
-        objective: str = typer.Option("forward-kl,reverse-kl", "--objective", "-o",
+        objective: str = typer.Option("forward-kl,reverse-kl", "--objective",
                                       help="Comma list: forward-kl (distillation, "
                                            "KL(pi_t||pi_theta)), reverse-kl (RL, "
                                            "KL(pi_theta||pi_t))."),
@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples."),
         rows: Optional[str] = _shared.RowsOption,
         json_out: bool = _shared.JsonOption,
-        out: Optional[str] = typer.Option(None, "--out",
+        out: Optional[str] = typer.Option(None, "--out", "-o",
                                           help="Write report.md, CSVs, JSON and figures here."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         renormalize: bool = _shared.RenormalizeOption,
