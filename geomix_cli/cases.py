@@ -72,7 +72,9 @@ def _dirichlet(p, rng, rows):
         for side in (pi_theta, pi_t):
             for r in range(rows):
                 side[r, rng.choice(vocab, size=zeros, replace=False)] = 0.0
-                side[r] /= side[r].sum()
+                mass = side[r].sum()
+                if mass > 0:  # with tiny conc the kept tokens can all underflow to 0: leave the
+                    side[r] /= mass  # row empty, so validation calls it 'no mass', not NaN
     return pi_theta, pi_t, PROBS
 
 
