@@ -7,12 +7,26 @@ imports (pandas, matplotlib, torch) happen inside the commands that need them.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
-import typer
-from rich.console import Console
+# numpy madvises every large array as transparent-hugepage memory (NUMPY_MADVISE_HUGEPAGE, read once
+# when numpy is imported). On the benchmark machine (a Firecracker VM, THP "madvise", no huge page
+# ever obtained) that makes each fresh large array ~3x slower to fault in: a 64 x 151,936 solve
+# spent ~0.7 s more in the kernel (sys 1.5 s against 0.8 s; docs/benchmarks.md). A geomix process
+# therefore imports numpy with it off, unless the environment sets it; the variable is removed
+# again so that child processes see the environment they were given. Results do not change.
+if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and "numpy" not in sys.modules:
+    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
+    try:
+        import numpy  # noqa: F401,E402
+    finally:
+        del os.environ["NUMPY_MADVISE_HUGEPAGE"]
 
-from geomix_cli.errors import EXIT_BAD_INPUT, GeomixError
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from geomix_cli.errors import EXIT_BAD_INPUT, GeomixError  # noqa: E402
 
 app = typer.Typer(
     name="geomix",
