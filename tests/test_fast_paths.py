@@ -1,0 +1,117 @@
+"""The speed work on the whole `geomix solve` process keeps every number: the numpy logsumexp is
+scipy's algorithm, the blocked / in-place evaluations give what the plain formulas give, and
+`import geomix_cli.core` stays free of scipy, torch, pandas and matplotlib. (No timing here.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from scipy.special import logsumexp as scipy_logsumexp
+
+from geomix_cli.core import family
+from geomix_cli.core.family import (_entropy, _family_point_rows, _family_point_rows_general,
+                                    entropy, family_point, logsumexp)
+from geomix_cli.core.validation import validate_rows
+
+
+def _same(actual, expected):
+    """Equal to the last bit (NaN where NaN): rtol = atol = 0."""
+    assert_allclose(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def _rows_with_holes(rng, n_rows, vocab, scale=3.0, hole=0.3):
+    x = rng.normal(size=(n_rows, vocab)) * scale
+    x[rng.random(x.shape) < hole] = -np.inf
+    x[:, 0] = 0.0  # every row keeps some mass
+    return x
+
+
+@pytest.mark.parametrize("shape", [(5, 1000), (3, 7), (300,), (2, 3, 400), (3, 300_000)])
+def test_logsumexp_gives_scipys_numbers(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape) * 30
+    _same(logsumexp(x), scipy_logsumexp(x, axis=-1))
+    _same(logsumexp(x, axis=-1, keepdims=True), scipy_logsumexp(x, axis=-1, keepdims=True))
+
+
+def test_logsumexp_special_rows_as_scipy():
+    x = np.array([[np.inf, 1.0, 2.0], [1.0, np.nan, 3.0], [-np.inf, 0.0, 0.0],
+                  [-np.inf, -np.inf, -np.inf], [0.0, 0.0, 0.0], [1e-300, 0.0, -1e300]])
+    with np.errstate(all="ignore"):
+        expected = scipy_logsumexp(x, axis=-1)
+    _same(logsumexp(x), expected)
+    assert logsumexp(x)[0] == np.inf and logsumexp(x)[3] == -np.inf
+
+
+def test_log_softmax_validation_matches_the_plain_formula():
+    rng = np.random.default_rng(7)
+    x = _rows_with_holes(rng, 6, 5000, scale=40.0)
+    x[1, 3] = np.nan
+    x[2, 10] = np.inf
+    x[3, :] = -np.inf
+    x[4, :] = 1e6  # ties at the maximum
+    rows = validate_rows(x, "logits", name="logits_theta")
+    safe = np.where(np.isfinite(x).any(axis=1)[:, None] & ~np.isnan(x).any(axis=1)[:, None]
+                    & ~np.isposinf(x).any(axis=1)[:, None], x, 0.0)
+    with np.errstate(invalid="ignore"):
+        shifted = safe - np.max(safe, axis=1, keepdims=True)
+        expected = shifted - scipy_logsumexp(shifted, axis=1, keepdims=True)
+    good = [0, 4, 5]
+    _same(rows.log_p[good], expected[good])
+    assert rows.row_errors[0] is None and rows.row_errors[4] is None
+    assert rows.row_errors[1] == "NaN at column 3"
+    assert rows.row_errors[2] == "+inf logit at column 10"
+    assert rows.row_errors[3] == "every logit is -inf (no probability mass)"
+    _same(rows.log_p[[1, 2, 3]], np.full((3, 5000), -np.log(5000)))
+
+
+def _log_probs(rng, n_rows, vocab, **kw):
+    return validate_rows(_rows_with_holes(rng, n_rows, vocab, **kw), "logits", name="x").log_p
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_in_place_family_point_equals_the_general_path(seed):
+    rng = np.random.default_rng(seed)
+    n_rows, vocab = int(rng.integers(1, 4)), int(rng.integers(1, 60))
+    a = _log_probs(rng, n_rows, vocab, scale=rng.uniform(0.1, 30))
+    b = a.copy() if seed % 5 == 0 else _log_probs(rng, n_rows, vocab, scale=rng.uniform(0.1, 30))
+    alpha = rng.uniform(0.0, 1.0, size=n_rows)
+    fast = _family_point_rows(a, b, alpha)
+    general = _family_point_rows_general(a, b, alpha)
+    for name in general:
+        _same(fast[name], general[name])
+
+
+def test_blocked_family_point_and_entropy_equal_row_by_row(monkeypatch):
+    monkeypatch.setattr(family, "BLOCK_ELEMENTS", 2 * 500)  # several blocks of 2 rows
+    rng = np.random.default_rng(11)
+    a, b = _log_probs(rng, 7, 500), _log_probs(rng, 7, 500)
+    alpha = rng.uniform(0.05, 0.95, size=7)
+    alpha[3] = 1.0  # an end point takes the general path within its block
+    point = family_point(a, b, alpha)
+    for i in range(7):
+        one = family_point(a[i], b[i], alpha[i])
+        for name in ("log_z", "delta", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target"):
+            _same(getattr(point, name)[i], getattr(one, name))
+    _same(entropy(a), _entropy(a))
+
+
+def test_core_import_stays_light():
+    code = ("import sys, geomix_cli.core\n"
+            "heavy = [m for m in ('scipy', 'torch', 'pandas', 'matplotlib') if m in sys.modules]\n"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_cli_allocator_settings_do_not_leak_into_the_environment():
+    code = ("import os, geomix_cli.cli\n"
+            "print(os.environ.get('NUMPY_MADVISE_HUGEPAGE', 'unset'))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=env)
+    assert out.stdout.strip() == "unset"
