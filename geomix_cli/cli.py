@@ -16,12 +16,27 @@ import sys
 # spent ~0.7 s more in the kernel (sys 1.5 s against 0.8 s; docs/benchmarks.md). A geomix process
 # therefore imports numpy with it off, unless the environment sets it; the variable is removed
 # again so that child processes see the environment they were given. Results do not change.
+# A long-lived process that allocates large temporaries again and again (the numpy bisection port
+# in `geomix bench`) is faster with numpy's default once huge pages are in place: `bench` calls
+# `restore_numpy_hugepage()` so that its in-process timings are taken under numpy's default.
+_HUGEPAGE_OFF_HERE = False
 if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and "numpy" not in sys.modules:
     os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
     try:
         import numpy  # noqa: F401,E402
+        _HUGEPAGE_OFF_HERE = True
     finally:
         del os.environ["NUMPY_MADVISE_HUGEPAGE"]
+
+
+def restore_numpy_hugepage() -> None:
+    """Undo the start-up setting above (numpy's default policy again) where this module made it."""
+    if _HUGEPAGE_OFF_HERE:
+        try:
+            from numpy._core.multiarray import _set_madvise_hugepage
+        except ImportError:  # pragma: no cover - another numpy layout
+            return
+        _set_madvise_hugepage(True)
 
 
 

@@ -56,7 +56,11 @@ def register(app: typer.Typer) -> None:
         """Time the reference bisection, brentq, numpy newton and the torch backend on one batch:
         median seconds, passes, peak memory, error against float64, GB/s and the one-read floor."""
         from geomix_cli.bench import BenchConfig, run_bench
-        from geomix_cli.cli import stderr
+        from geomix_cli.cli import restore_numpy_hugepage, stderr
+
+        # In-process timings under numpy's default allocation policy (as before the one-shot
+        # start-up setting of geomix processes); the whole-process runs keep their own start-up.
+        restore_numpy_hugepage()
         from geomix_cli.commands._device import parse_memory
 
         known = {"reference", "bisection", "brentq", "newton", "halley", "torch"}
