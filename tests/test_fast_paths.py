@@ -115,3 +115,29 @@ def test_cli_allocator_settings_do_not_leak_into_the_environment():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=env)
     assert out.stdout.strip() == "unset"
+
+
+def test_threaded_blocks_give_the_same_numbers(monkeypatch):
+    from geomix_cli.core import validation
+    from geomix_cli.core.validation import validate_pair
+
+    monkeypatch.setattr(family, "BLOCK_ELEMENTS", 400)  # 1 row per block: many blocks
+    monkeypatch.setattr(validation, "BLOCK_ELEMENTS", 400)
+    rng = np.random.default_rng(5)
+    x, y = _rows_with_holes(rng, 12, 400), _rows_with_holes(rng, 12, 400)
+    x[4, 2] = np.nan
+    alpha = rng.uniform(0.05, 0.95, size=12)
+    results = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(family, "worker_count", lambda: workers)
+        monkeypatch.setattr(validation, "worker_count", lambda: workers)
+        a, b, errors = validate_pair(x, y, "logits")
+        point = family_point(a, b, alpha)
+        results[workers] = (a, b, errors, point, entropy(a))
+    one, two = results[1], results[2]
+    _same(two[0], one[0])
+    _same(two[1], one[1])
+    assert two[2] == one[2] and one[2][4] == "key 'pi_theta': NaN at column 2"
+    for name in ("log_z", "delta", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target"):
+        _same(getattr(two[3], name), getattr(one[3], name))
+    _same(two[4], one[4])

@@ -18,6 +18,7 @@ renormalised, which is what the root finders need (D is continuous there).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,29 @@ def row_blocks(n_rows: int, n_cols: int):
     step = max(1, BLOCK_ELEMENTS // max(n_cols, 1))
     for start in range(0, n_rows, step):
         yield slice(start, min(n_rows, start + step))
+
+
+def worker_count() -> int:
+    """Threads for row-block work: the CPUs this process may run on, at most 4 (numpy releases
+    the GIL inside its loops, so blocks of rows run in parallel; results do not depend on it)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def map_row_blocks(fn, blocks) -> list:
+    """[fn(block) for block in blocks], on worker_count() threads when there are enough blocks.
+    Every block is independent (row-wise reductions), so the numbers are the same either way."""
+    blocks = list(blocks)
+    workers = worker_count()
+    if workers < 2 or len(blocks) < 4:
+        return [fn(block) for block in blocks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, blocks))
 
 
 def _logsumexp_2d(x: np.ndarray, buf: np.ndarray) -> np.ndarray:
@@ -162,16 +186,16 @@ def entropy(log_p: np.ndarray) -> np.ndarray:
     if log_p.ndim != 2 or log_p.shape[0] * log_p.shape[1] <= BLOCK_ELEMENTS:
         return _entropy(log_p)
     out = np.empty(log_p.shape[0])
-    buf = None
-    with np.errstate(invalid="ignore"):
-        for block in row_blocks(*log_p.shape):  # cache-sized blocks, in place: same numbers
-            rows = log_p[block]
-            if buf is None or buf.shape != rows.shape:
-                buf = np.empty_like(rows, dtype=np.float64)
-            np.exp(rows, out=buf)
+
+    def one_block(block):  # cache-sized blocks, in place: same numbers
+        rows = log_p[block]
+        buf = np.exp(rows)
+        with np.errstate(invalid="ignore"):
             buf *= rows
-            np.putmask(buf, ~(rows > NEG_INF), 0.0)
-            out[block] = 0.0 - np.sum(buf, axis=-1)
+        np.putmask(buf, ~(rows > NEG_INF), 0.0)
+        out[block] = 0.0 - np.sum(buf, axis=-1)
+
+    map_row_blocks(one_block, row_blocks(*log_p.shape))
     return out
 
 
@@ -235,8 +259,9 @@ def family_point(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> Famil
     alpha2 = alpha.reshape(-1)
     names = ("log_z", "delta", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target")
     out = {name: np.empty(alpha2.shape) for name in names}
-    for block in row_blocks(theta2.shape[0], n_cols):
-        part = _family_point_rows(theta2[block], t2[block], alpha2[block])
+    blocks = list(row_blocks(theta2.shape[0], n_cols))
+    parts = map_row_blocks(lambda b: _family_point_rows(theta2[b], t2[b], alpha2[b]), blocks)
+    for block, part in zip(blocks, parts):
         for name in names:
             out[name][block] = part[name]
     return FamilyPoint(alpha=np.array(alpha), **{k: v.reshape(lead) for k, v in out.items()})

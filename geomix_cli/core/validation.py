@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geomix_cli.core.family import _logsumexp_2d, row_blocks
+from geomix_cli.core.family import BLOCK_ELEMENTS, _logsumexp_2d, row_blocks, worker_count
 from geomix_cli.errors import InputError
 
 PROBS = "probs"
@@ -182,10 +182,20 @@ def validate_pair(theta, target, kind: str, *, names: tuple[str, str] = ("pi_the
     if a.shape != b.shape:
         raise InputError(f"shape {a.shape} of '{names[0]}' differs from shape {b.shape} of "
                          f"'{names[1]}' (rows are never broadcast)", file=file, key=names[1])
-    rows_theta = validate_rows(a, kind, name=names[0], file=file, renormalize=renormalize,
-                               storage_dtype=storage_dtype)
-    rows_t = validate_rows(b, kind, name=names[1], file=file, renormalize=renormalize,
-                           storage_dtype=storage_dtype)
+    options = dict(file=file, renormalize=renormalize, storage_dtype=storage_dtype)
+    if a.size >= 4 * BLOCK_ELEMENTS and worker_count() >= 2:
+        # both sides at once on two threads (numpy releases the GIL in its loops); errors are
+        # raised in the same order as one after the other: pi_theta's first
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            future_theta = pool.submit(validate_rows, a, kind, name=names[0], **options)
+            future_t = pool.submit(validate_rows, b, kind, name=names[1], **options)
+            rows_theta = future_theta.result()
+            rows_t = future_t.result()
+    else:
+        rows_theta = validate_rows(a, kind, name=names[0], **options)
+        rows_t = validate_rows(b, kind, name=names[1], **options)
     errors: list[str | None] = []
     for e_theta, e_t in zip(rows_theta.row_errors, rows_t.row_errors):
         if e_theta is not None:
