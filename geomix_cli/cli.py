@@ -10,34 +10,27 @@ import functools
 import os
 import sys
 
-# numpy madvises every large array as transparent-hugepage memory (NUMPY_MADVISE_HUGEPAGE, read once
-# when numpy is imported). On the benchmark machine (a Firecracker VM, THP "madvise", no huge page
-# ever obtained) that makes each fresh large array ~3x slower to fault in: a 64 x 151,936 solve
-# spent ~0.7 s more in the kernel (sys 1.5 s against 0.8 s; docs/benchmarks.md). A geomix process
-# therefore imports numpy with it off, unless the environment sets it; the variable is removed
-# again so that child processes see the environment they were given. Results do not change.
-# A long-lived process that allocates large temporaries again and again (the numpy bisection port
-# in `geomix bench`) is faster with numpy's default once huge pages are in place: `bench` calls
-# `restore_numpy_hugepage()` so that its in-process timings are taken under numpy's default.
 _HUGEPAGE_OFF_HERE = False
-if "NUMPY_MADVISE_HUGEPAGE" not in os.environ and "numpy" not in sys.modules:
-    os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"
+
+
+def _numpy_hugepage(enabled: bool):
+    """numpy's transparent-hugepage madvise policy, set at run time; returns the previous one
+    (None where this numpy has no such switch)."""
     try:
-        import numpy  # noqa: F401,E402
-        _HUGEPAGE_OFF_HERE = True
-    finally:
-        del os.environ["NUMPY_MADVISE_HUGEPAGE"]
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # pragma: no cover - another numpy layout
+        return None
+    return _set_madvise_hugepage(enabled)
 
 
 def restore_numpy_hugepage() -> None:
-    """Undo the start-up setting above (numpy's default policy again) where this module made it."""
+    """Undo `tune_process`'s hugepage setting (numpy's default policy again). A long-lived process
+    that allocates large temporaries again and again (the numpy bisection port in `geomix bench`)
+    is faster with numpy's default once huge pages are in place."""
+    global _HUGEPAGE_OFF_HERE
     if _HUGEPAGE_OFF_HERE:
-        try:
-            from numpy._core.multiarray import _set_madvise_hugepage
-        except ImportError:  # pragma: no cover - another numpy layout
-            return
-        _set_madvise_hugepage(True)
-
+        _numpy_hugepage(True)
+        _HUGEPAGE_OFF_HERE = False
 
 
 def _tune_malloc() -> None:
@@ -59,7 +52,21 @@ def _tune_malloc() -> None:
     mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD
 
 
-_tune_malloc()
+def tune_process() -> None:
+    """Allocator settings for a `geomix` process, applied by `main()` only (importing this module,
+    e.g. in a notebook or the tests, changes nothing). Results do not change; see
+    docs/benchmarks.md for the measurements.
+
+    numpy madvises every large array as transparent-hugepage memory; on the benchmark machine (a VM
+    with THP "madvise" that never obtained a huge page) that made each fresh large array ~3x slower
+    to fault in (a 64 x 151,936 solve spent ~0.7 s more in the kernel), so a geomix process turns
+    it off unless the environment sets NUMPY_MADVISE_HUGEPAGE itself. glibc's trim/mmap thresholds
+    are raised so freed block temporaries are reused (`_tune_malloc`)."""
+    global _HUGEPAGE_OFF_HERE
+    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
+        _HUGEPAGE_OFF_HERE = _numpy_hugepage(False) is not None
+    _tune_malloc()
+
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -109,6 +116,7 @@ def guarded(func):
 
 
 def main() -> None:
+    tune_process()
     try:
         app()
     except GeomixError as exc:  # pragma: no cover - guarded() catches these first

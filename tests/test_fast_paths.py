@@ -108,13 +108,23 @@ def test_core_import_stays_light():
     assert out.stdout.strip() == ""
 
 
-def test_cli_allocator_settings_do_not_leak_into_the_environment():
-    code = ("import os, geomix_cli.cli\n"
-            "print(os.environ.get('NUMPY_MADVISE_HUGEPAGE', 'unset'))")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+def test_importing_the_cli_leaves_numpy_and_the_environment_alone():
+    # the allocator settings belong to a `geomix` process (cli.main), not to whoever imports it
+    code = ("import os, numpy\n"
+            "from numpy._core.multiarray import _set_madvise_hugepage as policy\n"
+            "before = policy(True); policy(before)\n"
+            "import geomix_cli.cli as cli\n"
+            "after = policy(True); policy(after)\n"
+            "print(before == after, os.environ.get('NUMPY_MADVISE_HUGEPAGE', 'unset'))\n"
+            "cli.tune_process()\n"
+            "print(policy(True))")
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k != "NUMPY_MADVISE_HUGEPAGE" and not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=env)
-    assert out.stdout.strip() == "unset"
+    first, second = out.stdout.split("\n")[:2]
+    assert first == "True unset"
+    assert second == "False"  # tune_process (what main() runs) turns numpy's madvise off
 
 
 def test_threaded_blocks_give_the_same_numbers(monkeypatch):
