@@ -245,14 +245,11 @@ def _show(value) -> str:
 
 
 def _read_text(path: Path) -> str:
-    """Text of a case or verdict file, through io.py's reader when it has one."""
+    """Text of a case or verdict file (io.py reads it)."""
     from geomix_cli import io
 
-    if not path.is_file():
-        raise InputError("no such file", file=str(path))
-    reader = getattr(io, "read_text", None)
     try:
-        return reader(path) if reader else path.read_text(encoding="utf-8")
+        return io.read_text(path)
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text: {exc.reason}", file=str(path)) from None
 

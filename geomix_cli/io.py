@@ -429,6 +429,14 @@ def _dtype_name(values) -> str:
     return getattr(np.asarray(values).dtype, "name", "float64")
 
 
+def read_text(path) -> str:
+    """Text of a small UTF-8 file (case files, verdict files); missing file -> InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", file=str(path))
+    return path.read_text(encoding="utf-8")
+
+
 # ----------------------------------------------------------------------------------------------
 # writing
 
