@@ -28,6 +28,21 @@ from geomix_cli.errors import InputError
 from geomix_cli.io import GENERATOR_PREFIX, KEY_PAIRS, RawPair
 
 
+REAL_SAMPLE = "smollm2_sample.npz"
+
+
+def real_sample_path():
+    """The 12 real SmolLM2 next-token pairs shipped with geomix: geomix_cli/data/ (an installed
+    copy) or cases/data/ (a checkout); None if neither exists. Only a path: reading is io's job."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "data" / REAL_SAMPLE, here.parent / "cases" / "data" / REAL_SAMPLE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 @dataclass(frozen=True)
 class Generator:
     name: str

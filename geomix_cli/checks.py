@@ -124,13 +124,10 @@ class Family:
 
 
 def real_pairs_path() -> Path | None:
-    """The 12 real SmolLM2 rows: packaged (geomix_cli/data/) or in the checkout (cases/data/)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "data" / "smollm2_sample.npz",
-                      here.parent / "cases" / "data" / "smollm2_sample.npz"):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The 12 real SmolLM2 rows (see `cases.real_sample_path`)."""
+    from geomix_cli.cases import real_sample_path
+
+    return real_sample_path()
 
 
 def _from_spec(name: str, description: str, spec: str) -> Family:

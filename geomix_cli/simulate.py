@@ -828,15 +828,10 @@ class SampleEfficiencyResult:
 
 
 def shipped_pairs_path():
-    """The shipped real pairs: geomix_cli/data/ (installed) or cases/data/ (a checkout); None if
-    neither exists. Only a path: reading is io's job."""
-    from pathlib import Path
+    """The shipped real pairs (see `cases.real_sample_path`)."""
+    from geomix_cli.cases import real_sample_path
 
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "data" / SHIPPED_PAIRS, here.parent / "cases" / "data" / SHIPPED_PAIRS):
-        if candidate.is_file():
-            return candidate
-    return None
+    return real_sample_path()
 
 
 def _fastest(sim: SimulationResult, objective: str) -> str:
