@@ -51,18 +51,7 @@ def solve_rows(pairs, method: str, *, progress: bool = True, device: Optional[st
                               row_errors=pairs.row_errors[start:stop])
             parts.append(sol)
             bar.update(task, advance=stop - start)
-    merged = AlphaSolution(
-        method=method,
-        alpha=np.concatenate([p.alpha for p in parts]),
-        residual=np.concatenate([p.residual for p in parts]),
-        iterations=np.concatenate([p.iterations for p in parts]),
-        evaluations=np.concatenate([p.evaluations for p in parts]),
-        status=np.concatenate([p.status for p in parts]),
-        message=sum((p.message for p in parts), []),
-        d_at_0=np.concatenate([p.d_at_0 for p in parts]),
-        d_at_1=np.concatenate([p.d_at_1 for p in parts]),
-    )
-    return diagnose(pairs.log_pi_theta, pairs.log_pi_t, merged)
+    return diagnose(pairs.log_pi_theta, pairs.log_pi_t, AlphaSolution.concatenate(parts))
 
 
 def register(app: typer.Typer) -> None:

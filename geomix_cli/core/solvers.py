@@ -72,6 +72,14 @@ class AlphaSolution:
                 "residual": float(self.residual[i]), "iterations": int(self.iterations[i]),
                 "evaluations": int(self.evaluations[i]), "message": self.message[i]}
 
+    @classmethod
+    def concatenate(cls, parts: "list[AlphaSolution]") -> "AlphaSolution":
+        """The solutions of consecutive row chunks as one (same method; `extra` is not merged)."""
+        arrays = ("alpha", "residual", "iterations", "evaluations", "status", "d_at_0", "d_at_1")
+        return cls(method=parts[0].method,
+                   **{name: np.concatenate([getattr(p, name) for p in parts]) for name in arrays},
+                   message=[m for p in parts for m in p.message])
+
 
 @dataclass(frozen=True)
 class RowClassification:
