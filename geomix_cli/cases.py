@@ -61,17 +61,25 @@ def _two_point(p, rng, rows):
     return pi_theta, pi_t, PROBS
 
 
+def delta_uniform_log_probs(vocab: int, eps) -> tuple[np.ndarray, np.ndarray]:
+    """The derivation's Test 2 shape, one row per eps: log pi_theta = log(1-eps, eps/(V-1), ...)
+    and log pi_t = log(1/V, ...), shapes [len(eps), V]. In log space, so that eps/(V-1) far below
+    float64's smallest normal is still exact (eps = 0 gives a one-hot pi_theta)."""
+    eps = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        log_theta = np.repeat((np.log(eps) - np.log(vocab - 1))[:, None], vocab, axis=1)
+    log_theta[:, 0] = np.log1p(-eps)
+    return log_theta, np.full_like(log_theta, -np.log(vocab))
+
+
 def _delta_uniform(p, rng, rows):
     vocab, eps = int(p["V"]), p["eps"]
     if vocab < 2:
         raise ValueError("V must be at least 2")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps={eps} must lie in [0, 1]")
-    # in log space, so that eps/(V-1) far below float64's smallest normal is still exact
-    log_theta = np.full(vocab, np.log(eps) - np.log(vocab - 1) if eps > 0 else -np.inf)
-    log_theta[0] = np.log1p(-eps)
-    log_t = np.full(vocab, -np.log(vocab))
-    return np.tile(log_theta, (rows, 1)), np.tile(log_t, (rows, 1)), LOGITS
+    log_theta, log_t = delta_uniform_log_probs(vocab, np.full(rows, eps))
+    return log_theta, log_t, LOGITS
 
 
 def _dirichlet(p, rng, rows):

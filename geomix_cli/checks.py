@@ -24,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from geomix_cli.cases import delta_uniform_log_probs
 from geomix_cli.core.family import (effective_sample_size, entropy_formula_alpha, kl_divergence,
                                     log_q_alpha, log_ratio_on_support, tilted_moments)
 from geomix_cli.core.principles import (CASE_EXPECTATIONS, CASE_NAMES, argmin_log_z,
@@ -164,7 +165,7 @@ def build_families(seed: int, thorough: bool) -> list[Family]:
     from geomix_cli.io import load_source
 
     eps = np.array([1e-9, 1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.3])
-    lt, lT = _delta_uniform_rows(1000, eps)
+    lt, lT = delta_uniform_log_probs(1000, eps)
     fams.append(Family("delta-uniform", "near point mass (1-eps, eps/999, ...) vs uniform on "
                        "V = 1000, eps in {1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3}", lt, lT))
     path = real_pairs_path()
@@ -640,15 +641,6 @@ def claim_test1(fams, rng, thorough) -> ClaimResult:
                      "alpha*, q*, w.")
 
 
-def _delta_uniform_rows(vocab: int, eps: np.ndarray):
-    """log pi_theta rows (1-eps, eps/(V-1), ...) for each eps, and the uniform target."""
-    eps = np.asarray(eps, dtype=np.float64)
-    lt = np.repeat((np.log(eps) - np.log(vocab - 1))[:, None], vocab, axis=1)
-    lt[:, 0] = np.log1p(-eps)
-    lT = np.full_like(lt, -np.log(vocab))
-    return lt, lT
-
-
 def claim_test2(fams, rng, thorough) -> ClaimResult:
     statement = ("Test 2: pi_theta approximately a point mass, pi_t uniform: alpha* ~= 0.34 "
                  "(< 0.5, 'leans on pi_t, needs much exploration'), while the entropy formula "
@@ -663,7 +655,7 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
     alpha_h = np.full_like(alpha, np.nan)
     sweep_rows = []
     for j, vocab in enumerate(vocabs):
-        lt, lT = _delta_uniform_rows(vocab, eps_values)
+        lt, lT = delta_uniform_log_probs(vocab, eps_values)
         sol = solve_alpha(lt, lT, "newton")
         alpha[:, j] = sol.alpha
         alpha_h[:, j] = entropy_formula_alpha(lt, lT)
@@ -672,7 +664,7 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
                                "alpha_entropy": _q(alpha_h[i, j]), "status": str(sol.status[i])})
 
     def alpha_at(vocab, log_eps):
-        lt, lT = _delta_uniform_rows(vocab, np.array([math.exp(log_eps)]))
+        lt, lT = delta_uniform_log_probs(vocab, np.array([math.exp(log_eps)]))
         return float(solve_alpha(lt, lT, "newton").alpha[0])
 
     # for each V: the eps where alpha* = 0.34, and the entropy formula there
@@ -684,7 +676,7 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
             repro.append({"V": vocab, "eps_for_0.34": None, "alpha_entropy_there": None})
             continue
         le = brentq(lambda x: alpha_at(vocab, x) - 0.34, lo, hi, xtol=1e-10)
-        lt, lT = _delta_uniform_rows(vocab, np.array([math.exp(le)]))
+        lt, lT = delta_uniform_log_probs(vocab, np.array([math.exp(le)]))
         ah = float(entropy_formula_alpha(lt, lT)[0])
         repro.append({"V": vocab, "eps_for_0.34": _q(math.exp(le)), "alpha_entropy_there": _q(ah)})
     both = [r for r in repro if r["alpha_entropy_there"] is not None
@@ -1254,8 +1246,8 @@ def compare_families(seed: int = 0) -> list[Family]:
     lt1 = np.log(np.array([[0.7, 0.3]]))
     lT1 = np.log(np.array([[0.3, 0.7]]))
     fams = [Family("test1", "the derivation's Test 1: (0.7, 0.3) vs (0.3, 0.7)", lt1, lT1)]
-    lt2, lT2 = _delta_uniform_rows(10, np.array([4e-4]))
-    lt3, lT3 = _delta_uniform_rows(1000, np.array([1e-3]))
+    lt2, lT2 = delta_uniform_log_probs(10, np.array([4e-4]))
+    lt3, lT3 = delta_uniform_log_probs(1000, np.array([1e-3]))
     fams.append(Family("test2-V10", "Test 2 shape: (1-eps, eps/9, ...) vs uniform, V = 10, "
                        "eps = 4e-4 (where alpha* ~= 0.34)", lt2, lT2))
     fams.append(Family("test2-V1000", "Test 2 shape, V = 1000, eps = 1e-3 (alpha* ~= 0.5)",

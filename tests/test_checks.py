@@ -11,6 +11,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy.optimize import brentq
 
+from geomix_cli.cases import delta_uniform_log_probs
 from geomix_cli import checks
 from geomix_cli.checks import Family
 
@@ -144,7 +145,7 @@ def test_entropy_formula_verdicts(rng):
     near = _fam("llm-near", pt, pT)  # the name the claim uses for close pairs
     assert checks.claim_entropy([near], rng, False).verdict == "holds"
     eps = np.array([1e-8, 1e-6])
-    lt, lT = checks._delta_uniform_rows(500, eps)
+    lt, lT = delta_uniform_log_probs(500, eps)
     extreme = Family("extreme", "extreme", lt, lT)
     res = checks.claim_entropy([near, extreme], rng, False)
     assert res.verdict == "depends"
@@ -163,7 +164,7 @@ def test_entropy_formula_verdicts(rng):
 def test_reference_code_verdicts(rng):
     moderate = _fam("moderate", *_dirichlet(41, 10, 20, 1.0, floor=1e-6))
     assert checks.claim_reference([moderate], rng, False).verdict == "holds"
-    lt, lT = checks._delta_uniform_rows(1000, np.array([1e-9]))
+    lt, lT = delta_uniform_log_probs(1000, np.array([1e-9]))
     tiny = Family("tiny", "tiny", lt, lT)
     res = checks.claim_reference([moderate, tiny], rng, False)
     assert res.verdict == "depends"
