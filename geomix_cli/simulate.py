@@ -910,7 +910,7 @@ def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
     sources: optional {case name: (log_pi_theta [K, V], log_pi_t [K, V])} to use instead of
     loading `config.cases` (which are loaded through `geomix_cli.io.load_source`; 'real' is the
     shipped SmolLM2 sample, skipped with a note in `skipped` if it is not installed).
-    progress(n): learner steps done; the total is `evidence_total_steps(config)`."""
+    progress(n): learner steps done; `evidence_total_steps(config)` bounds the total."""
     config = config or EvidenceConfig.small()
     if "kl-symmetry" not in config.simulation.samplers:
         raise InputError("the evidence needs the kl-symmetry sampler")
@@ -974,6 +974,8 @@ def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
 
 
 def evidence_total_steps(config: EvidenceConfig | None = None) -> int:
+    """Upper bound on the learner steps of `sample_efficiency_evidence` (a case whose reverse-kl
+    run is refused, pi_t with zeros, takes fewer)."""
     config = config or EvidenceConfig.small()
     n_cases = len(config.cases)
     return n_cases * total_steps(config.simulation)

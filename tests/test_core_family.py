@@ -200,3 +200,23 @@ def test_non_exact_methods_never_report_a_chernoff_information(method):
     diag = diagnose(lt, lT, solve_alpha(lt, lT, method))
     assert np.isfinite(diag.solution.alpha[0])
     assert np.isnan(diag.chernoff[0])
+
+
+def test_chernoff_information_is_the_common_kl_at_alpha_star_and_min_of_minus_log_z():
+    from scipy.optimize import minimize_scalar
+
+    from geomix_cli.core import chernoff_information, family_point, solve_alpha
+
+    rng = np.random.default_rng(21)
+    log_theta = np.log(rng.dirichlet(np.ones(7), size=3))
+    log_t = np.log(rng.dirichlet(np.ones(7), size=3))
+    c = chernoff_information(log_theta, log_t)
+    at_star = family_point(log_theta, log_t, solve_alpha(log_theta, log_t).alpha)
+    assert_allclose(c, at_star.kl_q_theta, rtol=1e-12)
+    assert_allclose(c, at_star.kl_q_target, rtol=1e-12)
+    for b in range(3):  # C = max_alpha -log Z(alpha), found without the solver
+        def log_z(a, b=b):
+            return family_point(log_theta[b], log_t[b], a).log_z
+        best = minimize_scalar(log_z, bounds=(0, 1), method="bounded",
+                               options={"xatol": 1e-10})
+        assert_allclose(c[b], -best.fun, rtol=1e-10)

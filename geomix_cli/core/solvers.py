@@ -255,14 +255,6 @@ def _empty_solution(method: str, cls: RowClassification) -> AlphaSolution:
                          d_at_0=cls.d_at_0, d_at_1=cls.d_at_1)
 
 
-def _row_chunks(n_rows: int, n_cols: int, budget_bytes: int = 256 * 2**20):
-    """Row slices whose float64 temporaries (about 8 arrays of [rows, V]) stay under the budget."""
-    per_row = 8 * 8 * max(n_cols, 1)
-    step = max(1, budget_bytes // per_row)
-    for start in range(0, n_rows, step):
-        yield slice(start, min(n_rows, start + step))
-
-
 def hermite_start(d0, d1, v0, v1, *, steps: int = 48):
     """Starting alpha from what the classification pass already knows: the root in (0, 1) of the
     cubic Hermite interpolant of D with D(0) = d0 > 0, D(1) = d1 < 0, D'(0) = -v0, D'(1) = -v1
