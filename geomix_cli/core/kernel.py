@@ -1,0 +1,1024 @@
+"""The one implementation of the solver mathematics, written once over the array API standard.
+
+numpy (the CLI, `geomix_cli.api` on arrays) and torch (`--device`, the API on tensors) run this same
+code on a block of rows [n, V]; the batching around it (cache-sized row blocks on threads for numpy,
+device chunks under a memory budget for torch) lives in `core.solvers` and
+`backends.torch_backend`, the adapters (API, CLI) above those. Arrays are never named here: `xp` is
+the inputs' namespace (`core.arrays.namespace`).
+
+    l(y)        = log pi_t(y) - log pi_theta(y)         on S = supp(pi_theta) ∩ supp(pi_t)
+    q_alpha     ∝ exp(log pi_t - alpha l)               (on S)
+    D(alpha)    = E_q[l] = KL(q||pi_theta) - KL(q||pi_t),   D' = -Var_q(l)
+    log Z(alpha)= log sum_S pi_t exp(-alpha l)
+
+Per block:
+- `prepare_pair`: l and log_base = log pi_t on S, the support rules' numbers, and both end points
+  D(0+), D(1-) with Var there (one pass each);
+- `row_status`, `row_messages`: the status of every row from those numbers (theory.md's support
+  rules; on the host);
+- `newton`: safeguarded Newton / Halley on the rows with a root, one pass per iterate;
+- `family_at`, `entropies`: log Z, D, both KLs and both ESS at a given alpha; entropies.
+- `solve_block`: all of it for one block.
+
+Precision. The [n, V] arrays are in the *work dtype*: float64 for numpy, float32 or float64 on
+torch. Every per-row number (alpha, the bracket, D, Var, log Z) is float64 on the host, where the
+iteration's bookkeeping runs (one transfer per pass on a GPU). Inputs come either normalised
+(float64 log-probabilities, `lse` None) or as shifted logits z with their float64 log-normalisers
+lse (the float32 path: a float32 logsumexp is off by ~1e-6, which moves alpha by 1e-6 / Var). In the
+second case only c = lse_t - lse_theta enters l: its part representable in the inputs' dtype is
+subtracted from l, the rest (`shift`) from D in float64, and log pi_t = z_t - lse_t enters log Z as
+a float64 constant. Where the supports coincide (float64 only) the constant rounding error of the
+two log-normalisers is removed the same way (`recentring_constant`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from geomix_cli.core.arrays import exp_, host, host64, is_numpy, rmax, rmin, rsum, to_device_like
+from geomix_cli.errors import InputError
+
+OK = "ok"
+DEGENERATE = "degenerate"
+NO_ROOT = "no-root"
+DISJOINT = "disjoint-support"
+INVALID = "invalid"
+MAX_ITER = "max-iter"
+MASKED = "masked"  # positions a caller's mask leaves out (geomix_cli.api); never computed on
+STATUSES = (OK, DEGENERATE, NO_ROOT, DISJOINT, INVALID)
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+# Rows whose max|l| exceeds this are not re-centred (expm1 loses its edge there, and Var_q(l) is
+# then large enough that a 1e-16 shift of l does not move alpha* visibly).
+RECENTRE_MAX_ABS_L = 1.0
+
+
+def ignore_fp(xp):
+    """numpy: silence the floating-point warnings of log 0, 0/0 on empty supports, exp overflow
+    (all handled by the support rules); torch never warns."""
+    if is_numpy(xp):
+        return np.errstate(divide="ignore", invalid="ignore", over="ignore")
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _host_dtype(x):
+    """numpy's float32 or float64 for an array's dtype (numpy or torch)."""
+    dtype = x.dtype
+    if isinstance(dtype, np.dtype):
+        return np.float32 if dtype == np.float32 else np.float64
+    return np.float32 if dtype.itemsize == 4 else np.float64
+
+
+# ------------------------------------------------------------------------------------------------
+# one pass
+
+
+# Rows of at most this many tokens are "short": a pass costs a few dozen numpy calls whatever V,
+# so their moments come from one matrix product of the weights with [1, l, l^2, l^3] (computed
+# once per block) instead of the centred multiply-and-sum sequence. The variance is then
+# E l^2 - D^2, accurate where Newton uses it (near the root D ~ 0), and the sums are BLAS's; long
+# rows keep the centred moments and numpy's pairwise sums. Decided by V alone, so a row's result
+# does not depend on the batch it is solved in.
+SHORT_ROW = 1024
+
+
+def powers_of(xp, l, order: int = 3):
+    """[n, V, order + 1]: 1, l, l^2 (, l^3) for `moments` on short rows."""
+    columns = [xp.ones_like(l), l, l * l]
+    if order >= 3:
+        columns.append(columns[2] * l)
+    return xp.stack(columns, axis=-1)
+
+
+def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, supported=False,
+            powers=None):
+    """One pass over rows: (log_z, mean, var, third) of l under q ∝ exp(log_base - alpha l).
+
+    alpha: one value per row ([n], l's dtype and device), or [k, n] for k values per row in the
+    same pass (results [k, n]: the numpy calls of one pass, k times the arithmetic).
+    order: 0 gives log_z only, 1 adds the mean, 2 the variance, 3 the third central moment
+    (None for what was not asked). Centred moments: Var = E_q[(l - mean)^2], not E l^2 - mean^2,
+    unless `powers` (short rows, see SHORT_ROW) is given.
+    buf, tmp: scratch of shape alpha.shape + (V,) (allocated when None); in place, no other
+    [n, V] temporary. supported: every row has a non-empty support (skips the guard for rows
+    without one, whose log_z is -inf and moments NaN).
+    Sums are plain row reductions (numpy's pairwise summation; torch's cascade / tree sums)."""
+    shape = tuple(alpha.shape) + (l.shape[-1],)
+    if buf is None:
+        buf = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
+    xp.multiply(l, -alpha[..., None], out=buf)
+    buf += log_base
+    peak = rmax(xp, buf, keepdims=True)
+    if not supported:
+        peak = xp.where(xp.isfinite(peak), peak, 0.0)
+    buf -= peak
+    exp_(xp, buf)                                   # w, the unnormalised q
+    if powers is not None and order >= 1:
+        sums = xp.matmul(buf[..., None, :], powers[..., :order + 1])[..., 0, :]
+        z = sums[..., 0]
+        log_z = peak[..., 0] + xp.log(z)
+        mean = sums[..., 1] / z
+        if order == 1:
+            return log_z, mean, None, None
+        second = sums[..., 2] / z
+        var = second - mean * mean
+        third = None
+        if order >= 3:
+            third = sums[..., 3] / z - mean * (3.0 * second - 2.0 * mean * mean)
+        return log_z, mean, var, third
+    z = rsum(xp, buf)
+    log_z = peak[..., 0] + xp.log(z)
+    if order == 0:
+        return log_z, None, None, None
+    if tmp is None:
+        tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
+    xp.multiply(buf, l, out=tmp)
+    mean = rsum(xp, tmp) / z
+    if order == 1:
+        return log_z, mean, None, None
+    xp.subtract(l, mean[..., None], out=tmp)        # l - mean
+    buf *= tmp
+    buf *= tmp                                      # w (l - mean)^2
+    var = rsum(xp, buf) / z
+    third = None
+    if order >= 3:
+        buf *= tmp
+        third = rsum(xp, buf) / z
+    return log_z, mean, var, third
+
+
+def _device(xp, x):
+    return None if is_numpy(xp) else x.device
+
+
+# ------------------------------------------------------------------------------------------------
+# preparation and the support rules
+
+# The per-row rules (status, start, Newton step, the family's numbers) are written once over a
+# tiny namespace: numpy arrays over the rows of a block, or one row's Python floats.
+
+class _RowArrays:
+    """The per-row rules below on numpy arrays over rows."""
+
+    where = staticmethod(np.where)
+    abs = staticmethod(np.abs)
+    isfinite = staticmethod(np.isfinite)
+    minimum = staticmethod(np.minimum)
+    maximum = staticmethod(np.maximum)
+    logical_not = staticmethod(np.logical_not)
+
+    @staticmethod
+    def exp(x):
+        with np.errstate(over="ignore"):
+            return np.exp(x)
+
+    @staticmethod
+    def values(x):
+        return x
+
+    @staticmethod
+    def array(x):
+        return x
+
+    @staticmethod
+    def divide(a, b):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return np.divide(a, b)
+
+
+class _RowScalars:
+    """The same rules on one row's Python floats: a single row (the common small call) costs a
+    few microseconds of arithmetic instead of dozens of numpy calls on arrays of length 1."""
+
+    abs = staticmethod(abs)
+    isfinite = staticmethod(math.isfinite)
+    minimum = staticmethod(min)
+    maximum = staticmethod(max)
+
+    @staticmethod
+    def logical_not(x):
+        return not x
+
+    @staticmethod
+    def exp(x):
+        try:
+            return math.exp(x)
+        except OverflowError:
+            return math.inf
+
+    @staticmethod
+    def values(x):
+        """The row's number from a host array of one row."""
+        return float(x[0])
+
+    @staticmethod
+    def array(x):
+        return np.array([x])
+
+    @staticmethod
+    def where(condition, a, b):
+        return a if condition else b
+
+    @staticmethod
+    def divide(a, b):
+        try:
+            return a / b
+        except ZeroDivisionError:
+            if a != a or a == 0.0:
+                return math.nan
+            return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def row_namespace(n: int):
+    return _RowScalars if n == 1 else _RowArrays
+
+
+
+
+
+@dataclass
+class Prepared:
+    """One block of rows ready for the iteration: arrays in the inputs' library, numbers on the host.
+
+    z_theta, z_t: the validated rows (log-probabilities when lse_* is None, else shifted logits);
+    l, log_base: work dtype; support: None when every row has full support on both sides.
+    shift: subtracted from the raw mean of l (D = mean - shift); log_z_shift: added to the raw
+    log_z (log Z(alpha) = raw + log_z_shift + alpha * shift)."""
+
+    xp: object
+    z_theta: object
+    z_t: object
+    lse_theta: np.ndarray | None
+    lse_t: np.ndarray | None
+    l: object
+    log_base: object
+    support: object
+    eps: float
+    shift: np.ndarray
+    log_z_shift: np.ndarray
+    spread: np.ndarray
+    level: np.ndarray
+    tol: np.ndarray
+    tol_flat: np.ndarray
+    has_support: np.ndarray
+    same_support: np.ndarray
+    theta_off_support: np.ndarray
+    t_off_support: np.ndarray
+    d0: np.ndarray | None = None
+    d1: np.ndarray | None = None
+    v0: np.ndarray | None = None
+    v1: np.ndarray | None = None
+    shifted: bool = False               # some row has a non-zero shift
+    powers: object = None               # [n, V, 4] 1, l, l^2, l^3 for short rows (SHORT_ROW)
+    grid: np.ndarray | None = None      # alphas of the first pass (0 and 1 at least)
+    d_grid: np.ndarray | None = None    # D there, [grid, n]
+    v_grid: np.ndarray | None = None    # Var there
+
+    @property
+    def n(self) -> int:
+        return int(self.shift.shape[0])
+
+    @property
+    def precision(self) -> str:
+        return "float64" if self.eps < 1e-10 else "float32"
+
+    def log_z(self, raw, alpha, rows=slice(None)):
+        """log Z(alpha) from a pass's raw log_z (host float64 arrays over `rows`)."""
+        if not self.shifted:
+            return raw
+        return raw + self.log_z_shift[rows] + alpha * self.shift[rows]
+
+    def rows_of(self, rows):
+        """(l, log_base) of some rows (all of them without a copy)."""
+        if rows.size == self.n:
+            return self.l, self.log_base
+        index = to_device_like(rows, self.l, self.xp)
+        return self.l[index], self.log_base[index]
+
+    def powers_of(self, rows):
+        if self.powers is None or rows.size == self.n:
+            return self.powers
+        return self.powers[to_device_like(rows, self.l, self.xp)]
+
+    def log_probs(self, which: str, rows=None):
+        """log pi_theta or log pi_t of the rows (a new array unless normalised and all rows)."""
+        xp = self.xp
+        z, lse = (self.z_theta, self.lse_theta) if which == "theta" else (self.z_t, self.lse_t)
+        if rows is not None and rows.size != self.n:
+            z = z[to_device_like(rows, z, xp)]
+            lse = None if lse is None else lse[rows]
+        if lse is None:
+            return z
+        return z - to_device_like(lse[:, None].astype(_host_dtype(z)), z, xp)
+
+
+def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=None,
+                 end_points: bool = True, grid_points: int = 2, recentre: bool = True,
+                 check_tolerance=None, skip=None, names=("log_pi_theta", "log_pi_t"),
+                 row_offset: int = 0) -> Prepared:
+    """l, log_base and the per-row numbers of the support rules for one block of rows.
+
+    z_theta, z_t: [n, V] in the preparation dtype; lse_theta, lse_t: None for log-probabilities,
+    else host float64 log-normalisers of shifted logits (see the module doc). work_dtype: dtype of
+    l and log_base (default z's). end_points: also D and Var at `grid_points` equally spaced
+    alphas from 0 to 1 in one pass: the end points D(0+), D(1-) (for every row), and for small
+    blocks interior points that bracket the root more tightly (`grid_size`).
+    check_tolerance: refuse (InputError) rows of supposed log-probabilities whose logsumexp is
+    further than this from 0 on either side -- raw logits passed where log-probabilities belong
+    (rows in `skip` are not checked); the end-point passes give this for free on full supports."""
+    n = int(z_theta.shape[0])
+    work = work_dtype if work_dtype is not None else z_theta.dtype
+    eps = _eps_of(xp, work)
+    normalised = lse_theta is None
+    l = z_t - z_theta
+    shifted = not normalised          # D = mean - shift with a shift that is not all 0
+    if normalised:
+        shift = np.zeros(n)
+        log_z_shift = shift
+        lse_sum = 0.0
+    else:
+        lse_theta = np.asarray(lse_theta, dtype=np.float64)
+        lse_t = np.asarray(lse_t, dtype=np.float64)
+        c = lse_t - lse_theta
+        c_hi = c.astype(_host_dtype(l))
+        shift = c - c_hi.astype(np.float64)
+        log_z_shift = -lse_t
+        lse_sum = lse_theta + lse_t
+        l -= to_device_like(c_hi[:, None], l, xp)
+    if l.dtype != work:
+        l = xp.astype(l, work)
+    l_max, l_min = host64(rmax(xp, l), rmin(xp, l))
+    spread = l_max - l_min
+    dense = math.isfinite(float(spread.sum()))  # no -inf on either side (else inf or NaN)
+    if dense:
+        support = None
+        log_base = z_t if z_t.dtype == work else xp.astype(z_t, work)
+        has_support = np.ones(n, dtype=bool)
+        same_support = has_support
+        theta_off = t_off = np.zeros(n, dtype=bool)
+        (low_sum,) = host64(rmin(xp, z_theta + z_t))
+        scale = lse_sum - low_sum
+        level = np.maximum(np.abs(l_max), np.abs(l_min))
+    else:
+        fin_theta, fin_t = xp.isfinite(z_theta), xp.isfinite(z_t)
+        support = fin_theta & fin_t
+        l = xp.where(support, l, 0.0)
+        log_base = xp.where(support, z_t if z_t.dtype == work else xp.astype(z_t, work), -math.inf)
+        l_max, l_min, low_sum, flags = host64(
+            rmax(xp, xp.where(support, l, -math.inf)), rmin(xp, xp.where(support, l, math.inf)),
+            rmin(xp, xp.where(support, z_theta + z_t, math.inf)),
+            xp.astype(xp.stack([xp.any(support, axis=-1), xp.all(fin_theta == fin_t, axis=-1),
+                                xp.any(fin_theta & ~support, axis=-1),
+                                xp.any(fin_t & ~support, axis=-1)]), l.dtype))
+        has_support, same_support, theta_off, t_off = (flags.reshape(4, n) > 0.5)
+        del fin_theta, fin_t
+        spread = l_max - l_min
+        # |log pi_theta| + |log pi_t| = lse_theta + lse_t - (z_theta + z_t), since log p <= 0
+        scale = np.where(has_support, lse_sum - low_sum, 0.0)
+        level = np.where(has_support, np.maximum(np.abs(l_max), np.abs(l_min)), 0.0)
+    # l is "constant" / D "within rounding of 0" below 64 eps (1 + max_S |log pi_theta| + |log pi_t|),
+    # a bound on the rounding of l = log pi_t - log pi_theta. In float32 D's rounding is relative
+    # to l itself (l is built from differences of the inputs, its constant part corrected in
+    # float64): 64 eps32 max|l|.
+    tol = constant_tolerance(eps, scale)
+    tol_flat = tol if eps < 1e-10 else 64.0 * eps * level
+    prep = Prepared(xp=xp, z_theta=z_theta, z_t=z_t, lse_theta=lse_theta, lse_t=lse_t, l=l,
+                    log_base=log_base, support=support, eps=eps, shift=shift,
+                    log_z_shift=log_z_shift, spread=spread, level=level, tol=tol,
+                    tol_flat=tol_flat, has_support=has_support, same_support=same_support,
+                    theta_off_support=theta_off, t_off_support=t_off, shifted=shifted)
+    if normalised and recentre and eps < 1e-10:
+        near = level <= RECENTRE_MAX_ABS_L
+        if near.any():
+            rows = np.flatnonzero(same_support & has_support & near)
+            if rows.size:
+                shift = shift.copy()
+                shift[rows] += recentring_constant(prep, rows)
+                prep.shift = shift
+                prep.shifted = True
+    if int(l.shape[-1]) <= SHORT_ROW:
+        prep.powers = powers_of(xp, l)
+    if end_points:
+        alpha = _grid_alphas(max(2, int(grid_points)), n, _host_dtype(l))
+        lz, mean, var, _ = moments(xp, l, log_base, to_device_like(alpha, l, xp),
+                                   supported=bool(has_support.all()), powers=prep.powers)
+        lz, mean, var = host64(lz, mean, var)
+        prep.grid = alpha[:, 0].astype(np.float64)
+        prep.d_grid = mean - prep.shift if prep.shifted else mean
+        prep.v_grid = var
+        prep.d0, prep.d1, prep.v0, prep.v1 = prep.d_grid[0], prep.d_grid[-1], var[0], var[-1]
+        lz0, lz1 = lz[0], lz[-1]
+    if check_tolerance is not None and normalised:
+        if dense and end_points:
+            # log sum pi_t = log Z(0); log sum pi_theta = log sum exp(log pi_t - l) = log Z(1)
+            sums = (lz1, lz0)
+        else:
+            sums = _full_logsumexp(xp, z_theta), _full_logsumexp(xp, z_t)
+        if skip is not None or not max(np.abs(sums[0]).max(), np.abs(sums[1]).max()) \
+                <= check_tolerance:
+            _refuse_unnormalised(sums, check_tolerance, skip, names, row_offset)
+    return prep
+
+
+_GRIDS: dict = {}
+_EPS: dict = {}
+
+
+def _grid_alphas(points: int, n: int, dtype) -> np.ndarray:
+    """[points, n] alphas equally spaced from 0 to 1 (cached: a small solve needs it every call)."""
+    key = (points, n, dtype)
+    grid = _GRIDS.get(key)
+    if grid is None:
+        grid = np.repeat(np.linspace(0.0, 1.0, points).astype(dtype)[:, None], n, axis=1)
+        grid.flags.writeable = False
+        if len(_GRIDS) > 64:
+            _GRIDS.clear()
+        _GRIDS[key] = grid
+    return grid
+
+
+def _eps_of(xp, dtype) -> float:
+    eps = _EPS.get(dtype)
+    if eps is None:
+        eps = _EPS[dtype] = float(xp.finfo(dtype).eps)
+    return eps
+
+
+def constant_tolerance(eps: float, scale):
+    """Spread of l below which it counts as constant on S (and D as within rounding of 0): the
+    rounding of l = log pi_t - log pi_theta, a few ulps of the largest |log pi_theta| + |log pi_t|
+    on S (`scale`). (Scaling by max|l| instead is wrong: identical distributions have l ~ 0 but
+    log p far from 0, and their rounding noise then looks like a real, non-constant l.)"""
+    return 64.0 * eps * (1.0 + scale)
+
+
+# A pass over a short row costs the same few dozen numpy calls whatever its length, so for short
+# rows the first pass evaluates D at more alphas than the two end points: a tighter bracket for
+# the Hermite start, and one to three Newton passes fewer. The number depends on V only, so a
+# row's result never depends on the batch it is solved in (a batch = a loop of single solves,
+# to the last bit).
+GRID_ELEMENTS = 4096
+
+
+def grid_size(vocab: int) -> int:
+    """Alphas in the first pass: 17, 9, 5 or 3 equally spaced ones while that many x V fit
+    GRID_ELEMENTS (V <= 240, 455, 819, 1365), else 2 (the end points)."""
+    for k in (17, 9, 5, 3):
+        if k * vocab <= GRID_ELEMENTS:
+            return k
+    return 2
+
+
+def _full_logsumexp(xp, z):
+    peak = rmax(xp, z, keepdims=True)
+    peak = xp.where(xp.isfinite(peak), peak, 0.0)
+    (out,) = host64(peak[:, 0] + xp.log(rsum(xp, xp.exp(z - peak))))
+    return out
+
+
+def _refuse_unnormalised(sums, tolerance, skip, names, row_offset):
+    for name, lse in zip(names, sums):
+        bad = ~(np.abs(lse) <= tolerance)
+        if skip is not None:
+            bad &= ~skip
+        if bad.any():
+            b = int(np.flatnonzero(bad)[0])
+            more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
+            raise InputError(
+                f"row {row_offset + b}: not normalised log-probabilities: logsumexp = "
+                f"{lse[b]:.6g}, more than {tolerance:.1e} from 0{more}. This function takes "
+                "log-probabilities; for logits call geomix_cli.api.solve(..., kind='logits') or "
+                "log-softmax them first", key=name)
+
+
+def recentring_constant(prep: Prepared, rows: np.ndarray) -> np.ndarray:
+    """`recentring_constant_rows` for some rows of a prepared block (float64 log-probabilities)."""
+    l, _ = prep.rows_of(rows)
+    return recentring_constant_rows(prep.xp, prep.log_probs("theta", rows), l)
+
+
+def recentring_constant_rows(xp, log_pi_theta, l) -> np.ndarray:
+    """The constant error of l on rows whose supports coincide (float64 log-probabilities).
+
+    With equal supports sum_y pi_theta(y) e^{l(y)} = sum_y pi_t(y) = 1 exactly. Normalised float64
+    log-probabilities each carry a constant error of a few ulps of their log-normaliser (~1e-15),
+    which shifts l by a constant c, D = E_q[l] by c and alpha* by c / Var_q(l): 2.4e-9 for pairs
+    with C ~ 1e-8 (Var ~ 1e-7), against a 50-digit reference. c = log(sum pi_theta e^l /
+    sum pi_theta), computed as log1p(sum pi_theta expm1(l) / sum pi_theta), is accurate to about
+    eps max|l|; removing it leaves alpha* good to ~1e-13 there. (l is 0 off the support.)"""
+    pi_theta = xp.exp(log_pi_theta)
+    terms = xp.expm1(l)
+    terms *= pi_theta
+    numerator, denominator = host64(rsum(xp, terms), rsum(xp, pi_theta))
+    return np.log1p(numerator / denominator)
+
+
+_STATUS_NAMES = np.array([OK, NO_ROOT, DEGENERATE, DISJOINT, INVALID], dtype=object)
+
+
+def status_code(ns, d0, d1, spread, level, tol, tol_flat, has_support, invalid):
+    """The support rules as a code per row (an index into _STATUS_NAMES): invalid >
+    disjoint-support (S empty) > l constant on S (degenerate when the constant is 0 within
+    rounding, else no-root) > D(0+), D(1-) both within rounding of 0 (degenerate) > D(0+), D(1-) of
+    the same sign (no-root) > ok.
+
+    D is non-increasing, so D(0+) and D(1-) both within rounding of 0 put D within rounding of 0 on
+    all of (0, 1): the KLs are equal to the working precision for every alpha (a pair identical up
+    to ~1e-8 in the logits, C ~ 1e-17). Its "root" would be rounding noise (alphas from 0.01 to
+    0.93 were reported for such pairs), its "no root" a false claim."""
+    constant = spread <= tol
+    zero = level <= tol
+    flat = (ns.abs(d0) <= tol_flat) & (ns.abs(d1) <= tol_flat)
+    code = ns.where((d0 > 0.0) & (d1 < 0.0), 0, 1)
+    code = ns.where(constant & ns.logical_not(zero), 1, code)
+    code = ns.where((constant & zero) | flat, 2, code)
+    code = ns.where(has_support, code, 3)
+    return ns.where(invalid, 4, code)
+
+
+def row_status(prep: Prepared, invalid: np.ndarray | None = None) -> np.ndarray:
+    """Status per row (`status_code`), as strings."""
+    ns = row_namespace(prep.n)
+    v = ns.values
+    with np.errstate(invalid="ignore"):
+        code = status_code(ns, v(prep.d0), v(prep.d1), v(prep.spread), v(prep.level),
+                           v(prep.tol), v(prep.tol_flat), v(prep.has_support),
+                           False if invalid is None else v(invalid))
+    if ns is _RowScalars:
+        return _STATUS_NAMES[[code]]
+    return _STATUS_NAMES[code]
+
+
+def row_messages(prep: Prepared, status: np.ndarray, row_errors=None) -> list[str]:
+    """What is true instead, for every row that is not 'ok' (empty for 'ok')."""
+    message = [""] * prep.n
+    if not (status != OK).any():
+        return message
+    d0, d1 = prep.d0, prep.d1
+    constant_no_root = [b for b in np.flatnonzero(status == NO_ROOT)
+                        if prep.spread[b] <= prep.tol[b]]
+    first = dict(zip(constant_no_root, _first_l(prep, np.array(constant_no_root, dtype=np.int64))))
+    for b in np.flatnonzero(status != OK):
+        if status[b] == INVALID:
+            message[b] = row_errors[b] if row_errors is not None else "invalid row"
+        elif status[b] == DISJOINT:
+            message[b] = ("pi_theta and pi_t share no token with positive probability: Z = 0 for "
+                          "every alpha in (0, 1), there is no q")
+        elif status[b] == DEGENERATE and prep.spread[b] <= prep.tol[b]:
+            message[b] = ("pi_theta = pi_t on the common support: every alpha gives the same q "
+                          "and equal KLs, alpha* is not unique")
+        elif status[b] == DEGENERATE:
+            message[b] = (f"pi_theta and pi_t are equal to within {prep.precision} rounding: "
+                          f"|KL(q||pi_theta) - KL(q||pi_t)| <= {prep.tol_flat[b]:.1e} for every "
+                          f"alpha (D(0+) = {d0[b]:.3g}, D(1-) = {d1[b]:.3g}), alpha* is not "
+                          "determined")
+        elif b in first:
+            message[b] = (f"l = log pi_t - log pi_theta is the constant {first[b]:.6g} "
+                          "on the common support: q is the same for every alpha and the KLs "
+                          "never meet")
+        else:
+            sign = "<" if d0[b] <= 0 else ">"
+            why = ("supports differ" if not prep.same_support[b]
+                   else "numerically, within rounding,")
+            message[b] = (f"{why} and D(alpha) = "
+                          f"KL(q||pi_theta) - KL(q||pi_t) keeps one sign on (0, 1): "
+                          f"KL(q||pi_theta) {sign} KL(q||pi_t) for every alpha "
+                          f"(D(0+) = {d0[b]:.6g}, D(1-) = {d1[b]:.6g})")
+    return message
+
+
+def _first_l(prep: Prepared, rows: np.ndarray) -> np.ndarray:
+    """l at the first token of S, for rows where l is constant on S (for their message)."""
+    if rows.size == 0:
+        return np.zeros(0)
+    l, log_base = prep.rows_of(rows)
+    l, log_base = host(l).astype(np.float64), host(log_base)
+    first = np.argmax(np.isfinite(log_base), axis=-1)
+    return l[np.arange(rows.size), first] - prep.shift[rows]
+
+
+# ------------------------------------------------------------------------------------------------
+# the iteration
+
+def hermite_start(ns, lo, hi, d_lo, d_hi, v_lo, v_hi):
+    """Starting alpha in [lo, hi] (D(lo) > 0 >= D(hi)) from what the first pass already knows:
+    the root of the cubic Hermite interpolant of D on [lo, hi] with D' = -Var at both ends, by
+    six Newton steps on the cubic from the secant, each kept inside the interval; the secant where
+    the variances are not finite. Clipped to [1e-3, 1 - 1e-3].
+
+    With the end points only (lo, hi = 0, 1), on the real SmolLM2 rows it starts 5-100x closer to
+    alpha* than the secant (errors 1e-4..0.2 instead of 0.008..0.36), which saves about one pass
+    per row; on the 1/16-wide brackets of small blocks it starts within ~1e-8.
+    `ns`: `_RowArrays` (arrays over rows) or `_RowScalars` (one row's floats)."""
+    h = hi - lo
+    secant = ns.divide(d_lo, d_lo - d_hi)            # u = (alpha - lo) / h
+    a = -v_lo * h
+    r1 = d_hi - d_lo - a
+    c = (-v_hi * h - a) - 2.0 * r1
+    b = r1 - c
+    u = secant
+    for _ in range(6):
+        p = ((c * u + b) * u + a) * u + d_lo
+        slope = (3.0 * c * u + 2.0 * b) * u + a
+        nxt = u - ns.divide(p, slope)
+        u = ns.where(ns.isfinite(nxt), ns.minimum(ns.maximum(nxt, 0.0), 1.0), u)
+    u = ns.where(ns.isfinite(v_lo) & ns.isfinite(v_hi), u, secant)
+    start = lo + h * u
+    start = ns.where(ns.isfinite(start), start, 0.5 * (lo + hi))
+    return ns.minimum(ns.maximum(start, 1e-3), 1.0 - 1e-3)
+
+
+def newton_update(ns, alpha, d, var, third, lo, hi, step_before, last_step, prev_size, *,
+                  xtol: float, eps: float):
+    """One safeguarded Newton (third None) or Halley step from `alpha`, where D = d, Var = var.
+
+    Returns (lo, hi, next alpha, converged, |next - alpha|, |step|): the bracket keeps
+    D(lo) > 0 > D(hi); a step that leaves it, or that is not below half the step before last
+    (creeping: Numerical Recipes' rtsafe rule), is replaced by bisection. Converged: the
+    correction is <= xtol, the bracket has collapsed (2 eps), or the correction stopped shrinking
+    below sqrt(eps) (the rounding floor of the work dtype: more passes cannot improve it)."""
+    lo = ns.where(d > 0, alpha, lo)
+    hi = ns.where(d < 0, alpha, hi)
+    if third is None:   # Newton: alpha_new = alpha - D / D' = alpha + D / Var
+        step = ns.divide(d, var)
+    else:               # Halley: alpha_new = alpha - 2 D D' / (2 D'^2 - D D''), D'' = E(l-D)^3
+        step = ns.divide(2.0 * d * var, 2.0 * var * var + d * third)
+    candidate = alpha + step
+    size = ns.abs(step)
+    converged = ((d == 0.0) | (size <= xtol) | (hi - lo <= 2.0 * eps)
+                 | ((size <= math.sqrt(eps)) & (size >= 0.5 * prev_size)))
+    inside = (candidate > lo) & (candidate < hi) & (size <= 0.5 * step_before)
+    candidate = ns.where(inside, candidate, 0.5 * (lo + hi))
+    return lo, hi, candidate, converged, ns.abs(candidate - alpha), size
+
+
+def start_bracket(prep: "Prepared", rows: np.ndarray):
+    """(lo, hi, D(lo), D(hi), Var(lo), Var(hi)) per row: the first interval of the first pass's
+    grid on which D changes sign (the whole [0, 1] with the end points only)."""
+    d_grid, v_grid = prep.d_grid[:, rows], prep.v_grid[:, rows]
+    k = np.maximum(np.argmax(d_grid <= 0.0, axis=0), 1)   # D(0+) > 0 > D(1-) on these rows
+    cols = np.arange(rows.size)
+    return (prep.grid[k - 1], prep.grid[k], d_grid[k - 1, cols], d_grid[k, cols],
+            v_grid[k - 1, cols], v_grid[k, cols])
+
+
+@dataclass
+class NewtonResult:
+    """Host arrays over the solved rows: alpha (the last evaluated), D and log Z there (exact
+    evaluations, not extrapolations), iterations, and whether each row converged."""
+
+    alpha: np.ndarray
+    delta: np.ndarray
+    log_z: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+
+
+def newton(prep: Prepared, rows: np.ndarray, *, order: int = 2, xtol: float | None = None,
+           max_iter: int = 60, iterates: dict | None = None, row_labels=None) -> NewtonResult:
+    """Safeguarded Newton (order 2) or Halley (order 3) on D(alpha) for `rows` (each with a root).
+
+    One pass per iterate gives D = E_q[l], D' = -Var_q(l) (and E_q[(l - D)^3] = D'' for Halley);
+    the step is `newton_update`, the start `hermite_start` on the bracket of the first pass
+    (`start_bracket`), so convergence is guaranteed. xtol: default 1e-14 in float64, 2 eps in
+    float32. The returned alpha is the last evaluated one (rounded to the work dtype), so D and
+    log Z there are exact evaluations. Rows that converge leave the arrays (compacted), so later
+    passes only read the rest. The per-row rules run on the host: on arrays over rows, or on
+    Python floats for a single row."""
+    xp = prep.xp
+    eps = prep.eps
+    if xtol is None:
+        xtol = 1e-14 if eps < 1e-10 else 2.0 * eps
+    m = int(rows.size)
+    l, log_base = prep.rows_of(rows)
+    buf = xp.empty_like(l)
+    tmp = xp.empty_like(l)
+    work_np = _host_dtype(l)
+    labels = rows if row_labels is None else row_labels[rows]
+    powers = prep.powers_of(rows)
+    if m == 1:
+        return _newton_row(prep, int(rows[0]), l, log_base, powers, buf, tmp, work_np,
+                           order=order, xtol=xtol, max_iter=max_iter, iterates=iterates,
+                           label=int(labels[0]))
+    shift = prep.shift[rows]
+    log_z_shift = prep.log_z_shift[rows]
+    out = NewtonResult(alpha=np.full(m, np.nan), delta=np.full(m, np.nan),
+                       log_z=np.full(m, np.nan), iterations=np.zeros(m, dtype=np.int64),
+                       converged=np.zeros(m, dtype=bool))
+    ns = _RowArrays
+    lo, hi, d_lo, d_hi, v_lo, v_hi = start_bracket(prep, rows)
+    alpha = hermite_start(ns, lo, hi, d_lo, d_hi, v_lo, v_hi)
+    last_step, step_before = np.ones(m), np.ones(m)  # rtsafe's dx, dxold
+    prev_size = np.full(m, np.inf)
+    active = np.arange(m)
+    for _ in range(max_iter):
+        k = active.size
+        a_eval = alpha.astype(work_np).astype(np.float64) if work_np is np.float32 else alpha
+        raw = moments(xp, l, log_base, to_device_like(a_eval.astype(work_np, copy=False), l, xp),
+                      order=order, buf=buf[:k], tmp=tmp[:k], supported=True, powers=powers)
+        log_z, mean, var, *third = host64(*[r for r in raw if r is not None])
+        d = mean - shift
+        out.iterations[active] += 1
+        if iterates is not None:
+            for label, a_j, d_j in zip(labels[active], a_eval, d):
+                iterates.setdefault(int(label), []).append((float(a_j), float(d_j)))
+        lo, hi, candidate, converged, step, size = newton_update(
+            ns, a_eval, d, var, third[0] if third else None, lo, hi, step_before, last_step,
+            prev_size, xtol=xtol, eps=eps)
+        step_before, last_step, prev_size = last_step, step, size
+        if converged.any():
+            done = active[converged]
+            out.alpha[done] = a_eval[converged]
+            out.delta[done] = d[converged]
+            out.log_z[done] = (log_z[converged] + log_z_shift[converged]
+                               + a_eval[converged] * shift[converged])
+            out.converged[done] = True
+            keep = np.flatnonzero(~converged)
+            if keep.size == 0:
+                break
+            active, candidate, lo, hi = active[keep], candidate[keep], lo[keep], hi[keep]
+            step_before, last_step, prev_size = step_before[keep], last_step[keep], prev_size[keep]
+            shift, log_z_shift = shift[keep], log_z_shift[keep]
+            keep_dev = to_device_like(keep, l, xp)
+            l, log_base = l[keep_dev], log_base[keep_dev]
+            if powers is not None:
+                powers = powers[keep_dev]
+        alpha = candidate
+    return out
+
+
+def _newton_row(prep: Prepared, row: int, l, log_base, powers, buf, tmp, work_np, *, order,
+                xtol, max_iter, iterates, label) -> NewtonResult:
+    """`newton` for a block's single row: the same start and steps, on Python floats."""
+    xp = prep.xp
+    ns = _RowScalars
+    d_grid = prep.d_grid[:, row].tolist()
+    k = next(i for i in range(1, len(d_grid)) if d_grid[i] <= 0.0)
+    v_lo, v_hi = prep.v_grid[k - 1:k + 1, row].tolist()
+    lo, hi = float(prep.grid[k - 1]), float(prep.grid[k])
+    alpha = hermite_start(ns, lo, hi, d_grid[k - 1], d_grid[k], v_lo, v_hi)
+    last_step = step_before = 1.0
+    prev_size = math.inf
+    shift, log_z_shift = float(prep.shift[row]), float(prep.log_z_shift[row])
+    eps = prep.eps
+    iterations = 0
+    converged = False
+    a_eval = d = log_z = math.nan
+    for _ in range(max_iter):
+        a_eval = float(work_np(alpha))
+        raw = moments(xp, l, log_base, to_device_like(np.array([a_eval], dtype=work_np), l, xp),
+                      order=order, buf=buf, tmp=tmp, supported=True, powers=powers)
+        values = [float(v[0]) for v in host64(*raw[:order + 1])]
+        log_z, d, var = values[0], values[1] - shift, values[2]
+        iterations += 1
+        if iterates is not None:
+            iterates.setdefault(label, []).append((a_eval, d))
+        lo, hi, alpha, converged, step, size = newton_update(
+            ns, a_eval, d, var, values[3] if order == 3 else None, lo, hi, step_before,
+            last_step, prev_size, xtol=xtol, eps=eps)
+        step_before, last_step, prev_size = last_step, step, size
+        if converged:
+            break
+    if not converged:
+        a_eval = d = log_z = math.nan
+    return NewtonResult(alpha=np.array([a_eval]), delta=np.array([d]),
+                        log_z=np.array([log_z + log_z_shift + a_eval * shift]),
+                        iterations=np.array([iterations], dtype=np.int64),
+                        converged=np.array([bool(converged)]))
+
+
+# ------------------------------------------------------------------------------------------------
+# the family at a given alpha
+
+
+FAMILY_FIELDS = ("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t")
+
+
+def family_at(prep: Prepared, rows: np.ndarray, alpha: np.ndarray, *, known=None) -> dict:
+    """log Z, D, KL(q||pi_theta), KL(q||pi_t), ESS_theta(q), ESS_t(q) at one alpha per row.
+
+    For alpha in (0, 1), on S:  KL(q||pi_theta) = (1 - alpha) D - log Z,  KL(q||pi_t) = -alpha D -
+    log Z, and ESS_pi(q) = 1 / sum pi^2 / q = 1 / (Z(alpha) Z(2 - alpha)) for pi_theta,
+    1 / (Z(alpha) Z(-alpha)) for pi_t (log Z at both in one pass), or 0 when pi puts mass outside
+    S (where q = 0). At alpha = 0 and 1 the family is pi_t and pi_theta themselves (possibly with
+    mass outside S): computed directly (KLs may be +inf). `known`: (log_z, delta) already
+    evaluated at these alphas (by the iteration's last pass), so that pass is not repeated."""
+    xp = prep.xp
+    k = int(rows.size)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    interior = (alpha > 0.0) & (alpha < 1.0)
+    if interior.all():
+        return _family_interior(prep, rows, alpha, known)
+    out = {name: np.full(k, np.nan) for name in FAMILY_FIELDS}
+    inner = np.flatnonzero(interior)
+    if inner.size:
+        part = _family_interior(prep, rows[inner], alpha[inner],
+                                None if known is None else tuple(v[inner] for v in known))
+        for name in FAMILY_FIELDS:
+            out[name][inner] = part[name]
+    ends = np.flatnonzero(~interior & np.isfinite(alpha))
+    for j, value in zip(ends, _end_points(prep, rows[ends], alpha[ends])):
+        for name in FAMILY_FIELDS:
+            out[name][j] = value[name]
+    del xp
+    return out
+
+
+def _family_interior(prep: Prepared, rows: np.ndarray, a: np.ndarray, known) -> dict:
+    xp = prep.xp
+    l, log_base = prep.rows_of(rows)
+    supported = bool(prep.has_support[rows].all())
+    work_np = _host_dtype(l)
+    if known is None:
+        raw_log_z, mean, _, _ = moments(xp, l, log_base, to_device_like(a.astype(work_np), l, xp),
+                                        order=1, supported=supported,
+                                        powers=prep.powers_of(rows))
+        raw_log_z, mean = host64(raw_log_z, mean)
+        log_z = prep.log_z(raw_log_z, a, rows)
+        delta = mean - prep.shift[rows] if prep.shifted else mean
+    else:
+        log_z, delta = (np.asarray(v, dtype=np.float64) for v in known)
+    others = np.stack([2.0 - a, -a])
+    (raw,) = host64(moments(xp, l, log_base, to_device_like(others.astype(work_np), l, xp),
+                            order=0, supported=supported)[0])
+    ns = row_namespace(rows.size)
+    v = ns.values
+    numbers = family_numbers(ns, v(a), v(log_z), v(delta),
+                             v(prep.log_z(raw[0], others[0], rows)),
+                             v(prep.log_z(raw[1], others[1], rows)),
+                             v(prep.theta_off_support[rows]), v(prep.t_off_support[rows]))
+    return {name: ns.array(value) for name, value in zip(FAMILY_FIELDS, numbers)}
+
+
+def family_numbers(ns, alpha, log_z, delta, log_z_above, log_z_below, theta_off, t_off):
+    """(log Z, D, KL(q||pi_theta), KL(q||pi_t), ESS_theta, ESS_t) at alpha in (0, 1) from
+    log Z(alpha), D(alpha), log Z(2 - alpha) and log Z(-alpha):
+    KL(q||pi_theta) = (1 - alpha) D - log Z, KL(q||pi_t) = -alpha D - log Z,
+    ESS_theta = 1 / (Z(alpha) Z(2 - alpha)), ESS_t = 1 / (Z(alpha) Z(-alpha)), 0 for a side with
+    mass outside S."""
+    ess_theta = ns.where(theta_off, 0.0, ns.exp(-(log_z + log_z_above)))
+    ess_t = ns.where(t_off, 0.0, ns.exp(-(log_z + log_z_below)))
+    return (log_z, delta, (1.0 - alpha) * delta - log_z, -alpha * delta - log_z, ess_theta,
+            ess_t)
+
+
+def _end_points(prep: Prepared, rows: np.ndarray, alpha: np.ndarray) -> list[dict]:
+    """family_at for alpha in {0, 1}: q is pi_t or pi_theta itself (mass outside S included).
+    log Z = 0; KL(q||pi_theta) at alpha = 0 is KL(pi_t||pi_theta) (+inf where pi_t > 0 = pi_theta);
+    ESS of q for the other side is 1 / sum pi_other^2 / q (0 where q misses its mass)."""
+    xp = prep.xp
+    log_theta = host(prep.log_probs("theta", rows)).astype(np.float64)
+    log_t = host(prep.log_probs("t", rows)).astype(np.float64)
+    out = []
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for j, a in enumerate(alpha):
+            log_q, log_other = (log_theta[j], log_t[j]) if a == 1.0 else (log_t[j], log_theta[j])
+            q = np.exp(log_q)
+            kl_other = float(np.sum(np.where(log_q > -np.inf, q * (log_q - log_other), 0.0)))
+            terms = np.where(log_other > -np.inf, 2.0 * log_other - log_q, -np.inf)
+            peak = np.max(terms)
+            ess_other = 0.0 if peak == np.inf else float(
+                np.exp(-(peak + np.log(np.sum(np.exp(terms - peak))))))
+            if a == 1.0:
+                rec = dict(kl_q_theta=0.0, kl_q_t=kl_other, ess_theta=1.0, ess_t=ess_other)
+            else:
+                rec = dict(kl_q_theta=kl_other, kl_q_t=0.0, ess_theta=ess_other, ess_t=1.0)
+            rec["log_z"] = 0.0
+            rec["delta"] = rec["kl_q_theta"] - rec["kl_q_t"]
+            out.append(rec)
+    del xp
+    return out
+
+
+def entropy_rows(xp, log_p, *, full_support: bool = False):
+    """(H, sum p) per row of log-probabilities, host float64: H = -sum p log p in nats
+    (0 log 0 = 0); the sum is the normalisation check that comes with the same pass."""
+    p = xp.exp(log_p)
+    total = rsum(xp, p)
+    p *= log_p                                       # NaN where p = 0 (0 * -inf)
+    if not full_support:
+        p = xp.where(xp.isfinite(log_p), p, 0.0)
+    h, total = host64(rsum(xp, p), total)
+    return 0.0 - h, total  # 0.0 - sum, not -sum: a point mass must give +0.0, not -0.0
+
+
+def entropies(prep: Prepared, rows: np.ndarray | None = None):
+    """(H(pi_theta), H(pi_t), sum pi_theta, sum pi_t) per row of a prepared block (both sides in
+    one pass for small blocks)."""
+    xp = prep.xp
+    full = prep.support is None
+    log_theta, log_t = prep.log_probs("theta", rows), prep.log_probs("t", rows)
+    if log_theta.shape[0] * log_theta.shape[1] <= GRID_ELEMENTS:
+        h, total = entropy_rows(xp, xp.stack([log_theta, log_t]), full_support=full)
+        return h[0], h[1], total[0], total[1]
+    h_theta, total_theta = entropy_rows(xp, log_theta, full_support=full)
+    h_t, total_t = entropy_rows(xp, log_t, full_support=full)
+    return h_theta, h_t, total_theta, total_t
+
+
+# ------------------------------------------------------------------------------------------------
+# one block, start to finish
+
+
+def solve_block(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, invalid=None, row_errors=None,
+                order: int = 2, xtol: float | None = None, max_iter: int = 60, work_dtype=None,
+                check_tolerance=None, diagnostics: bool = False, iterates: dict | None = None,
+                row_labels=None, names=("log_pi_theta", "log_pi_t"), row_offset: int = 0) -> dict:
+    """Classify every row, solve the rows with a root, and (with `diagnostics`) evaluate the family
+    at each row's alpha (degenerate rows at 1/2, where q is the same as anywhere) with entropies.
+
+    invalid: host bool [n] (rows that failed validation: never reported on), with their reasons
+    in row_errors. Returns host arrays over the n rows: status, message, alpha, residual,
+    iterations, evaluations, d_at_0, d_at_1, and with diagnostics log_z, delta, kl_q_theta,
+    kl_q_t, ess_theta, ess_t, entropy_theta, entropy_t."""
+    n = int(z_theta.shape[0])
+    with ignore_fp(xp):
+        prep = prepare_pair(xp, z_theta, z_t, lse_theta, lse_t, work_dtype=work_dtype,
+                            grid_points=grid_size(int(z_theta.shape[-1])),
+                            check_tolerance=check_tolerance, skip=invalid, names=names,
+                            row_offset=row_offset)
+        status = row_status(prep, invalid)
+        is_ok = status == OK
+        all_ok = bool(is_ok.all())
+        ok = np.arange(n) if all_ok else np.flatnonzero(is_ok)
+        res = None
+        if ok.size:
+            res = newton(prep, ok, order=order, xtol=xtol, max_iter=max_iter, iterates=iterates,
+                         row_labels=row_labels)
+        if all_ok:
+            alpha, residual, log_z, iterations = res.alpha, res.delta, res.log_z, res.iterations
+            message = [""] * n
+        else:
+            alpha, residual, log_z = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+            iterations = np.zeros(n, dtype=np.int64)
+            if res is not None:
+                alpha[ok], residual[ok], log_z[ok], iterations[ok] = (res.alpha, res.delta,
+                                                                      res.log_z, res.iterations)
+            message = row_messages(prep, status, row_errors)
+        if res is not None and not res.converged.all():
+            status = status.copy()
+            for b in ok[~res.converged]:
+                status[b] = MAX_ITER
+                message[b] = f"no convergence in {max_iter} iterations"
+                alpha[b] = np.nan
+            all_ok = False
+        evaluations = 1 + iterations
+        d_at_0, d_at_1 = prep.d0, prep.d1
+        if invalid is not None and invalid.any():
+            evaluations = np.where(invalid, 0, evaluations)
+            d_at_0, d_at_1 = np.where(invalid, np.nan, d_at_0), np.where(invalid, np.nan, d_at_1)
+        out = dict(status=status, message=message, alpha=alpha, residual=residual,
+                   iterations=iterations, evaluations=evaluations, d_at_0=d_at_0, d_at_1=d_at_1)
+        if diagnostics:
+            out.update(diagnose_block(prep, status, alpha, known_log_z=log_z,
+                                      known_delta=residual, all_ok=all_ok))
+    return out
+
+
+def diagnose_block(prep: Prepared, status: np.ndarray, alpha: np.ndarray, *, known_log_z=None,
+                   known_delta=None, check_tolerance=None, names=("log_pi_theta", "log_pi_t"),
+                   row_offset: int = 0, all_ok: bool | None = None) -> dict:
+    """The family at each 'ok' row's alpha and each degenerate row's 1/2, and both entropies of
+    every valid row. Host arrays over the block's rows (NaN where not evaluated).
+    check_tolerance: refuse rows that are not normalised log-probabilities (from the entropy
+    pass's sums, at no extra cost). all_ok: every row is 'ok' with a finite alpha (when known)."""
+    n = prep.n
+    if all_ok is None:
+        all_ok = bool(((status == OK) & np.isfinite(alpha)).all())
+    if all_ok:
+        known = None if known_log_z is None else (known_log_z, known_delta)
+        out = family_at(prep, np.arange(n), alpha, known=known)
+        valid = None
+    else:
+        out = {name: np.full(n, np.nan) for name in FAMILY_FIELDS}
+        usable = (status == OK) & np.isfinite(alpha)
+        for rows, values, known in (
+                (np.flatnonzero(usable), alpha, (known_log_z, known_delta)),
+                (np.flatnonzero(status == DEGENERATE), None, None)):
+            if rows.size == 0:
+                continue
+            at = np.full(rows.size, 0.5) if values is None else values[rows]
+            if known is not None and (known[0] is None
+                                      or not np.all(np.isfinite(known[0][rows]))):
+                known = None
+            fam = family_at(prep, rows, at,
+                            known=None if known is None else (known[0][rows], known[1][rows]))
+            for name in FAMILY_FIELDS:
+                out[name][rows] = fam[name]
+        valid = status != INVALID
+    h_theta, h_t, total_theta, total_t = entropies(prep)
+    if check_tolerance is not None and prep.lse_theta is None:
+        with np.errstate(divide="ignore"):
+            _refuse_unnormalised((np.log(total_theta), np.log(total_t)), check_tolerance,
+                                 None if valid is None else ~valid, names, row_offset)
+    if valid is not None and not valid.all():
+        h_theta, h_t = np.where(valid, h_theta, np.nan), np.where(valid, h_t, np.nan)
+    out["entropy_theta"] = h_theta
+    out["entropy_t"] = h_t
+    return out
