@@ -86,6 +86,72 @@ def chunk_rows_for(vocab: int, itemsize: int, max_memory_bytes: int) -> int:
     return max(1, int(max_memory_bytes) // (ARRAYS_PER_ROW * itemsize * max(vocab, 1)))
 
 
+def _plan(torch, theta_rows, target_rows, device, compute_dtype, max_memory_bytes):
+    """(device, compute dtype, preparation dtype, rows per chunk, budget, itemsize)."""
+    dev = resolve_device(device)
+    dtype = compute_dtype_of(torch, compute_dtype)
+    n_rows, vocab = int(theta_rows.shape[0]), int(theta_rows.shape[1])
+    if tuple(theta_rows.shape) != tuple(target_rows.shape):
+        raise InputError(f"shapes differ: {tuple(theta_rows.shape)} vs "
+                         f"{tuple(target_rows.shape)} (rows are never broadcast)")
+    if vocab == 0 or n_rows == 0:
+        raise InputError(f"empty input (shape {tuple(theta_rows.shape)})")
+    budget = int(max_memory_bytes) if max_memory_bytes else DEFAULT_MAX_MEMORY
+    input_dtype = str(getattr(theta_rows, "dtype", "")).replace("torch.", "")
+    prep_dtype = torch.float64 if (dtype == torch.float64 or input_dtype == "float64") \
+        else torch.float32
+    itemsize = torch.finfo(prep_dtype).bits // 8
+    step = chunk_rows_for(vocab, itemsize, budget)
+    if dev.type == "cpu":  # on CPU, chunks that stay in cache are faster (and within budget)
+        step = min(step, max(1, CPU_BLOCK_ELEMENTS // vocab))
+    return dev, dtype, prep_dtype, step, budget, itemsize, input_dtype
+
+
+def _validated_chunks(torch, theta_rows, target_rows, *, dev, prep_dtype, step, kind,
+                      storage_dtype, renormalize, names, hint, row_errors=None):
+    """Per chunk of rows on the device: (start, stop, xp, z_theta, z_t, lse_theta, lse_t,
+    errors), validated by `core.validation.normalise_rows` (log-probabilities when prepared in
+    float64, else shifted logits with float64 normalisers)."""
+    n_rows, vocab = int(theta_rows.shape[0]), int(theta_rows.shape[1])
+    options = dict(kind=kind, tolerance=tolerance_for(kind, storage_dtype, vocab),
+                   dtype_name=storage_dtype, renormalize=renormalize,
+                   normalise=prep_dtype == torch.float64)
+    if hint is not None:
+        options["hint"] = hint
+    for start in range(0, n_rows, step):
+        stop = min(n_rows, start + step)
+        x = _chunk(theta_rows, start, stop, torch, dev, prep_dtype)
+        y = _chunk(target_rows, start, stop, torch, dev, prep_dtype)
+        xp = namespace(x)
+        z_theta, lse_theta, errors_theta = normalise_rows(xp, x, **options)
+        z_t, lse_t, errors_t = normalise_rows(xp, y, **options)
+        errors = pair_errors(errors_theta, errors_t, names)
+        if row_errors is not None:
+            errors = [g if g is not None else e for g, e in zip(row_errors[start:stop], errors)]
+        yield start, stop, xp, z_theta, z_t, lse_theta, lse_t, errors
+
+
+def prepared_chunks(theta_rows, target_rows, *, kind: str = LOGITS, device: str = "cpu",
+                    compute_dtype="float32", max_memory_bytes: int | None = None,
+                    renormalize: bool = False, storage_dtype: str | None = None,
+                    names: tuple[str, str] = ("pi_theta", "pi_t"), hint: str | None = None):
+    """(start, stop, kernel.Prepared, errors) per device chunk of [N, V] rows (tensors or numpy
+    arrays), for the family at a given alpha (`geomix_cli.api`). Invalid rows are placeholders
+    (uniform) with their reason in `errors`. Under torch.no_grad()."""
+    torch = import_torch()
+    dev, dtype, prep_dtype, step, _, _, input_dtype = _plan(
+        torch, theta_rows, target_rows, device, compute_dtype, max_memory_bytes)
+    with torch.no_grad():
+        for start, stop, xp, z_theta, z_t, lse_theta, lse_t, errors in _validated_chunks(
+                torch, theta_rows, target_rows, dev=dev, prep_dtype=prep_dtype, step=step,
+                kind=kind, storage_dtype=storage_dtype or input_dtype, renormalize=renormalize,
+                names=names, hint=hint):
+            with kernel.ignore_fp(xp):
+                prep = kernel.prepare_pair(xp, z_theta, z_t, lse_theta, lse_t, work_dtype=dtype,
+                                           end_points=False)
+            yield start, stop, prep, errors
+
+
 def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device: str = "cpu",
                       compute_dtype="float32", max_memory_bytes: int | None = None,
                       row_errors: list[str | None] | None = None, kind: str = LOGITS,
@@ -117,43 +183,32 @@ def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device:
         raise InputError(f"the torch backend solves with newton or halley, not '{method}'")
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}, not '{kind}'")
-    dev = resolve_device(device)
-    dtype = compute_dtype_of(torch, compute_dtype)
     order = 3 if method == "halley" else 2
     theta_rows, lead = _rows_of(log_pi_theta, torch)
     target_rows, lead_t = _rows_of(log_pi_t, torch)
-    if tuple(theta_rows.shape) != tuple(target_rows.shape) or lead != lead_t:
+    if lead != lead_t:
         raise InputError(f"shapes differ: {tuple(getattr(log_pi_theta, 'shape', ()))} vs "
                          f"{tuple(getattr(log_pi_t, 'shape', ()))} (rows are never broadcast)")
+    dev, dtype, prep_dtype, step, budget, itemsize, input_dtype = _plan(
+        torch, theta_rows, target_rows, device, compute_dtype, max_memory_bytes)
     n_rows, vocab = int(theta_rows.shape[0]), int(theta_rows.shape[1])
-    if vocab == 0 or n_rows == 0:
-        raise InputError(f"empty input (shape {tuple(theta_rows.shape)})")
     if row_errors is not None and len(row_errors) != n_rows:
         raise InputError(f"row_errors has {len(row_errors)} entries for {n_rows} rows")
-    budget = int(max_memory_bytes) if max_memory_bytes else DEFAULT_MAX_MEMORY
-    input_dtype = str(getattr(theta_rows, "dtype", "")).replace("torch.", "")
-    prep_dtype = torch.float64 if (dtype == torch.float64 or input_dtype == "float64") \
-        else torch.float32
-    itemsize = torch.finfo(prep_dtype).bits // 8
-    step = chunk_rows_for(vocab, itemsize, budget)
-    if dev.type == "cpu":  # on CPU, chunks that stay in cache are faster (and within budget)
-        step = min(step, max(1, CPU_BLOCK_ELEMENTS // vocab))
-    options = dict(kind=kind, tolerance=tolerance_for(kind, storage_dtype or input_dtype, vocab),
-                   dtype_name=storage_dtype or input_dtype, renormalize=renormalize,
-                   normalise=prep_dtype == torch.float64)
-    if hint is not None:
-        options["hint"] = hint
     parts = []
     saved_threads = torch.get_num_threads()
     if dev.type == "cpu" and threads is not None and threads != saved_threads:
         torch.set_num_threads(int(threads))
     try:
         with torch.no_grad():
-            for start in range(0, n_rows, step):
-                stop = min(n_rows, start + step)
-                parts.append(_solve_chunk(torch, theta_rows, target_rows, start, stop, dev,
-                                          prep_dtype, dtype, options, order, xtol, max_iter,
-                                          row_errors, names, diagnostics))
+            for start, stop, xp, z_theta, z_t, lse_theta, lse_t, errors in _validated_chunks(
+                    torch, theta_rows, target_rows, dev=dev, prep_dtype=prep_dtype, step=step,
+                    kind=kind, storage_dtype=storage_dtype or input_dtype,
+                    renormalize=renormalize, names=names, hint=hint, row_errors=row_errors):
+                invalid = np.array([e is not None for e in errors], dtype=bool)
+                parts.append(kernel.solve_block(
+                    xp, z_theta, z_t, lse_theta, lse_t, invalid=invalid, row_errors=errors,
+                    order=order, xtol=xtol, max_iter=max_iter, work_dtype=dtype,
+                    diagnostics=diagnostics, row_offset=start))
     finally:
         if torch.get_num_threads() != saved_threads:
             torch.set_num_threads(saved_threads)
@@ -172,20 +227,3 @@ def solve_alpha_torch(log_pi_theta, log_pi_t, *, method: str = "newton", device:
     from geomix_cli.core.diagnostics import RowDiagnostics
 
     return RowDiagnostics.from_rows(sol, rows)
-
-
-def _solve_chunk(torch, theta_rows, target_rows, start, stop, dev, prep_dtype, work_dtype,
-                 options, order, xtol, max_iter, row_errors, names, diagnostics) -> dict:
-    x = _chunk(theta_rows, start, stop, torch, dev, prep_dtype)
-    y = _chunk(target_rows, start, stop, torch, dev, prep_dtype)
-    xp = namespace(x)
-    z_theta, lse_theta, errors_theta = normalise_rows(xp, x, **options)
-    z_t, lse_t, errors_t = normalise_rows(xp, y, **options)
-    errors = pair_errors(errors_theta, errors_t, names)
-    if row_errors is not None:
-        given = row_errors[start:stop]
-        errors = [g if g is not None else e for g, e in zip(given, errors)]
-    invalid = np.array([e is not None for e in errors], dtype=bool)
-    return kernel.solve_block(xp, z_theta, z_t, lse_theta, lse_t, invalid=invalid,
-                              row_errors=errors, order=order, xtol=xtol, max_iter=max_iter,
-                              work_dtype=work_dtype, diagnostics=diagnostics, row_offset=start)

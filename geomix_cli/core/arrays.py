@@ -91,11 +91,13 @@ def host64(*arrays) -> list[np.ndarray]:
 
 def to_device_like(values: np.ndarray, like, xp, dtype=None):
     """A host numpy array as an array of `like`'s library and device (numpy: as is)."""
+    if dtype is not None:
+        values = np.asarray(values).astype(dtype, copy=False)
     if is_numpy(xp):
-        return values if dtype is None else values.astype(dtype, copy=False)
+        return values
     if not values.flags.writeable:
         values = np.array(values)
-    return xp.asarray(values, dtype=dtype if dtype is not None else None, device=device_of(like))
+    return xp.asarray(values, device=device_of(like))
 
 
 def float_dtype(xp, name: str):

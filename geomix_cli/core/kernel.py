@@ -207,10 +207,10 @@ class _RowScalars:
 
     @staticmethod
     def exp(x):
-        try:
-            return math.exp(x)
-        except OverflowError:
-            return math.inf
+        # numpy's exp, not math.exp: the two may differ in the last bit, and a row must get the
+        # same numbers alone as in a batch
+        with np.errstate(over="ignore"):
+            return float(np.exp(x))
 
     @staticmethod
     def values(x):
@@ -489,7 +489,7 @@ def _refuse_unnormalised(sums, tolerance, skip, names, row_offset):
             bad &= ~skip
         if bad.any():
             b = int(np.flatnonzero(bad)[0])
-            more = f" (and {int(bad.sum()) - 1} more rows)" if bad.sum() > 1 else ""
+            more = " (and other rows)" if bad.sum() > 1 else ""
             raise InputError(
                 f"row {row_offset + b}: not normalised log-probabilities: logsumexp = "
                 f"{lse[b]:.6g}, more than {tolerance:.1e} from 0{more}. This function takes "
@@ -922,6 +922,74 @@ def entropies(prep: Prepared, rows: np.ndarray | None = None):
     return h_theta, h_t, total_theta, total_t
 
 
+def log_q(prep: Prepared, rows: np.ndarray, alpha: np.ndarray):
+    """log q_alpha of the rows, [k, V] in the work dtype (a new array): on S
+    log q = log_base - alpha l - log sum_S exp(log_base - alpha l) (never products of powers), -inf
+    off S; alpha = 1 and 0 give log pi_theta and log pi_t themselves (mass outside S included);
+    NaN alpha gives a NaN row."""
+    xp = prep.xp
+    alpha = np.asarray(alpha, dtype=np.float64)
+    l, log_base = prep.rows_of(rows)
+    work_np = _host_dtype(l)
+    a = np.where((alpha > 0.0) & (alpha < 1.0), alpha, 0.5)
+    out = xp.empty_like(l)
+    xp.multiply(l, -to_device_like(a.astype(work_np), l, xp)[:, None], out=out)
+    out += log_base
+    peak = rmax(xp, out, keepdims=True)
+    peak = xp.where(xp.isfinite(peak), peak, 0.0)
+    out -= peak + xp.log(rsum(xp, xp.exp(out - peak)))[:, None]
+    for value, which in ((1.0, "theta"), (0.0, "t")):
+        at = np.flatnonzero(alpha == value)
+        if at.size:
+            log_p = xp.astype(prep.log_probs(which, rows[at]), out.dtype)
+            peak = rmax(xp, log_p, keepdims=True)
+            log_p = log_p - (peak + xp.log(rsum(xp, xp.exp(log_p - peak)))[:, None])
+            out[to_device_like(at, out, xp)] = log_p
+    missing = np.flatnonzero(~np.isfinite(alpha))
+    if missing.size:
+        out[to_device_like(missing, out, xp)] = math.nan
+    return out
+
+
+def log_weights(prep: Prepared, rows: np.ndarray, alpha: np.ndarray, tokens):
+    """(log pi_theta(y) / q(y), log pi_t(y) / q(y)) at tokens y ([k, m] integers, device) of the
+    rows' q_alpha, in float64. On S: log w_theta = log Z(alpha) - (1 - alpha) l(y), log w_t =
+    log Z(alpha) + alpha l(y). Where q(y) = 0 (y outside S): +inf for a side with mass at y, NaN
+    (0/0) for a side without; alpha = 0, 1: q is pi_t or pi_theta itself; NaN alpha: NaN."""
+    xp = prep.xp
+    alpha = np.asarray(alpha, dtype=np.float64)
+    l, log_base = prep.rows_of(rows)
+    work_np = _host_dtype(l)
+    interior = (alpha > 0.0) & (alpha < 1.0)
+    a = np.where(interior, alpha, 0.5)
+    raw, _, _, _ = moments(xp, l, log_base, to_device_like(a.astype(work_np), l, xp), order=0,
+                           supported=False)
+    (raw,) = host64(raw)
+    log_z = prep.log_z(raw, a, rows)
+    f64 = xp.float64
+    l_y = xp.astype(xp.take_along_axis(l, tokens, axis=-1), f64) \
+        - to_device_like(prep.shift[rows][:, None], l, xp, np.float64)
+    theta_y = xp.astype(xp.take_along_axis(prep.log_probs("theta", rows), tokens, axis=-1), f64)
+    t_y = xp.astype(xp.take_along_axis(prep.log_probs("t", rows), tokens, axis=-1), f64)
+    a_col = to_device_like(a[:, None], l, xp, np.float64)
+    z_col = to_device_like(log_z[:, None], l, xp, np.float64)
+    w_theta = z_col - (1.0 - a_col) * l_y
+    w_t = z_col + a_col * l_y
+    inside = xp.isfinite(theta_y) & xp.isfinite(t_y)
+    w_theta = xp.where(inside, w_theta, theta_y - (-math.inf))   # +inf or NaN (-inf + inf)
+    w_t = xp.where(inside, w_t, t_y - (-math.inf))
+    ends = np.flatnonzero(~interior)
+    if ends.size:
+        index = to_device_like(ends, w_t, xp)
+        theta_e, t_e = theta_y[index], t_y[index]
+        at_one = to_device_like(alpha[ends][:, None] == 1.0, w_t, xp)
+        log_q_y = xp.where(at_one, theta_e, t_e)
+        nan = to_device_like(~np.isfinite(alpha[ends])[:, None], w_t, xp)
+        w_theta[index] = xp.where(nan, math.nan, theta_e - log_q_y)
+        w_t[index] = xp.where(nan, math.nan, t_e - log_q_y)
+    return w_theta, w_t
+
+
 # ------------------------------------------------------------------------------------------------
 # one block, start to finish
 
@@ -974,7 +1042,8 @@ def solve_block(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, invalid=None, r
             evaluations = np.where(invalid, 0, evaluations)
             d_at_0, d_at_1 = np.where(invalid, np.nan, d_at_0), np.where(invalid, np.nan, d_at_1)
         out = dict(status=status, message=message, alpha=alpha, residual=residual,
-                   iterations=iterations, evaluations=evaluations, d_at_0=d_at_0, d_at_1=d_at_1)
+                   iterations=iterations, evaluations=evaluations, d_at_0=d_at_0, d_at_1=d_at_1,
+                   log_z_at_alpha=log_z)
         if diagnostics:
             out.update(diagnose_block(prep, status, alpha, known_log_z=log_z,
                                       known_delta=residual, all_ok=all_ok))
