@@ -63,7 +63,7 @@ def test_bench_with_torch_on_cpu():
                          methods=("reference", "newton", "torch"))
     payload = run_bench(config)
     by = {r["method"]: r for r in payload["results"]}
-    ref = by["reference-bisection (seed 6.2, torch)"]
+    ref = by["reference bisection (the derivation's reference, torch)"]
     refs = [r for r in payload["results"] if r["method"].startswith("reference")]
     assert ref["passes"] == 20
     assert max(r["speedup_vs_reference"] for r in refs) == pytest.approx(1.0)  # the faster one
