@@ -76,7 +76,7 @@ def host(x) -> np.ndarray:
 
 def host64(*arrays) -> list[np.ndarray]:
     """Per-row numbers as float64 numpy arrays, fetched from the device in one transfer."""
-    if all(isinstance(a, np.ndarray) for a in arrays):
+    if isinstance(arrays[0], np.ndarray):  # numpy: no transfer (the arrays are one library)
         return [a if a.dtype == np.float64 else a.astype(np.float64) for a in arrays]
     import torch
 

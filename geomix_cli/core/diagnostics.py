@@ -97,7 +97,7 @@ def diagnose(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, solution: AlphaSolu
 
     def one_block(block, a, b, invalid, errors):
         with kernel.ignore_fp(xp):
-            prep = kernel.prepare_pair(xp, a, b, end_points=False)
+            prep = kernel.prepare_pair(xp, a, b, end_points=False, reuse=True)
             return kernel.diagnose_block(prep, status[block], alpha[block],
                                          check_tolerance=tolerance, row_offset=block.start)
 

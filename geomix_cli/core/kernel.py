@@ -34,6 +34,7 @@ two log-normalisers is removed the same way (`recentring_constant`).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,12 +81,14 @@ def _host_dtype(x):
 
 
 # Rows of at most this many tokens are "short": a pass costs a few dozen numpy calls whatever V,
-# so their moments come from one matrix product of the weights with [1, l, l^2, l^3] (computed
-# once per block) instead of the centred multiply-and-sum sequence. The variance is then
-# E l^2 - D^2, accurate where Newton uses it (near the root D ~ 0), and the sums are BLAS's; long
-# rows keep the centred moments and numpy's pairwise sums. Decided by V alone, so a row's result
-# does not depend on the batch it is solved in.
+# so their three sums come from one matrix product of the weights with [1, l, l^2, l^3]
+# (computed once per block) instead of a multiply-and-sum per moment; long rows keep numpy's
+# pairwise sums (torch's cascade / tree sums). Decided by V alone, so a row's result does not
+# depend on the batch it is solved in.
 SHORT_ROW = 1024
+# Without the max-shift a pass must not underflow: Z below this (log Z < -644, a Chernoff
+# information above 644 nats) has the pass redone with the shift.
+_SMALLEST_Z = 1e-280
 
 
 def powers_of(xp, l, order: int = 3):
@@ -97,64 +100,93 @@ def powers_of(xp, l, order: int = 3):
 
 
 def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, supported=False,
-            powers=None):
+            powers=None, bounded: bool = False):
     """One pass over rows: (log_z, mean, var, third) of l under q ∝ exp(log_base - alpha l).
 
     alpha: one value per row ([n], l's dtype and device), or [k, n] for k values per row in the
     same pass (results [k, n]: the numpy calls of one pass, k times the arithmetic).
     order: 0 gives log_z only, 1 adds the mean, 2 the variance, 3 the third central moment
-    (None for what was not asked). Centred moments: Var = E_q[(l - mean)^2], not E l^2 - mean^2,
-    unless `powers` (short rows, see SHORT_ROW) is given.
+    (None for what was not asked), from the raw sums: Var = E l^2 - D^2,
+    E(l - D)^3 = E l^3 - D (3 E l^2 - 2 D^2). Where Newton uses them, near the root, D ~ 0 and
+    these are as accurate as centred sums (away from it they only shape the start and the step).
     buf, tmp: scratch of shape alpha.shape + (V,) (allocated when None); in place, no other
     [n, V] temporary. supported: every row has a non-empty support (skips the guard for rows
-    without one, whose log_z is -inf and moments NaN).
-    Sums are plain row reductions (numpy's pairwise summation; torch's cascade / tree sums)."""
+    without one, whose log_z is -inf and moments NaN). powers: `powers_of(l)` for short rows.
+    bounded: exp(log_base - alpha l) cannot overflow and rarely underflows (log-probabilities or
+    max-shifted logits, alpha in [0, 1], or the ESS passes just outside it): the pass skips the
+    max-shift, and is redone with it if Z under- or overflows."""
     shape = tuple(alpha.shape) + (l.shape[-1],)
     if buf is None:
         buf = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
     xp.multiply(l, -alpha[..., None], out=buf)
     buf += log_base
-    peak = rmax(xp, buf, keepdims=True)
-    if not supported:
-        peak = xp.where(xp.isfinite(peak), peak, 0.0)
-    buf -= peak
-    exp_(xp, buf)                                   # w, the unnormalised q
-    if powers is not None and order >= 1:
-        sums = xp.matmul(buf[..., None, :], powers[..., :order + 1])[..., 0, :]
-        z = sums[..., 0]
+    if bounded:
+        exp_(xp, buf)                               # w, the unnormalised q
+        z = rsum(xp, buf)
+        if not bool(((z > _SMALLEST_Z) & (z < 1.0 / _SMALLEST_Z)).all()):
+            return moments(xp, l, log_base, alpha, order=order, buf=buf, tmp=tmp,
+                           supported=supported, powers=powers)
+        log_z = xp.log(z)
+    else:
+        peak = rmax(xp, buf, keepdims=True)
+        if not supported:
+            peak = xp.where(xp.isfinite(peak), peak, 0.0)
+        buf -= peak
+        exp_(xp, buf)
+        z = rsum(xp, buf)
         log_z = peak[..., 0] + xp.log(z)
-        mean = sums[..., 1] / z
-        if order == 1:
-            return log_z, mean, None, None
-        second = sums[..., 2] / z
-        var = second - mean * mean
-        third = None
-        if order >= 3:
-            third = sums[..., 3] / z - mean * (3.0 * second - 2.0 * mean * mean)
-        return log_z, mean, var, third
-    z = rsum(xp, buf)
-    log_z = peak[..., 0] + xp.log(z)
     if order == 0:
         return log_z, None, None, None
-    if tmp is None:
-        tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
-    xp.multiply(buf, l, out=tmp)
-    mean = rsum(xp, tmp) / z
+    if powers is not None:
+        sums = xp.matmul(buf[..., None, :], powers[..., 1:order + 1])[..., 0, :]
+        raw = [sums[..., j] for j in range(order)]
+    else:
+        if tmp is None:
+            tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
+        xp.multiply(buf, l, out=tmp)
+        raw = [rsum(xp, tmp)]
+        for _ in range(1, order):
+            tmp *= l
+            raw.append(rsum(xp, tmp))
+    mean = raw[0] / z
     if order == 1:
         return log_z, mean, None, None
-    xp.subtract(l, mean[..., None], out=tmp)        # l - mean
-    buf *= tmp
-    buf *= tmp                                      # w (l - mean)^2
-    var = rsum(xp, buf) / z
+    second = raw[1] / z
+    var = second - mean * mean
     third = None
     if order >= 3:
-        buf *= tmp
-        third = rsum(xp, buf) / z
+        third = raw[2] / z - mean * (3.0 * second - 2.0 * mean * mean)
     return log_z, mean, var, third
 
 
 def _device(xp, x):
     return None if is_numpy(xp) else x.device
+
+
+# Scratch buffers of the numpy path, kept per thread between passes and calls: a fresh array of a
+# few hundred KiB is faulted in page by page (1.2 ms for the first pass of a V = 49,152 row against
+# 0.25 ms on a warm buffer), and a geomix call cannot tune the allocator of the caller's process
+# the way the `geomix` command does. At most SCRATCH_LIMIT bytes per thread are kept.
+SCRATCH_LIMIT = 32 << 20
+_SCRATCH = threading.local()
+
+
+def scratch(xp, name: str, shape: tuple, like):
+    """An uninitialised array of `shape` in like's dtype: for numpy a view of this thread's cached
+    buffer `name` (valid until the next request of the same name); for torch a fresh tensor."""
+    if not is_numpy(xp):
+        return xp.empty(shape, dtype=like.dtype, device=like.device)
+    size = math.prod(shape)
+    cache = getattr(_SCRATCH, "buffers", None)
+    if cache is None:
+        cache = _SCRATCH.buffers = {}
+    key = (name, like.dtype)
+    buf = cache.get(key)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=like.dtype)
+        if sum(b.nbytes for b in cache.values()) + buf.nbytes <= SCRATCH_LIMIT:
+            cache[key] = buf
+    return buf[:size].reshape(shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,7 +307,10 @@ class Prepared:
     v0: np.ndarray | None = None
     v1: np.ndarray | None = None
     shifted: bool = False               # some row has a non-zero shift
+    reuse: bool = False                 # numpy scratch buffers (see `scratch`) for the passes
     powers: object = None               # [n, V, 4] 1, l, l^2, l^3 for short rows (SHORT_ROW)
+    entropy: tuple | None = None        # (H_theta, H_t, sum w_theta, sum w_t) from the first pass
+    entropy_rows: np.ndarray | None = None  # the rows where `entropy` holds (None: all)
     grid: np.ndarray | None = None      # alphas of the first pass (0 and 1 at least)
     d_grid: np.ndarray | None = None    # D there, [grid, n]
     v_grid: np.ndarray | None = None    # Var there
@@ -321,7 +356,7 @@ class Prepared:
 def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=None,
                  end_points: bool = True, grid_points: int = 2, recentre: bool = True,
                  check_tolerance=None, skip=None, names=("log_pi_theta", "log_pi_t"),
-                 row_offset: int = 0) -> Prepared:
+                 row_offset: int = 0, reuse: bool = False) -> Prepared:
     """l, log_base and the per-row numbers of the support rules for one block of rows.
 
     z_theta, z_t: [n, V] in the preparation dtype; lse_theta, lse_t: None for log-probabilities,
@@ -331,12 +366,18 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
     blocks interior points that bracket the root more tightly (`grid_size`).
     check_tolerance: refuse (InputError) rows of supposed log-probabilities whose logsumexp is
     further than this from 0 on either side -- raw logits passed where log-probabilities belong
-    (rows in `skip` are not checked); the end-point passes give this for free on full supports."""
+    (rows in `skip` are not checked); the end-point passes give this for free on full supports.
+    reuse: l and the first pass's buffers are this thread's scratch (`scratch`): valid until the
+    next block is prepared on the thread (the solvers' own loops; never for results)."""
     n = int(z_theta.shape[0])
     work = work_dtype if work_dtype is not None else z_theta.dtype
     eps = _eps_of(xp, work)
     normalised = lse_theta is None
-    l = z_t - z_theta
+    if reuse:
+        l = scratch(xp, "l", tuple(z_theta.shape), z_theta)
+        xp.subtract(z_t, z_theta, out=l)
+    else:
+        l = z_t - z_theta
     shifted = not normalised          # D = mean - shift with a shift that is not all 0
     if normalised:
         shift = np.zeros(n)
@@ -358,11 +399,17 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
     dense = math.isfinite(float(spread.sum()))  # no -inf on either side (else inf or NaN)
     if dense:
         support = None
+        full_rows = None
         log_base = z_t if z_t.dtype == work else xp.astype(z_t, work)
         has_support = np.ones(n, dtype=bool)
         same_support = has_support
         theta_off = t_off = np.zeros(n, dtype=bool)
-        (low_sum,) = host64(rmin(xp, z_theta + z_t))
+        if reuse:
+            pair_sum = scratch(xp, "tmp", tuple(z_theta.shape), z_theta)
+            xp.add(z_theta, z_t, out=pair_sum)
+        else:
+            pair_sum = z_theta + z_t
+        (low_sum,) = host64(rmin(xp, pair_sum))
         scale = lse_sum - low_sum
         level = np.maximum(np.abs(l_max), np.abs(l_min))
     else:
@@ -375,8 +422,9 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
             rmin(xp, xp.where(support, z_theta + z_t, math.inf)),
             xp.astype(xp.stack([xp.any(support, axis=-1), xp.all(fin_theta == fin_t, axis=-1),
                                 xp.any(fin_theta & ~support, axis=-1),
-                                xp.any(fin_t & ~support, axis=-1)]), l.dtype))
-        has_support, same_support, theta_off, t_off = (flags.reshape(4, n) > 0.5)
+                                xp.any(fin_t & ~support, axis=-1),
+                                xp.all(support, axis=-1)]), l.dtype))
+        has_support, same_support, theta_off, t_off, full_rows = (flags.reshape(5, n) > 0.5)
         del fin_theta, fin_t
         spread = l_max - l_min
         # |log pi_theta| + |log pi_t| = lse_theta + lse_t - (z_theta + z_t), since log p <= 0
@@ -392,7 +440,8 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
                     log_base=log_base, support=support, eps=eps, shift=shift,
                     log_z_shift=log_z_shift, spread=spread, level=level, tol=tol,
                     tol_flat=tol_flat, has_support=has_support, same_support=same_support,
-                    theta_off_support=theta_off, t_off_support=t_off, shifted=shifted)
+                    theta_off_support=theta_off, t_off_support=t_off, shifted=shifted,
+                    reuse=reuse)
     if normalised and recentre and eps < 1e-10:
         near = level <= RECENTRE_MAX_ABS_L
         if near.any():
@@ -406,8 +455,21 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
         prep.powers = powers_of(xp, l)
     if end_points:
         alpha = _grid_alphas(max(2, int(grid_points)), n, _host_dtype(l))
-        lz, mean, var, _ = moments(xp, l, log_base, to_device_like(alpha, l, xp),
-                                   supported=bool(has_support.all()), powers=prep.powers)
+        shape = tuple(alpha.shape) + (int(l.shape[-1]),)
+        buf = scratch(xp, "buf", shape, l) if reuse else xp.empty(shape, dtype=l.dtype,
+                                                                     device=_device(xp, l))
+        tmp = scratch(xp, "tmp", shape, l) if reuse else None
+        lz, mean, var, _ = moments(xp, l, log_base, to_device_like(alpha, l, xp), buf=buf,
+                                   tmp=tmp, supported=bool(has_support.all()),
+                                   powers=prep.powers, bounded=True)
+        if l.dtype == z_theta.dtype and (full_rows is None or full_rows.any()):
+            # buf[0] and buf[-1] hold the weights at alpha = 0 and 1: pi_t and pi_theta up to a
+            # constant on rows with full supports, so both entropies come with this pass:
+            # H(pi) = lse - E_w[z], z the rows as given (log-probabilities: lse = 0). Rows with
+            # zeros have theirs computed apart (`entropies`), whatever block they are in.
+            prep.entropy = _end_point_entropies(xp, buf, z_theta, z_t, lse_theta, lse_t,
+                                                None if tmp is None else tmp[0])
+            prep.entropy_rows = full_rows
         lz, mean, var = host64(lz, mean, var)
         prep.grid = alpha[:, 0].astype(np.float64)
         prep.d_grid = mean - prep.shift if prep.shifted else mean
@@ -473,6 +535,17 @@ def grid_size(vocab: int) -> int:
         if k * vocab <= GRID_ELEMENTS:
             return k
     return 2
+
+
+def _end_point_entropies(xp, buf, z_theta, z_t, lse_theta, lse_t, tmp):
+    """(H(pi_theta), H(pi_t), sum w1, sum w0) from the first pass's weights at alpha = 1, 0."""
+    out = []
+    for w, z, lse in ((buf[-1], z_theta, lse_theta), (buf[0], z_t, lse_t)):
+        prod = xp.multiply(w, z) if tmp is None else xp.multiply(w, z, out=tmp)
+        total, weighted = host64(rsum(xp, w), rsum(xp, prod))
+        h = -(weighted / total) + (0.0 if lse is None else lse)
+        out.append((h + 0.0, total))
+    return out[0][0], out[1][0], out[0][1], out[1][1]
 
 
 def _full_logsumexp(xp, z):
@@ -697,8 +770,10 @@ def newton(prep: Prepared, rows: np.ndarray, *, order: int = 2, xtol: float | No
         xtol = 1e-14 if eps < 1e-10 else 2.0 * eps
     m = int(rows.size)
     l, log_base = prep.rows_of(rows)
-    buf = xp.empty_like(l)
-    tmp = xp.empty_like(l)
+    if prep.reuse:
+        buf, tmp = scratch(xp, "buf", tuple(l.shape), l), scratch(xp, "tmp", tuple(l.shape), l)
+    else:
+        buf, tmp = xp.empty_like(l), xp.empty_like(l)
     work_np = _host_dtype(l)
     labels = rows if row_labels is None else row_labels[rows]
     powers = prep.powers_of(rows)
@@ -721,7 +796,8 @@ def newton(prep: Prepared, rows: np.ndarray, *, order: int = 2, xtol: float | No
         k = active.size
         a_eval = alpha.astype(work_np).astype(np.float64) if work_np is np.float32 else alpha
         raw = moments(xp, l, log_base, to_device_like(a_eval.astype(work_np, copy=False), l, xp),
-                      order=order, buf=buf[:k], tmp=tmp[:k], supported=True, powers=powers)
+                      order=order, buf=buf[:k], tmp=tmp[:k], supported=True, powers=powers,
+                      bounded=True)
         log_z, mean, var, *third = host64(*[r for r in raw if r is not None])
         d = mean - shift
         out.iterations[active] += 1
@@ -773,7 +849,8 @@ def _newton_row(prep: Prepared, row: int, l, log_base, powers, buf, tmp, work_np
     for _ in range(max_iter):
         a_eval = float(work_np(alpha))
         raw = moments(xp, l, log_base, to_device_like(np.array([a_eval], dtype=work_np), l, xp),
-                      order=order, buf=buf, tmp=tmp, supported=True, powers=powers)
+                      order=order, buf=buf, tmp=tmp, supported=True, powers=powers,
+                      bounded=True)
         values = [float(v[0]) for v in host64(*raw[:order + 1])]
         log_z, d, var = values[0], values[1] - shift, values[2]
         iterations += 1
@@ -838,15 +915,16 @@ def _family_interior(prep: Prepared, rows: np.ndarray, a: np.ndarray, known) -> 
     if known is None:
         raw_log_z, mean, _, _ = moments(xp, l, log_base, to_device_like(a.astype(work_np), l, xp),
                                         order=1, supported=supported,
-                                        powers=prep.powers_of(rows))
+                                        powers=prep.powers_of(rows), bounded=True)
         raw_log_z, mean = host64(raw_log_z, mean)
         log_z = prep.log_z(raw_log_z, a, rows)
         delta = mean - prep.shift[rows] if prep.shifted else mean
     else:
         log_z, delta = (np.asarray(v, dtype=np.float64) for v in known)
     others = np.stack([2.0 - a, -a])
+    buf = scratch(xp, "buf", (2,) + tuple(l.shape), l) if prep.reuse else None
     (raw,) = host64(moments(xp, l, log_base, to_device_like(others.astype(work_np), l, xp),
-                            order=0, supported=supported)[0])
+                            order=0, supported=supported, buf=buf, bounded=True)[0])
     ns = row_namespace(rows.size)
     v = ns.values
     numbers = family_numbers(ns, v(a), v(log_z), v(delta),
@@ -896,10 +974,11 @@ def _end_points(prep: Prepared, rows: np.ndarray, alpha: np.ndarray) -> list[dic
     return out
 
 
-def entropy_rows(xp, log_p, *, full_support: bool = False):
+def entropy_rows(xp, log_p, *, full_support: bool = False, out=None):
     """(H, sum p) per row of log-probabilities, host float64: H = -sum p log p in nats
-    (0 log 0 = 0); the sum is the normalisation check that comes with the same pass."""
-    p = xp.exp(log_p)
+    (0 log 0 = 0); the sum is the normalisation check that comes with the same pass. `out`:
+    scratch of log_p's shape for p."""
+    p = xp.exp(log_p) if out is None else xp.exp(log_p, out=out)
     total = rsum(xp, p)
     p *= log_p                                       # NaN where p = 0 (0 * -inf)
     if not full_support:
@@ -912,13 +991,22 @@ def entropies(prep: Prepared, rows: np.ndarray | None = None):
     """(H(pi_theta), H(pi_t), sum pi_theta, sum pi_t) per row of a prepared block (both sides in
     one pass for small blocks)."""
     xp = prep.xp
+    if prep.entropy is not None and (rows is None or rows.size == prep.n):
+        if prep.entropy_rows is None:
+            return prep.entropy
+        apart = np.flatnonzero(~prep.entropy_rows)
+        out = [np.array(v, dtype=np.float64) for v in prep.entropy]
+        for value, part in zip(out, entropies(prep, apart) if apart.size else ()):
+            value[apart] = part
+        return tuple(out)
     full = prep.support is None
     log_theta, log_t = prep.log_probs("theta", rows), prep.log_probs("t", rows)
     if log_theta.shape[0] * log_theta.shape[1] <= GRID_ELEMENTS:
         h, total = entropy_rows(xp, xp.stack([log_theta, log_t]), full_support=full)
         return h[0], h[1], total[0], total[1]
-    h_theta, total_theta = entropy_rows(xp, log_theta, full_support=full)
-    h_t, total_t = entropy_rows(xp, log_t, full_support=full)
+    out = scratch(xp, "tmp", tuple(log_theta.shape), log_theta) if prep.reuse else None
+    h_theta, total_theta = entropy_rows(xp, log_theta, full_support=full, out=out)
+    h_t, total_t = entropy_rows(xp, log_t, full_support=full, out=out)
     return h_theta, h_t, total_theta, total_t
 
 
@@ -1010,7 +1098,7 @@ def solve_block(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, invalid=None, r
         prep = prepare_pair(xp, z_theta, z_t, lse_theta, lse_t, work_dtype=work_dtype,
                             grid_points=grid_size(int(z_theta.shape[-1])),
                             check_tolerance=check_tolerance, skip=invalid, names=names,
-                            row_offset=row_offset)
+                            row_offset=row_offset, reuse=is_numpy(xp))
         status = row_status(prep, invalid)
         is_ok = status == OK
         all_ok = bool(is_ok.all())

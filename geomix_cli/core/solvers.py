@@ -154,7 +154,9 @@ def run_blocks(log_pi_theta, log_pi_t, row_errors, tolerance, fn) -> dict:
                   None if invalid is None else invalid[block],
                   None if row_errors is None else row_errors[block])
 
-    blocks = list(row_blocks(n_rows, n_cols))
+    # the first pass evaluates kernel.grid_size(V) alphas per row at once: blocks of rows small
+    # enough that its [grid, rows, V] buffers stay cache-sized too
+    blocks = list(row_blocks(n_rows, n_cols * kernel.grid_size(n_cols)))
     parts = map_row_blocks(one_block, blocks)
     return parts[0] if len(parts) == 1 else _concat_rows(parts)
 
@@ -171,7 +173,7 @@ def classify_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
     def classify(block, a, b, invalid, errors):
         with kernel.ignore_fp(xp):
             prep = kernel.prepare_pair(xp, a, b, check_tolerance=tolerance, skip=invalid,
-                                       row_offset=block.start)
+                                       row_offset=block.start, reuse=True)
             status = kernel.row_status(prep, invalid)
             d0, d1 = prep.d0.copy(), prep.d1.copy()
             if invalid is not None:
