@@ -443,3 +443,35 @@ def test_swap_permutation_and_logit_shift_through_the_api(params, on_torch):
     shifted = gx.solve(wrap(theta + shift), wrap(target - shift), on_invalid="status")
     assert np.all(np.abs(_np(shifted.alpha)[ok] - alpha[ok]) <= 2 * tol)
     assert_allclose(_np(shifted.chernoff)[ok], _np(base.chernoff)[ok], rtol=1e-9, atol=1e-13)
+
+
+# ------------------------------------------------------------------------------------------------
+# the documentation's worked example runs as written
+
+
+def test_the_worked_example_in_docs_api_md_runs(capsys):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    block = text.split("## A worked example")[1].split("```python")[1].split("```")[0]
+
+    class ToyLM:  # stands in for a causal LM: logits [B, T, V] from a shared base
+        def __init__(self, noise_seed):
+            self.noise = torch.Generator().manual_seed(noise_seed)
+
+        def __call__(self, input_ids, attention_mask=None):
+            base = torch.randn(*input_ids.shape, 300, generator=torch.Generator().manual_seed(0))
+            noise = torch.randn(base.shape, generator=self.noise)
+            return SimpleNamespace(logits=(3 * base + noise).to(torch.bfloat16))
+
+    scope = {"policy": ToyLM(1), "target": ToyLM(2),
+             "input_ids": torch.zeros(2, 5, dtype=torch.long),
+             "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
+    exec(block, scope)
+    res, w, log_q = scope["res"], scope["w"], scope["log_q"]
+    assert res.shape == (2, 5) and res.alpha.dtype == torch.float32
+    assert list(res.status[0]) == ["ok", "ok", "ok", "masked", "masked"]
+    assert log_q.shape == (2, 5, 300) and torch.isnan(log_q[0, 3]).all()
+    assert torch.isfinite(w.theta[res.ok]).all() and torch.isnan(w.theta[~res.ok]).all()
+    assert "alpha* mean" in capsys.readouterr().out

@@ -12,12 +12,14 @@ the inputs' namespace (`core.arrays.namespace`).
     log Z(alpha)= log sum_S pi_t exp(-alpha l)
 
 Per block:
-- `prepare_pair`: l and log_base = log pi_t on S, the support rules' numbers, and both end points
-  D(0+), D(1-) with Var there (one pass each);
+- `prepare_pair`: l and log_base = log pi_t on S, the support rules' numbers, and one pass
+  (`passes.moments`) giving D and Var at the end points D(0+), D(1-) and, for short rows, at
+  interior alphas of a grid that brackets the root (`rules.grid_size`);
 - `row_status`, `row_messages`: the status of every row from those numbers (theory.md's support
-  rules; on the host);
-- `newton`: safeguarded Newton / Halley on the rows with a root, one pass per iterate;
-- `family_at`, `entropies`: log Z, D, both KLs and both ESS at a given alpha; entropies.
+  rules, `rules.status_code`; on the host);
+- `newton`: safeguarded Newton / Halley on the rows with a root (`rules.hermite_start`,
+  `rules.newton_update`), one pass per iterate;
+- `family_at`, `entropies`, `log_q`, `log_weights`: the family at a given alpha;
 - `solve_block`: all of it for one block.
 
 Precision. The [n, V] arrays are in the *work dtype*: float64 for numpy, float32 or float64 on
@@ -34,22 +36,19 @@ two log-normalisers is removed the same way (`recentring_constant`).
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
-from geomix_cli.core.arrays import exp_, host, host64, is_numpy, rmax, rmin, rsum, to_device_like
+from geomix_cli.core.arrays import host, host64, is_numpy, rmax, rmin, rsum, to_device_like
+from geomix_cli.core.passes import (SHORT_ROW, _device, _eps_of, _grid_alphas,  # noqa: F401
+                                    moments, powers_of, scratch)
+from geomix_cli.core.rules import (DEGENERATE, DISJOINT, GRID_ELEMENTS, INVALID,  # noqa: F401
+                                   MASKED, MAX_ITER, NO_ROOT, OK, STATUSES, _STATUS_NAMES,
+                                   _RowArrays, _RowScalars, constant_tolerance, family_numbers,
+                                   grid_size, hermite_start, newton_update, row_namespace,
+                                   status_code)
 from geomix_cli.errors import InputError
-
-OK = "ok"
-DEGENERATE = "degenerate"
-NO_ROOT = "no-root"
-DISJOINT = "disjoint-support"
-INVALID = "invalid"
-MAX_ITER = "max-iter"
-MASKED = "masked"  # positions a caller's mask leaves out (geomix_cli.api); never computed on
-STATUSES = (OK, DEGENERATE, NO_ROOT, DISJOINT, INVALID)
 
 EPS64 = float(np.finfo(np.float64).eps)
 
@@ -80,199 +79,8 @@ def _host_dtype(x):
 # one pass
 
 
-# Rows of at most this many tokens are "short": a pass costs a few dozen numpy calls whatever V,
-# so their three sums come from one matrix product of the weights with [1, l, l^2, l^3]
-# (computed once per block) instead of a multiply-and-sum per moment; long rows keep numpy's
-# pairwise sums (torch's cascade / tree sums). Decided by V alone, so a row's result does not
-# depend on the batch it is solved in.
-SHORT_ROW = 1024
-# Without the max-shift a pass must not underflow: Z below this (log Z < -644, a Chernoff
-# information above 644 nats) has the pass redone with the shift.
-_SMALLEST_Z = 1e-280
-
-
-def powers_of(xp, l, order: int = 3):
-    """[n, V, order + 1]: 1, l, l^2 (, l^3) for `moments` on short rows."""
-    columns = [xp.ones_like(l), l, l * l]
-    if order >= 3:
-        columns.append(columns[2] * l)
-    return xp.stack(columns, axis=-1)
-
-
-def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, supported=False,
-            powers=None, bounded: bool = False):
-    """One pass over rows: (log_z, mean, var, third) of l under q ∝ exp(log_base - alpha l).
-
-    alpha: one value per row ([n], l's dtype and device), or [k, n] for k values per row in the
-    same pass (results [k, n]: the numpy calls of one pass, k times the arithmetic).
-    order: 0 gives log_z only, 1 adds the mean, 2 the variance, 3 the third central moment
-    (None for what was not asked), from the raw sums: Var = E l^2 - D^2,
-    E(l - D)^3 = E l^3 - D (3 E l^2 - 2 D^2). Where Newton uses them, near the root, D ~ 0 and
-    these are as accurate as centred sums (away from it they only shape the start and the step).
-    buf, tmp: scratch of shape alpha.shape + (V,) (allocated when None); in place, no other
-    [n, V] temporary. supported: every row has a non-empty support (skips the guard for rows
-    without one, whose log_z is -inf and moments NaN). powers: `powers_of(l)` for short rows.
-    bounded: exp(log_base - alpha l) cannot overflow and rarely underflows (log-probabilities or
-    max-shifted logits, alpha in [0, 1], or the ESS passes just outside it): the pass skips the
-    max-shift, and is redone with it if Z under- or overflows."""
-    shape = tuple(alpha.shape) + (l.shape[-1],)
-    if buf is None:
-        buf = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
-    xp.multiply(l, -alpha[..., None], out=buf)
-    buf += log_base
-    if bounded:
-        exp_(xp, buf)                               # w, the unnormalised q
-        z = rsum(xp, buf)
-        if not bool(((z > _SMALLEST_Z) & (z < 1.0 / _SMALLEST_Z)).all()):
-            return moments(xp, l, log_base, alpha, order=order, buf=buf, tmp=tmp,
-                           supported=supported, powers=powers)
-        log_z = xp.log(z)
-    else:
-        peak = rmax(xp, buf, keepdims=True)
-        if not supported:
-            peak = xp.where(xp.isfinite(peak), peak, 0.0)
-        buf -= peak
-        exp_(xp, buf)
-        z = rsum(xp, buf)
-        log_z = peak[..., 0] + xp.log(z)
-    if order == 0:
-        return log_z, None, None, None
-    if powers is not None:
-        sums = xp.matmul(buf[..., None, :], powers[..., 1:order + 1])[..., 0, :]
-        raw = [sums[..., j] for j in range(order)]
-    else:
-        if tmp is None:
-            tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
-        xp.multiply(buf, l, out=tmp)
-        raw = [rsum(xp, tmp)]
-        for _ in range(1, order):
-            tmp *= l
-            raw.append(rsum(xp, tmp))
-    mean = raw[0] / z
-    if order == 1:
-        return log_z, mean, None, None
-    second = raw[1] / z
-    var = second - mean * mean
-    third = None
-    if order >= 3:
-        third = raw[2] / z - mean * (3.0 * second - 2.0 * mean * mean)
-    return log_z, mean, var, third
-
-
-def _device(xp, x):
-    return None if is_numpy(xp) else x.device
-
-
-# Scratch buffers of the numpy path, kept per thread between passes and calls: a fresh array of a
-# few hundred KiB is faulted in page by page (1.2 ms for the first pass of a V = 49,152 row against
-# 0.25 ms on a warm buffer), and a geomix call cannot tune the allocator of the caller's process
-# the way the `geomix` command does. At most SCRATCH_LIMIT bytes per thread are kept.
-SCRATCH_LIMIT = 32 << 20
-_SCRATCH = threading.local()
-
-
-def scratch(xp, name: str, shape: tuple, like):
-    """An uninitialised array of `shape` in like's dtype: for numpy a view of this thread's cached
-    buffer `name` (valid until the next request of the same name); for torch a fresh tensor."""
-    if not is_numpy(xp):
-        return xp.empty(shape, dtype=like.dtype, device=like.device)
-    size = math.prod(shape)
-    cache = getattr(_SCRATCH, "buffers", None)
-    if cache is None:
-        cache = _SCRATCH.buffers = {}
-    key = (name, like.dtype)
-    buf = cache.get(key)
-    if buf is None or buf.size < size:
-        buf = np.empty(size, dtype=like.dtype)
-        if sum(b.nbytes for b in cache.values()) + buf.nbytes <= SCRATCH_LIMIT:
-            cache[key] = buf
-    return buf[:size].reshape(shape)
-
-
 # ------------------------------------------------------------------------------------------------
 # preparation and the support rules
-
-# The per-row rules (status, start, Newton step, the family's numbers) are written once over a
-# tiny namespace: numpy arrays over the rows of a block, or one row's Python floats.
-
-class _RowArrays:
-    """The per-row rules below on numpy arrays over rows."""
-
-    where = staticmethod(np.where)
-    abs = staticmethod(np.abs)
-    isfinite = staticmethod(np.isfinite)
-    minimum = staticmethod(np.minimum)
-    maximum = staticmethod(np.maximum)
-    logical_not = staticmethod(np.logical_not)
-
-    @staticmethod
-    def exp(x):
-        with np.errstate(over="ignore"):
-            return np.exp(x)
-
-    @staticmethod
-    def values(x):
-        return x
-
-    @staticmethod
-    def array(x):
-        return x
-
-    @staticmethod
-    def divide(a, b):
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return np.divide(a, b)
-
-
-class _RowScalars:
-    """The same rules on one row's Python floats: a single row (the common small call) costs a
-    few microseconds of arithmetic instead of dozens of numpy calls on arrays of length 1."""
-
-    abs = staticmethod(abs)
-    isfinite = staticmethod(math.isfinite)
-    minimum = staticmethod(min)
-    maximum = staticmethod(max)
-
-    @staticmethod
-    def logical_not(x):
-        return not x
-
-    @staticmethod
-    def exp(x):
-        # numpy's exp, not math.exp: the two may differ in the last bit, and a row must get the
-        # same numbers alone as in a batch
-        with np.errstate(over="ignore"):
-            return float(np.exp(x))
-
-    @staticmethod
-    def values(x):
-        """The row's number from a host array of one row."""
-        return float(x[0])
-
-    @staticmethod
-    def array(x):
-        return np.array([x])
-
-    @staticmethod
-    def where(condition, a, b):
-        return a if condition else b
-
-    @staticmethod
-    def divide(a, b):
-        try:
-            return a / b
-        except ZeroDivisionError:
-            if a != a or a == 0.0:
-                return math.nan
-            return math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
-def row_namespace(n: int):
-    return _RowScalars if n == 1 else _RowArrays
-
-
-
-
 
 @dataclass
 class Prepared:
@@ -488,55 +296,6 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
     return prep
 
 
-_GRIDS: dict = {}
-_EPS: dict = {}
-
-
-def _grid_alphas(points: int, n: int, dtype) -> np.ndarray:
-    """[points, n] alphas equally spaced from 0 to 1 (cached: a small solve needs it every call)."""
-    key = (points, n, dtype)
-    grid = _GRIDS.get(key)
-    if grid is None:
-        grid = np.repeat(np.linspace(0.0, 1.0, points).astype(dtype)[:, None], n, axis=1)
-        grid.flags.writeable = False
-        if len(_GRIDS) > 64:
-            _GRIDS.clear()
-        _GRIDS[key] = grid
-    return grid
-
-
-def _eps_of(xp, dtype) -> float:
-    eps = _EPS.get(dtype)
-    if eps is None:
-        eps = _EPS[dtype] = float(xp.finfo(dtype).eps)
-    return eps
-
-
-def constant_tolerance(eps: float, scale):
-    """Spread of l below which it counts as constant on S (and D as within rounding of 0): the
-    rounding of l = log pi_t - log pi_theta, a few ulps of the largest |log pi_theta| + |log pi_t|
-    on S (`scale`). (Scaling by max|l| instead is wrong: identical distributions have l ~ 0 but
-    log p far from 0, and their rounding noise then looks like a real, non-constant l.)"""
-    return 64.0 * eps * (1.0 + scale)
-
-
-# A pass over a short row costs the same few dozen numpy calls whatever its length, so for short
-# rows the first pass evaluates D at more alphas than the two end points: a tighter bracket for
-# the Hermite start, and one to three Newton passes fewer. The number depends on V only, so a
-# row's result never depends on the batch it is solved in (a batch = a loop of single solves,
-# to the last bit).
-GRID_ELEMENTS = 4096
-
-
-def grid_size(vocab: int) -> int:
-    """Alphas in the first pass: 17, 9, 5 or 3 equally spaced ones while that many x V fit
-    GRID_ELEMENTS (V <= 240, 455, 819, 1365), else 2 (the end points)."""
-    for k in (17, 9, 5, 3):
-        if k * vocab <= GRID_ELEMENTS:
-            return k
-    return 2
-
-
 def _end_point_entropies(xp, buf, z_theta, z_t, lse_theta, lse_t, tmp):
     """(H(pi_theta), H(pi_t), sum w1, sum w0) from the first pass's weights at alpha = 1, 0."""
     out = []
@@ -590,29 +349,6 @@ def recentring_constant_rows(xp, log_pi_theta, l) -> np.ndarray:
     terms *= pi_theta
     numerator, denominator = host64(rsum(xp, terms), rsum(xp, pi_theta))
     return np.log1p(numerator / denominator)
-
-
-_STATUS_NAMES = np.array([OK, NO_ROOT, DEGENERATE, DISJOINT, INVALID], dtype=object)
-
-
-def status_code(ns, d0, d1, spread, level, tol, tol_flat, has_support, invalid):
-    """The support rules as a code per row (an index into _STATUS_NAMES): invalid >
-    disjoint-support (S empty) > l constant on S (degenerate when the constant is 0 within
-    rounding, else no-root) > D(0+), D(1-) both within rounding of 0 (degenerate) > D(0+), D(1-) of
-    the same sign (no-root) > ok.
-
-    D is non-increasing, so D(0+) and D(1-) both within rounding of 0 put D within rounding of 0 on
-    all of (0, 1): the KLs are equal to the working precision for every alpha (a pair identical up
-    to ~1e-8 in the logits, C ~ 1e-17). Its "root" would be rounding noise (alphas from 0.01 to
-    0.93 were reported for such pairs), its "no root" a false claim."""
-    constant = spread <= tol
-    zero = level <= tol
-    flat = (ns.abs(d0) <= tol_flat) & (ns.abs(d1) <= tol_flat)
-    code = ns.where((d0 > 0.0) & (d1 < 0.0), 0, 1)
-    code = ns.where(constant & ns.logical_not(zero), 1, code)
-    code = ns.where((constant & zero) | flat, 2, code)
-    code = ns.where(has_support, code, 3)
-    return ns.where(invalid, 4, code)
 
 
 def row_status(prep: Prepared, invalid: np.ndarray | None = None) -> np.ndarray:
@@ -678,58 +414,6 @@ def _first_l(prep: Prepared, rows: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------
 # the iteration
-
-def hermite_start(ns, lo, hi, d_lo, d_hi, v_lo, v_hi):
-    """Starting alpha in [lo, hi] (D(lo) > 0 >= D(hi)) from what the first pass already knows:
-    the root of the cubic Hermite interpolant of D on [lo, hi] with D' = -Var at both ends, by
-    six Newton steps on the cubic from the secant, each kept inside the interval; the secant where
-    the variances are not finite. Clipped to [1e-3, 1 - 1e-3].
-
-    With the end points only (lo, hi = 0, 1), on the real SmolLM2 rows it starts 5-100x closer to
-    alpha* than the secant (errors 1e-4..0.2 instead of 0.008..0.36), which saves about one pass
-    per row; on the 1/16-wide brackets of small blocks it starts within ~1e-8.
-    `ns`: `_RowArrays` (arrays over rows) or `_RowScalars` (one row's floats)."""
-    h = hi - lo
-    secant = ns.divide(d_lo, d_lo - d_hi)            # u = (alpha - lo) / h
-    a = -v_lo * h
-    r1 = d_hi - d_lo - a
-    c = (-v_hi * h - a) - 2.0 * r1
-    b = r1 - c
-    u = secant
-    for _ in range(6):
-        p = ((c * u + b) * u + a) * u + d_lo
-        slope = (3.0 * c * u + 2.0 * b) * u + a
-        nxt = u - ns.divide(p, slope)
-        u = ns.where(ns.isfinite(nxt), ns.minimum(ns.maximum(nxt, 0.0), 1.0), u)
-    u = ns.where(ns.isfinite(v_lo) & ns.isfinite(v_hi), u, secant)
-    start = lo + h * u
-    start = ns.where(ns.isfinite(start), start, 0.5 * (lo + hi))
-    return ns.minimum(ns.maximum(start, 1e-3), 1.0 - 1e-3)
-
-
-def newton_update(ns, alpha, d, var, third, lo, hi, step_before, last_step, prev_size, *,
-                  xtol: float, eps: float):
-    """One safeguarded Newton (third None) or Halley step from `alpha`, where D = d, Var = var.
-
-    Returns (lo, hi, next alpha, converged, |next - alpha|, |step|): the bracket keeps
-    D(lo) > 0 > D(hi); a step that leaves it, or that is not below half the step before last
-    (creeping: Numerical Recipes' rtsafe rule), is replaced by bisection. Converged: the
-    correction is <= xtol, the bracket has collapsed (2 eps), or the correction stopped shrinking
-    below sqrt(eps) (the rounding floor of the work dtype: more passes cannot improve it)."""
-    lo = ns.where(d > 0, alpha, lo)
-    hi = ns.where(d < 0, alpha, hi)
-    if third is None:   # Newton: alpha_new = alpha - D / D' = alpha + D / Var
-        step = ns.divide(d, var)
-    else:               # Halley: alpha_new = alpha - 2 D D' / (2 D'^2 - D D''), D'' = E(l-D)^3
-        step = ns.divide(2.0 * d * var, 2.0 * var * var + d * third)
-    candidate = alpha + step
-    size = ns.abs(step)
-    converged = ((d == 0.0) | (size <= xtol) | (hi - lo <= 2.0 * eps)
-                 | ((size <= math.sqrt(eps)) & (size >= 0.5 * prev_size)))
-    inside = (candidate > lo) & (candidate < hi) & (size <= 0.5 * step_before)
-    candidate = ns.where(inside, candidate, 0.5 * (lo + hi))
-    return lo, hi, candidate, converged, ns.abs(candidate - alpha), size
-
 
 def start_bracket(prep: "Prepared", rows: np.ndarray):
     """(lo, hi, D(lo), D(hi), Var(lo), Var(hi)) per row: the first interval of the first pass's
@@ -932,18 +616,6 @@ def _family_interior(prep: Prepared, rows: np.ndarray, a: np.ndarray, known) -> 
                              v(prep.log_z(raw[1], others[1], rows)),
                              v(prep.theta_off_support[rows]), v(prep.t_off_support[rows]))
     return {name: ns.array(value) for name, value in zip(FAMILY_FIELDS, numbers)}
-
-
-def family_numbers(ns, alpha, log_z, delta, log_z_above, log_z_below, theta_off, t_off):
-    """(log Z, D, KL(q||pi_theta), KL(q||pi_t), ESS_theta, ESS_t) at alpha in (0, 1) from
-    log Z(alpha), D(alpha), log Z(2 - alpha) and log Z(-alpha):
-    KL(q||pi_theta) = (1 - alpha) D - log Z, KL(q||pi_t) = -alpha D - log Z,
-    ESS_theta = 1 / (Z(alpha) Z(2 - alpha)), ESS_t = 1 / (Z(alpha) Z(-alpha)), 0 for a side with
-    mass outside S."""
-    ess_theta = ns.where(theta_off, 0.0, ns.exp(-(log_z + log_z_above)))
-    ess_t = ns.where(t_off, 0.0, ns.exp(-(log_z + log_z_below)))
-    return (log_z, delta, (1.0 - alpha) * delta - log_z, -alpha * delta - log_z, ess_theta,
-            ess_t)
 
 
 def _end_points(prep: Prepared, rows: np.ndarray, alpha: np.ndarray) -> list[dict]:
