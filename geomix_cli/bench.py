@@ -514,23 +514,9 @@ def _softmax_rows(logits: np.ndarray) -> np.ndarray:
 
 
 def _best_interleaved(functions: dict, *, budget: float = 0.15, rounds: int = 5) -> dict:
-    """Seconds per call of each function: calls grouped so that a group lasts ~`budget` s, the
-    functions run alternately round after round (the same conditions for each), best round."""
-    counts = {}
-    for name, fn in functions.items():
-        fn()  # warm-up
-        start = time.perf_counter()
-        fn()
-        once = max(time.perf_counter() - start, 1e-6)
-        counts[name] = max(1, int(budget / once))
-    best = {name: float("inf") for name in functions}
-    for _ in range(rounds):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            for _ in range(counts[name]):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / counts[name])
-    return best
+    from geomix_cli.timing import best_interleaved
+
+    return best_interleaved(functions, budget=budget, rounds=rounds)
 
 
 def run_peers(config: BenchConfig, theta: np.ndarray, target: np.ndarray, log) -> dict:

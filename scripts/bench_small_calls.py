@@ -14,8 +14,9 @@ unchanged against any version of geomix (scripts/bench_side_by_side.sh).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import time
+from pathlib import Path
 
 import numpy as np
 
@@ -53,21 +54,13 @@ def geomix_calls(p, q):
             "validate_pair + solve_alpha + diagnose")
 
 
-def best_interleaved(functions: dict, rounds: int, budget: float = 0.15) -> dict:
-    counts, best = {}, {}
-    for name, fn in functions.items():
-        fn()
-        start = time.perf_counter()
-        fn()
-        counts[name] = max(1, int(budget / max(time.perf_counter() - start, 1e-6)))
-        best[name] = float("inf")
-    for _ in range(rounds):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            for _ in range(counts[name]):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / counts[name])
-    return best
+def best_interleaved(functions: dict, rounds: int) -> dict:
+    """geomix_cli/timing.py of *this* tree, loaded by path (PYTHONPATH may point at a baseline)."""
+    spec = importlib.util.spec_from_file_location(
+        "geomix_timing", Path(__file__).resolve().parents[1] / "geomix_cli" / "timing.py")
+    timing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timing)
+    return timing.best_interleaved(functions, rounds=rounds)
 
 
 def main() -> None:
