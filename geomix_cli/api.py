@@ -309,6 +309,9 @@ def _raise_first_invalid(pair: _Pair, errors) -> None:
 
 def _scatter(pair: _Pair, values: np.ndarray, fill, dtype=None) -> np.ndarray:
     """Per computed row -> per position of the leading shape (masked positions get `fill`)."""
+    if pair.keep is None and isinstance(values, np.ndarray) and (dtype is None
+                                                                 or values.dtype == dtype):
+        return values.reshape(pair.lead)
     values = np.asarray(values) if dtype is None else np.asarray(values, dtype=dtype)
     if pair.keep is not None:
         full = np.full(pair.n_rows, fill, dtype=values.dtype if dtype is None else dtype)
@@ -323,10 +326,6 @@ def _to_library(pair: _Pair, values: np.ndarray, dtype: str):
     torch = _torch()
     return torch.as_tensor(np.ascontiguousarray(values), device=pair.device,
                            dtype=getattr(torch, dtype))
-
-
-def _strings(values) -> np.ndarray:
-    return np.array(list(values) if not isinstance(values, np.ndarray) else values, dtype=str)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,8 +459,10 @@ def _solve_result(pair, rows, method, kind, work, diagnostics) -> SolveResult:
             values[name] = None
         else:
             values[name] = _to_library(pair, _scatter(pair, rows[name], np.nan, np.float64), work)
-    status = _scatter(pair, _strings(rows["status"]), MASKED, dtype=object).astype(str)
-    message = _scatter(pair, _strings(rows["message"]), MASKED_MESSAGE, dtype=object).astype(str)
+    status = _scatter(pair, np.asarray(rows["status"], dtype=object), MASKED,
+                      dtype=object).astype(str)
+    message = _scatter(pair, np.asarray(rows["message"], dtype=object), MASKED_MESSAGE,
+                       dtype=object).astype(str)
     iterations = _to_library(pair, _scatter(pair, rows["iterations"], 0, np.int64), "int64")
     ok = _to_library(pair, status == OK, "bool")
     return SolveResult(**values, iterations=iterations, status=status, message=message, ok=ok,

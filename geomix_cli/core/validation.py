@@ -51,6 +51,7 @@ def storage_eps(dtype_name: str) -> float:
 _FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
+@lru_cache(maxsize=256)
 def sum_tolerance(dtype_name: str, vocab_size: int = 1) -> float:
     """How far a probability row may sum from 1 before it is refused (without --renormalize).
 
@@ -68,6 +69,7 @@ def sum_tolerance(dtype_name: str, vocab_size: int = 1) -> float:
                1e-6)
 
 
+@lru_cache(maxsize=256)
 def logprob_tolerance(dtype_name: str, vocab_size: int = 1) -> float:
     """How far logsumexp of a row of log-probabilities may be from 0 (kind 'logprobs').
 
