@@ -449,7 +449,8 @@ def machine_info(torch_devices, bandwidth) -> dict:
 
 def whole_process(config: BenchConfig, theta, target, log) -> dict:
     """Wall-clock of whole processes on the same file: `geomix solve FILE --json` (numpy newton,
-    the default) against a process that loads the file and runs the seed's reference in torch;
+    the default) against a process that loads the file and runs the derivation's reference in
+    torch;
     also `geomix solve FILE --method bisection` (the numpy port, through the same pipeline)."""
     import subprocess
     import sys
@@ -475,9 +476,9 @@ def whole_process(config: BenchConfig, theta, target, log) -> dict:
             "geomix solve FILE --method bisection --json": [
                 sys.executable, "-m", "geomix_cli", "solve", path, "--method", "bisection",
                 "--json"],
-            "python: load FILE + seed reference (torch)": [sys.executable, "-c",
-                                                           reference_script, path],
-            "python: load FILE + seed reference (torch, 1 thread)": [
+            "python: load FILE + the derivation's reference (torch)": [
+                sys.executable, "-c", reference_script, path],
+            "python: load FILE + the derivation's reference (torch, 1 thread)": [
                 sys.executable, "-c", "import torch; torch.set_num_threads(1)\n"
                 + reference_script, path],
         }
@@ -495,7 +496,7 @@ def whole_process(config: BenchConfig, theta, target, log) -> dict:
                     raise RuntimeError(f"{name} failed ({proc.returncode}): "
                                        f"{proc.stderr.strip().splitlines()[-1:]}")
             out[name] = {"seconds": statistics.median(times), "seconds_all": times}
-        refs = [v["seconds"] for k, v in out.items() if "seed reference" in k]
+        refs = [v["seconds"] for k, v in out.items() if "the derivation's reference" in k]
         if refs:  # against the faster reference process (conservative)
             for rec in out.values():
                 rec["speedup_vs_reference_process"] = min(refs) / rec["seconds"]

@@ -68,7 +68,8 @@ def load(kind, label):
 def canonical(method):  # the reference rows were renamed ("seed 6.2" -> "the derivation's")
     return (method.replace("reference-bisection (seed 6.2, torch", "reference bisection (the "
                            "derivation's reference, torch")
-            .replace("port of the seed", "port of the derivation's reference"))
+            .replace("port of the seed", "port of the derivation's reference")
+            .replace("+ seed reference", "+ the derivation's reference"))
 
 
 bench = {label: load("bench", label) for label in ("base", "new")}
@@ -94,6 +95,9 @@ print("\n## whole processes\n")
 print("| process | baseline median s | this tree median s | baseline / this tree "
       "| x reference process, baseline | this tree |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for label in bench:
+    for run in bench[label]:
+        run["whole_process"] = {canonical(k): v for k, v in run.get("whole_process", {}).items()}
 names = bench["new"][0].get("whole_process", {})
 for name in names:
     b = [run["whole_process"][name]["seconds"] for run in bench["base"]]
