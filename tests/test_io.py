@@ -16,8 +16,8 @@ from scipy.special import log_softmax
 
 from geomix_cli.core.validation import sum_tolerance, validate_pair, validate_rows
 from geomix_cli.errors import InputError
-from geomix_cli.io import (dumps_json, load_source, parse_row_selection, write_json_atomic,
-                           write_pairs_npz)
+from geomix_cli.io import dumps_json, write_json_atomic, write_pairs_npz
+from geomix_cli.sources import load_source, parse_row_selection
 
 from conftest import EPS64, SMOLLM2_SAMPLE
 

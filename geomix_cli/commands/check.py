@@ -68,8 +68,8 @@ def register(app: typer.Typer) -> None:
         threshold: Optional[float] = typer.Option(
             None, "--threshold", help="A probability is 'large' when >= this (default 1/V, the "
             "uniform level, V = tokens where pi_theta or pi_t is positive)."),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="Write report.md, "
-                                          "check.csv and figures into this folder."),
+        out: Optional[str] = _shared.report_option("Write report.md, check.csv and figures "
+                                                   "into this folder."),
         rows: Optional[str] = _shared.RowsOption,
         json_out: bool = _shared.JsonOption,
         renormalize: bool = _shared.RenormalizeOption,
@@ -89,6 +89,7 @@ def register(app: typer.Typer) -> None:
 
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+        _shared.report_dir(out, command="check", sources=[source])
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)

@@ -126,8 +126,8 @@ def register(app: typer.Typer) -> None:
         principles: Optional[List[str]] = typer.Option(
             None, "--principles", "-p", help="Comma-separated (or repeated): kl-symmetry, "
             "entropy, bisection, half, ess-balance, max-min-ess (default: all)."),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="Write report.md, CSV and "
-                                          "figures into this folder."),
+        out: Optional[str] = _shared.report_option("Write report.md, CSV and figures into this "
+                                                   "folder."),
         json_out: bool = _shared.JsonOption,
         rows: Optional[str] = _shared.RowsOption,
         threshold: Optional[float] = typer.Option(
@@ -147,6 +147,13 @@ def register(app: typer.Typer) -> None:
         from geomix_cli.errors import EXIT_OK, InputError
 
         names = parse_principles(principles)
+        _shared.check_seed(seed)
+        if sources:
+            _shared.report_dir(out, command="compare-alpha", sources=sources)
+        else:
+            from geomix_cli.cases import real_sample_path
+
+            _shared.report_dir(out, command="compare-alpha", sources=[real_sample_path()])
         kl_solver = None
         if device is not None:
             kl_solver = _device.suite_solver(device=device, dtype=dtype,

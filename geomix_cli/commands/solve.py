@@ -54,6 +54,23 @@ def solve_rows(pairs, method: str, *, progress: bool = True, device: Optional[st
     return diagnose(pairs.log_pi_theta, pairs.log_pi_t, AlphaSolution.concatenate(parts))
 
 
+def json_records(diagnostics, row_labels, positions=None):
+    """The rows of `diagnostics.records(row_labels)` (plus "position" when the input had one),
+    as encoded JSON objects, made a chunk of rows at a time: `solve --json` on a million rows
+    never holds a million dicts (see io.json_rows)."""
+    from geomix_cli.core.diagnostics import ROW_FIELDS
+    from geomix_cli.io import json_rows
+
+    sol = diagnostics.solution
+    own = {"row": np.asarray(row_labels), "status": sol.status, "alpha": sol.alpha,
+           "iterations": sol.iterations, "residual": sol.residual, "message": sol.message}
+    columns = {name: own[name] if name in own else getattr(diagnostics, name)
+               for name in ROW_FIELDS}
+    if positions is not None:
+        columns["position"] = np.asarray(positions)[np.asarray(row_labels)]
+    return json_rows(columns, sol.n_rows)
+
+
 def register(app: typer.Typer) -> None:
     from geomix_cli.cli import guarded
 
@@ -94,18 +111,22 @@ def register(app: typer.Typer) -> None:
         _shared.refuse_if_nothing_usable(pairs, source)
         diagnostics = solve_rows(pairs, method, device=device, dtype=dtype,
                                  max_memory=max_memory)
-        records = diagnostics.records(pairs.row_labels)
         positions = pairs.extra.get("positions")
-        if positions is not None:  # [B, T, V] input and/or a padding mask: where each row came from
-            for rec in records:
-                rec["position"] = [int(v) for v in positions[rec["row"]]]
         if json_out:
-            from geomix_cli.io import dumps_json
+            import sys
 
-            typer.echo(dumps_json({"schema_version": 1, "source": source, "method": method,
-                                   "vocab_size": pairs.vocab_size, "input_kind": pairs.kind,
-                                   "input_dtype": pairs.storage_dtype, "rows": records}))
+            from geomix_cli.io import write_json_document
+
+            write_json_document(sys.stdout, {
+                "schema_version": 1, "source": source, "method": method,
+                "vocab_size": pairs.vocab_size, "input_kind": pairs.kind,
+                "input_dtype": pairs.storage_dtype}, json_records(diagnostics, pairs.row_labels,
+                                                                  positions))
         else:
+            records = diagnostics.records(pairs.row_labels)
+            if positions is not None:  # [B, T, V] input and/or a padding mask: where each row
+                for rec in records:    # came from
+                    rec["position"] = [int(v) for v in positions[rec["row"]]]
             render_table(source, method, records, pairs)
         raise typer.Exit(_shared.exit_code_for(pairs))
 
