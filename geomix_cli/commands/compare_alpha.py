@@ -191,12 +191,15 @@ def register(app: typer.Typer) -> None:
 
             write_compare_report(deterministic, summary, mm, out, principles=names)
         if json_out:
-            from geomix_cli.io import dumps_json
+            import sys
 
-            typer.echo(dumps_json({"schema_version": 1, "principles": names,
-                                   "threshold": threshold, "results": records,
-                                   "summary": summary, "max_min_ess_vs_ess_balance": mm,
-                                   "report_dir": out}))
+            from geomix_cli.io import write_json_document
+
+            write_json_document(sys.stdout, {"schema_version": 1, "principles": names,
+                                             "threshold": threshold}, records,
+                                rows_key="results",
+                                tail={"summary": summary, "max_min_ess_vs_ess_balance": mm,
+                                      "report_dir": out})
         else:
             _render(summary, mm, out)
         raise typer.Exit(exit_code)

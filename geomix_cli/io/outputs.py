@@ -48,8 +48,8 @@ REPORT_MARKER = ".geomix-report"
 REPORT_MARKER_SCHEMA = 1
 MAX_MARKER_BYTES = 1 << 20
 
-REPORT_RULE = ("--out may name a new path, an empty folder or an earlier geomix report (a folder "
-               "with a .geomix-report marker, holding only the files it lists)")
+REPORT_RULE = ("a report folder may replace only an empty folder or an earlier geomix report (a "
+               "folder with a .geomix-report marker, holding only the files it lists)")
 FILE_RULE = "an existing file is replaced only with --force, and never an input of the command"
 
 # Test hook (honoured only under pytest): pause between the two renames of a folder swap so that
@@ -98,14 +98,15 @@ def _within(inner: Path, outer: Path) -> bool:
 
 
 def _refuse(message: str, path, option: str | None) -> OutputError:
-    return OutputError((f"{option}: " if option else "") + message, file=str(path))
+    """'--out PATH: message' (the path as the user wrote it)."""
+    return OutputError(message, file=f"{option} {path}" if option else str(path))
 
 
 def _what_is(mode: int) -> str:
     return file_kind(mode)
 
 
-def _check_parent(final: Path, option: str | None) -> None:
+def _check_parent(final: Path, shown, option: str | None) -> None:
     """The folder that will hold `final` must be a folder (or creatable) and writable."""
     ancestor = final.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
@@ -113,31 +114,31 @@ def _check_parent(final: Path, option: str | None) -> None:
     try:
         mode = os.stat(ancestor).st_mode
     except OSError as exc:
-        raise _refuse(f"cannot use the folder {ancestor}: {os_error_text(exc)}", final,
+        raise _refuse(f"cannot use the folder {ancestor}: {os_error_text(exc)}", shown,
                       option) from None
     if not stat.S_ISDIR(mode):
-        raise _refuse(f"{ancestor} is {_what_is(mode)}, not a folder", final, option)
+        raise _refuse(f"{ancestor} is {_what_is(mode)}, not a folder", shown, option)
     if ancestor != final.parent:
         if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise _refuse(f"cannot create folders in {ancestor}: permission denied", final, option)
+            raise _refuse(f"cannot create folders in {ancestor}: permission denied", shown, option)
         return
     try:  # the real test: can a folder be created here (read-only, /proc, quota, ...)?
         probe = tempfile.mkdtemp(prefix=f".tmp-probe-{HOST_TAG}.{os.getpid()}-", dir=ancestor)
         os.rmdir(probe)
     except OSError as exc:
-        raise _refuse(f"cannot write in {ancestor}: {os_error_text(exc)}", final,
+        raise _refuse(f"cannot write in {ancestor}: {os_error_text(exc)}", shown,
                       option) from None
 
 
-def _lstat(path: Path, option: str | None):
+def _lstat(path: Path, shown, option: str | None):
     try:
         return os.lstat(path)
     except FileNotFoundError:
         return None
     except NotADirectoryError:
-        raise _refuse("a part of this path is a file, not a folder", path, option) from None
+        raise _refuse("a part of this path is a file, not a folder", shown, option) from None
     except OSError as exc:
-        raise _refuse(f"cannot use this path: {os_error_text(exc)}", path, option) from None
+        raise _refuse(f"cannot use this path: {os_error_text(exc)}", shown, option) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,17 +173,14 @@ def read_report_marker(folder) -> dict | None:
     return data
 
 
-def _listing(folder: Path, limit: int | None = None) -> list[str]:
-    """Relative paths of everything under `folder` (folders end in '/'), stopping after `limit`
-    entries outside the marker's list when a limit is given (see `_unlisted`)."""
+def _listing(folder: Path) -> list[str]:
+    """Relative paths of everything under `folder` (folders end in '/')."""
     out = []
     for root, dirs, files in os.walk(folder):
         rel = os.path.relpath(root, folder)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         out.extend(prefix + d + "/" for d in dirs)
         out.extend(prefix + f for f in files)
-        if limit is not None and len(out) > limit:
-            break
     return out
 
 
@@ -219,46 +217,47 @@ def _write_marker(staging: Path, command: str) -> None:
 def check_report_dir(out, *, inputs=(), option: str | None = "--out") -> Path:
     """Refuse (OutputError) a report folder path that geomix may not replace; return it absolute.
     See the module docstring for the rule."""
+    shown = out
     final = absolute(out)
     if final == final.parent:
-        raise _refuse("is the root folder; name a new folder for the report", final, option)
+        raise _refuse("is the root folder; name a new folder for the report", shown, option)
     final = _really(final)
     cwd = Path(os.path.realpath(os.getcwd()))
     if _within(cwd, final):
         raise _refuse("is the current folder" + ("" if cwd == final else " or holds it") +
-                      "; name a new folder for the report (e.g. --out report/)", final, option)
+                      "; name a new folder for the report (e.g. --out report/)", shown, option)
     for item in _inputs(inputs):
         if _within(item.real, final) or _within(item.given, final):
             raise _refuse(f"holds the input {item.given}; replacing it would delete the input. "
-                          "Name a folder outside it", final, option)
-    st = _lstat(final, option)
+                          "Name a folder outside it", shown, option)
+    st = _lstat(final, shown, option)
     if st is not None:
         if stat.S_ISLNK(st.st_mode):
             raise _refuse("is a symbolic link; name the report folder itself (geomix does not "
-                          "replace links)", final, option)
+                          "replace links)", shown, option)
         if not stat.S_ISDIR(st.st_mode):
-            raise _refuse(f"is {_what_is(st.st_mode)}, not a report folder; {REPORT_RULE}",
-                          final, option)
+            raise _refuse(f"is {_what_is(st.st_mode)}, not a folder: {REPORT_RULE}",
+                          shown, option)
         if os.path.ismount(final):
-            raise _refuse("is a mount point; name a folder inside it", final, option)
+            raise _refuse("is a mount point; name a folder inside it", shown, option)
         try:
             entries = os.listdir(final)
         except OSError as exc:
-            raise _refuse(f"cannot read this folder: {os_error_text(exc)}", final,
+            raise _refuse(f"cannot read this folder: {os_error_text(exc)}", shown,
                           option) from None
         if entries:
             marker = read_report_marker(final)
             if marker is None:
-                raise _refuse("is a folder that is not empty and is not a geomix report (no "
-                              f"{REPORT_MARKER} marker); {REPORT_RULE}. Nothing was changed",
-                              final, option)
+                raise _refuse("is a folder that is not empty and not a geomix report (no "
+                              f"{REPORT_MARKER} marker): {REPORT_RULE}. Name a new folder",
+                              shown, option)
             extra = _unlisted(final, set(marker["files"]))
             if extra:
-                shown = ", ".join(extra[:4]) + (", ..." if len(extra) > 4 else "")
-                raise _refuse(f"is an earlier geomix report, but it now also holds files geomix "
-                              f"did not write ({shown}); move them out or name another folder. "
-                              "Nothing was changed", final, option)
-    _check_parent(final, option)
+                listed = ", ".join(extra[:4]) + (", ..." if len(extra) > 4 else "")
+                raise _refuse("is an earlier geomix report, but it now also holds files geomix "
+                              f"did not write ({listed}); move them out or name another folder",
+                              shown, option)
+    _check_parent(final, shown, option)
     return final
 
 
@@ -272,7 +271,7 @@ def check_output_file(path, *, inputs=(), force: bool = False,
     if target == target.parent or not target.name:
         raise _refuse("is a folder; give a file name", path, option)
     target = _really(target)
-    st = _lstat(target, option)
+    st = _lstat(target, path, option)
     for item in _inputs(inputs):
         same = item.real == Path(os.path.realpath(target)) or (
             st is not None and item.ident == (st.st_dev, st.st_ino))
@@ -281,8 +280,7 @@ def check_output_file(path, *, inputs=(), force: bool = False,
                           "with --force): name another file", path, option)
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
-            raise _refuse("is a folder; give a file name inside it (e.g. "
-                          f"{Path(path) / 'out'}{Path(path).suffix or ''})", path, option)
+            raise _refuse("is a folder; give a file name (inside it, or elsewhere)", path, option)
         if stat.S_ISLNK(st.st_mode):
             raise _refuse("is a symbolic link; geomix does not replace links (name the file "
                           "itself)", path, option)
@@ -291,7 +289,7 @@ def check_output_file(path, *, inputs=(), force: bool = False,
                           option)
         if not force:
             raise _refuse("already exists; pass --force to replace it", path, option)
-    _check_parent(target, option)
+    _check_parent(target, path, option)
     return target
 
 
@@ -404,10 +402,16 @@ def _signals_held():
 
 
 def _pause_between_renames() -> None:
+    """Under pytest only, with GEOMIX_TEST_PAUSE_BETWEEN_RENAMES=FLAG: write FLAG (the process
+    id) once the old report is aside, then wait until the test removes FLAG (at most 60 s), so a
+    test can SIGKILL the process exactly here, or run another writer meanwhile."""
     flag = os.environ.get(PAUSE_HOOK_ENV)
-    if flag and "PYTEST_CURRENT_TEST" in os.environ:
-        Path(flag).write_text(str(os.getpid()), encoding="ascii")
-        time.sleep(60)
+    if not flag or "PYTEST_CURRENT_TEST" not in os.environ:
+        return
+    Path(flag).write_text(str(os.getpid()), encoding="ascii")
+    deadline = time.monotonic() + 60
+    while os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def _swap_into_place(staging: Path, final: Path, inputs) -> None:
