@@ -146,8 +146,8 @@ def guarded(func):
             error_line(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            error_line(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); any report being "
-                       "written was left as it was")
+            error_line(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); nothing was left "
+                       "half-written")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except MemoryError as exc:
             detail = str(exc).splitlines()[0] if str(exc) else "an allocation failed"

@@ -55,6 +55,7 @@ FILE_RULE = "an existing file is replaced only with --force, and never an input 
 # Test hook (honoured only under pytest): pause between the two renames of a folder swap so that
 # a test can SIGKILL the process there.
 PAUSE_HOOK_ENV = "GEOMIX_TEST_PAUSE_BETWEEN_RENAMES"
+_PAUSED: list[str] = []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,17 +389,30 @@ def prepare_report_dir(out, *, command: str, inputs=(), notify=None,
 
 @contextmanager
 def _signals_held():
-    """Hold SIGINT, SIGTERM and SIGHUP off (delivered right after) while the folder swap runs."""
-    held = {signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not \
-            threading.main_thread():
-        yield
+    """Hold SIGINT, SIGTERM and SIGHUP off while the folder swap runs: a signal that arrives is
+    recorded and delivered again right after (so Ctrl-C still stops the run, after the swap).
+
+    Python-level handlers, not a thread signal mask: in a process with other threads (BLAS,
+    torch) the kernel may deliver a signal to any thread that does not block it."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP")
+    held = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and only it gets Python's signals)
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+    previous = {}
+    for sig in held:
+        try:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: pending.append(signum))
+        except (OSError, ValueError):  # pragma: no cover - not settable here
+            pass
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
 
 
 def _pause_between_renames() -> None:
@@ -406,8 +420,9 @@ def _pause_between_renames() -> None:
     id) once the old report is aside, then wait until the test removes FLAG (at most 60 s), so a
     test can SIGKILL the process exactly here, or run another writer meanwhile."""
     flag = os.environ.get(PAUSE_HOOK_ENV)
-    if not flag or "PYTEST_CURRENT_TEST" not in os.environ:
+    if not flag or "PYTEST_CURRENT_TEST" not in os.environ or _PAUSED:
         return
+    _PAUSED.append(flag)  # once per process
     Path(flag).write_text(str(os.getpid()), encoding="ascii")
     deadline = time.monotonic() + 60
     while os.path.exists(flag) and time.monotonic() < deadline:
