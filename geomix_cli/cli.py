@@ -187,7 +187,7 @@ def main() -> None:
     tune_process()
     handle_termination_signals()
     try:
-        code = app(standalone_mode=False)
+        code = app(prog_name="geomix", standalone_mode=False)
     except click_exceptions.ClickException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
             code = exc.exit_code

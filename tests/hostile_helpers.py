@@ -98,6 +98,6 @@ def write_csv(path, rows: int = 2, vocab: int = 4) -> Path:
         theta = np.full(vocab, 1.0 / vocab)
         target = np.arange(1, vocab + 1, dtype=float)
         target /= target.sum()
-        lines += [f"{r},{a!r},{b!r}" for a, b in zip(theta, target)]
+        lines += [f"{r},{float(a)!r},{float(b)!r}" for a, b in zip(theta, target)]
     Path(path).write_text("\n".join(lines) + "\n")
     return Path(path)

@@ -176,6 +176,9 @@ def read_pair_file(path_text: str, *, kind: str | None = None) -> RawPair:
         except MemoryError:
             raise InputError(f"not enough memory to read it as {suffix[1:]}",
                              file=path_text) from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"not UTF-8 text: {exc.reason} at byte {exc.start}",
+                             file=path_text) from None
         except Exception as exc:  # a corrupt file must not surface as a traceback
             raise InputError(f"cannot read as {suffix[1:]}: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "),
@@ -288,8 +291,8 @@ def _check_npz_declared_sizes(handle, label: str) -> None:
                 with archive.open(info) as member:
                     shape, dtype = _npy_header(member)
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise InputError(f"corrupt array header: {str(exc).splitlines()[0][:160]}",
-                                 file=label, key=key) from None
+                raise InputError(f"corrupt archive member {info.filename}: "
+                                 f"{str(exc).splitlines()[0][:160]}", file=label) from None
             if dtype.hasobject:
                 raise InputError("holds pickled Python objects, which geomix never loads "
                                  "(allow_pickle=False); store plain numeric arrays",
