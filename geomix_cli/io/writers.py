@@ -4,8 +4,9 @@ Every file is written to a temporary file in the same folder, flushed to disk, t
 the destination (os.replace), so an interrupted or failed write (a kill, a full disk) never leaves
 a half-written file over a good one: either the old file or the new one is there, and the
 temporary file is removed (or, after a kill, removed by the next write to the same path). The
-temporary file is created 0600 by the `tempfile` module; it is given the mode an ordinary
-`open(path, "w")` would have (0666 minus the umask) before it is renamed into place.
+temporary file is created 0600 by the `tempfile` module; before it is renamed into place it is
+given the mode an ordinary `open(path, "w")` would give a new file (0666 minus the umask), or the
+mode of the file it replaces.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import math
 import os
 import re
 import socket
+import stat
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from geomix_cli.errors import OutputError
+from geomix_cli.io.readers import KEY_PAIRS, file_kind, os_error_text
 
 _UMASK: int | None = None
 
@@ -78,12 +81,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def os_error_text(exc: OSError) -> str:
-    from geomix_cli.io.readers import os_error_text as text
-
-    return text(exc)
-
-
 def _temp_file_pattern(path: Path) -> re.Pattern:
     return re.compile(rf"\.{re.escape(temp_tag(path.name))}\.{HOST_TAG}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
 
@@ -124,11 +121,7 @@ def _refuse_non_regular_target(path: Path) -> None:
         return
     except OSError as exc:
         raise OutputError(f"cannot write: {os_error_text(exc)}", file=str(path)) from None
-    import stat
-
     if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-        from geomix_cli.io.readers import file_kind
-
         raise OutputError(f"is {file_kind(mode)}; geomix replaces regular files only",
                           file=str(path))
 
@@ -146,8 +139,13 @@ def write_bytes_atomic(path, data: bytes) -> Path:
         raise OutputError(f"cannot write in this folder: {os_error_text(exc)}",
                           file=str(path)) from None
     try:
+        mode = file_mode()
+        try:  # replacing a file keeps its permissions (as an editor does); a new one: the umask
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            pass
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), file_mode())
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -302,8 +300,6 @@ def save_figure_atomic(figure, path, *, dpi: int = 150) -> Path:
 def write_pairs_npz(path, *, theta: np.ndarray, target: np.ndarray, kind: str,
                     meta: list[str] | None = None) -> Path:
     """Write a pair file that `load_source` reads back (keys by kind, optional meta)."""
-    from geomix_cli.io.readers import KEY_PAIRS
-
     keys = KEY_PAIRS[kind]
     buffer = _stdlib_io.BytesIO()
     payload = {keys[0]: np.asarray(theta), keys[1]: np.asarray(target)}
