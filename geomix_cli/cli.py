@@ -166,6 +166,13 @@ def guarded(func):
     return wrapper
 
 
+def _warning_as_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (numpy's RuntimeWarning on values near the float64 limits, a library's
+    DeprecationWarning) as one geomix warning line each, without the source line echoed."""
+    text = " ".join(str(message).split())
+    warning_line(f"{category.__name__}: {text}")
+
+
 def _usage_error_line(exc) -> str:
     """One line for a click usage error (a bad option value, an unknown option, a missing
     argument), naming where to look."""
@@ -184,8 +191,11 @@ def main() -> None:
 
     # click's exceptions, wherever this typer takes click from (recent typer vendors it)
     click_exceptions = importlib.import_module(typer.BadParameter.__module__)
+    import warnings
+
     tune_process()
     handle_termination_signals()
+    warnings.showwarning = _warning_as_one_line
     try:
         code = app(prog_name="geomix", standalone_mode=False)
     except click_exceptions.ClickException as exc:

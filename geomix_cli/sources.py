@@ -77,6 +77,9 @@ def load_source(spec: str, *, kind: str | None = None, renormalize: bool = False
     a file holding both kinds of keys, or log-probabilities stored under pi_* keys).
     rows: a selection like "3", "0:8", "0,2,5:7" (positions in the batch, end exclusive)."""
     spec = str(spec)
+    if not spec.strip():
+        raise InputError("the source is an empty name; give a pairs file or a generator spec "
+                         "gen:NAME:key=value,...")
     raw = raw_pair(spec, kind=kind)
     if kind is not None and raw.kind != kind:
         raw = RawPair(raw.theta, raw.target, kind, raw.keys, raw.meta, raw.storage_dtype,

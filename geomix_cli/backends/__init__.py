@@ -49,7 +49,7 @@ def resolve_device(device: str):
     from geomix_cli.errors import InputError
 
     name = str(device).strip().lower()
-    if not re.fullmatch(r"cpu|cuda(:\d{1,4})?", name):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
         # a name geomix does not know is a bad option (exit 2), not a missing device (exit 5)
         raise InputError(f"--device '{device}' is not a device geomix knows; choose cpu, cuda or "
                          "cuda:N")

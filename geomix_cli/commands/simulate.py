@@ -187,10 +187,13 @@ def check_simulation_memory(config, prompts: int, vocab: int) -> None:
     # the report's per-sampler curves (median and quartiles, and the CSV rows of curves.csv)
     report = len(config.objectives) * len(config.samplers) * (config.steps + 1) * 8 * 40
     per_step = 16 * runs * prompts * tokens * 8
-    check_memory(curves + report + per_step,
-                 what=f"--budget {config.budget} ({config.steps:,} steps of "
-                      f"{config.samples_per_step} samples, {runs} runs at once)",
-                 hint="use a smaller --budget or a larger --samples-per-step")
+    bootstrap = 4 * config.bootstrap * config.seeds * 8  # resampled seed indices and medians
+    check_memory(curves + report + per_step + bootstrap,
+                 what=f"the simulation (--budget {config.budget}: {config.steps:,} steps of "
+                      f"{config.samples_per_step} samples; {runs:,} runs at once; "
+                      f"{config.bootstrap:,} bootstrap resamples of {config.seeds:,} seeds)",
+                 hint="use a smaller --budget, --seeds or --bootstrap, or a larger "
+                      "--samples-per-step")
 
 
 def _header(result) -> str:
