@@ -117,11 +117,12 @@ def choose_columns(columns: Sequence[Column], indices: Sequence[int], *,
 
 
 def print_rows(columns: Sequence[Column], n_rows: int, *, title: Optional[str] = None,
-               wide: bool = False, all_rows: bool = False) -> list[int]:
-    """Print the rows table (see the module doc); returns the indices shown."""
+               wide: bool = False, all_rows: bool = False, note_hidden: bool = True) -> list[int]:
+    """Print the rows table (see the module doc); returns the indices shown. note_hidden: say
+    which columns were left out to fit (once, when several tables are printed)."""
     from geomix_cli.cli import stdout
 
-    if n_rows == 1:
+    if n_rows == 1 and not all_rows:
         print_vertical(columns, 0, title=title)
         return [0]
     indices, left_out = shown_rows(n_rows, all_rows)
@@ -140,7 +141,7 @@ def print_rows(columns: Sequence[Column], n_rows: int, *, title: Optional[str] =
         stdout.print(f"{fmt_count(left_out)} rows not shown (positions {HEAD_ROWS}.."
                      f"{n_rows - HEAD_ROWS - 1}): --all prints every row, --json every number",
                      highlight=False, markup=False, soft_wrap=False)
-    if len(cols) < len(columns):
+    if len(cols) < len(columns) and note_hidden:
         hidden = ", ".join(c.header for c in columns if c not in cols)
         stdout.print(f"columns left out to fit {stdout.width} columns (--wide shows them): {hidden}",
                      highlight=False, markup=False, soft_wrap=False)
