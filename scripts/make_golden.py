@@ -6,7 +6,7 @@ everything `geomix regress` compares:
 
 - normalisation of the stored values (log-softmax of logits / log of probabilities over their sum),
   exactly, from the stored numbers widened without rounding (float16/bfloat16 are exact in mpmath);
-- the support rules and statuses of shared theory.md (disjoint-support, degenerate, no-root, ok),
+- the support rules and statuses of docs/derivation.md (disjoint-support, degenerate, no-root, ok),
   decided exactly on the common support S;
 - alpha*: the root of D(alpha) = E_{q_alpha}[l] on (0, 1), by bisection on the bracket
   [0, 1] (D(0+) > 0 > D(1-)) safeguarding Newton steps (D' = -Var_q(l)), iterated until the step is
@@ -461,8 +461,8 @@ def case_definitions() -> list[dict]:
         dict(id="partial-overlap",
              description="Zeros on both sides. Row 0: pi_theta = (0.4, 0.2, 0.4, 0), pi_t = "
                          "(0, 0.5, 0.2, 0.3): D changes sign on S = {1, 2}, a root exists; ESS = 0 "
-                         "on both sides (each pi has mass outside S). Row 1: theory.md's no-root "
-                         "example (0.6, 0.4, 0) vs (0.1, 0.2, 0.7): l < 0 on S. Row 2: l constant "
+                         "on both sides (each pi has mass outside S). Row 1: the no-root example of "
+                         "docs/derivation.md (0.6, 0.4, 0) vs (0.1, 0.2, 0.7): l < 0 on S. Row 2: l constant "
                          "and non-zero on S: (0.5, 0.5, 0) vs (0.25, 0.25, 0.5): no-root.",
              source=_inline("probs", [[0.4, 0.2, 0.4, 0.0], [0.6, 0.4, 0.0, 0.0],
                                       [0.5, 0.5, 0.0, 0.0]],

@@ -115,7 +115,7 @@ def test_missing_file_is_one_line_exit_2(runner, tmp_path):
 
 def test_report_folder_and_no_root_row(runner, tmp_path):
     path = tmp_path / "partial.json"
-    # row 0: fine; row 1: the theory.md counterexample (supports differ, no alpha*)
+    # row 0: fine; row 1: the no-root example of docs/derivation.md (supports differ, no alpha*)
     path.write_text(json.dumps({"pi_theta": [[0.6, 0.3, 0.1], [0.6, 0.4, 0.0]],
                                 "pi_t": [[0.2, 0.3, 0.5], [0.1, 0.2, 0.7]]}))
     out = tmp_path / "rep"

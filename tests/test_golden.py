@@ -1,6 +1,6 @@
 """The golden-case library (geomix_cli/cases.py) and the 50-digit reference (scripts/make_golden.py).
 
-The reference is tested against closed forms and the symmetries of theory.md at reduced digits
+The reference is tested against closed forms and the symmetries of docs/derivation.md at reduced digits
 (fast); the shipped case files are checked for coverage, provenance and intact sources; the
 comparison is checked to catch a 1e-4 change planted in the expected alpha of every case.
 """
@@ -85,7 +85,7 @@ def test_reference_root_equalises_the_kls(ref):
 
 
 @pytest.mark.parametrize("theta,target,kind,status", [
-    ([0.6, 0.4, 0.0], [0.1, 0.2, 0.7], "probs", "no-root"),          # theory.md's example
+    ([0.6, 0.4, 0.0], [0.1, 0.2, 0.7], "probs", "no-root"),          # docs/derivation.md's no-root example
     ([0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], "probs", "disjoint-support"),
     ([1.0, 2.0, 3.0], [11.0, 12.0, 13.0], "logits", "degenerate"),   # shifted logits: same pair
     ([0.5, 0.5, 0.0], [0.25, 0.25, 0.5], "probs", "no-root"),        # l constant, non-zero
