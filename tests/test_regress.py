@@ -235,3 +235,20 @@ def test_verdicts_of_the_real_suite_match_the_golden_file():
     report = json.loads(result.stdout)["verdicts"]["verify_alpha_theory"]
     assert report["changed"] == [] and report["golden"] == report["fresh"]
     assert len(report["golden"]) >= 10
+
+
+def test_hand_written_case_without_schema_version_gets_a_hint(cases_copy):
+    """The first error a newcomer meets names the keys a case file starts with and the recipe."""
+    path = cases_copy / "mine.json"
+    path.write_text(json.dumps({"id": "mine", "source": {"type": "inline", "kind": "probs",
+                                                         "pi_theta": [0.5, 0.5],
+                                                         "pi_t": [0.9, 0.1]}}))
+    result = regress("--no-verdicts", "--cases", cases_copy, "--case", "mine")
+    assert result.exit_code == EXIT_BAD_INPUT
+    (line,) = result.stderr.strip().splitlines()
+    assert "key 'schema_version': missing key" in line
+    for words in ('"schema_version": 1', '"id": "mine"', '"description"', '"source"',
+                  "geomix regress --update --case mine", "docs/regress.md"):
+        assert words in line
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "regress.md").read_text()
+    assert "## Adding your own case" in doc
