@@ -276,3 +276,11 @@ def test_user_facing_text_says_the_derivation_not_the_seed():
                  for m in pattern.finditer(p.read_text())
                  if p.name != "benchmarks.md"]  # bench's row labels: docs/benchmarks.md mirrors them
     assert not offenders, offenders
+
+
+def test_regress_table_at_80_columns_keeps_numbers_whole(runner):
+    res = _narrow(runner, ["regress", "--no-verdicts", "--case", "one-hot", "--case",
+                           "derivation-test2-not-reproduced-above-half", "-m", "newton"])
+    assert res.exit_code == 0, res.stderr
+    _assert_fits(res.stdout)
+    assert "1.0e-13" in res.stdout and "everything matches" in res.stdout

@@ -85,7 +85,12 @@ def _rich_table(title: Optional[str], columns: Sequence[Column], indices: Sequen
 
     table = Table(title=escape(title) if title else None, title_justify="left")
     for col in columns:
-        table.add_column(escape(col.header), justify=col.justify)
+        if col.justify == "right":  # numbers are never cut ('0.…'): text columns wrap instead
+            widest = max([_cells(col.header)] + [_cells(col.cell(i)) for i in indices])
+            table.add_column(escape(col.header), justify="right", no_wrap=True,
+                             min_width=widest)
+        else:
+            table.add_column(escape(col.header), justify=col.justify, overflow="fold")
     for k, i in enumerate(indices):
         if left_out and k == HEAD_ROWS:
             table.add_row(*(["⋮"] * len(columns)))
@@ -93,12 +98,17 @@ def _rich_table(title: Optional[str], columns: Sequence[Column], indices: Sequen
     return table
 
 
+def _cells(text: str) -> int:
+    """Terminal cells of the widest line of a (possibly multi-line) cell."""
+    from rich.cells import cell_len
+
+    return max(cell_len(line) for line in str(text).split("\n"))
+
+
 def table_width(columns: Sequence[Column], indices: Sequence[int]) -> int:
     """Terminal cells a boxed table of these columns and rows needs (one space of padding on
     each side of a cell, one rule between cells and at both edges)."""
-    from rich.cells import cell_len
-
-    widths = [max([cell_len(col.header)] + [cell_len(col.cell(i)) for i in indices])
+    widths = [max([_cells(col.header)] + [_cells(col.cell(i)) for i in indices])
               for col in columns]
     return sum(widths) + 3 * len(widths) + 1
 
@@ -132,7 +142,7 @@ def print_rows(columns: Sequence[Column], n_rows: int, *, title: Optional[str] =
         # table wider than the terminal is printed whole
         table = _rich_table(title, cols, indices, left_out)
         needed = table_width(cols, indices)
-        if needed > stdout.width:
+        if wide and needed > stdout.width:  # --wide: the whole table, wider than the terminal
             table.width = needed
         stdout.print(table, crop=False)
     else:
