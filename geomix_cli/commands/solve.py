@@ -151,17 +151,18 @@ def render_human(source: str, method: str, diagnostics, pairs, *, wide: bool = F
     else:
         title = head
     cols = [
-        _render.Column("row", lambda i: str(int(labels[i]))),
-        _render.Column(what, lambda i: fmt_a(sol.alpha[i])),
-        *([_render.Column("C [nats]", lambda i: fmt_n(diagnostics.chernoff[i]))] if exact else []),
+        _render.array_column("row", labels, lambda v: str(int(v))),
+        _render.array_column(what, sol.alpha, fmt_a),
+        *([_render.array_column("C [nats]", diagnostics.chernoff)] if exact else []),
         # at alpha* both KLs equal C: the compact view keeps C alone
-        _render.Column("KL(q‖πθ)", lambda i: fmt_n(diagnostics.kl_q_theta[i]), compact=not exact),
-        _render.Column("KL(q‖πt)", lambda i: fmt_n(diagnostics.kl_q_target[i]), compact=not exact),
-        _render.Column("ESS_θ(q)", lambda i: fmt_n(diagnostics.ess_theta[i])),
-        _render.Column("ESS_t(q)", lambda i: fmt_n(diagnostics.ess_target[i])),
-        _render.Column("α_H", lambda i: fmt_a(diagnostics.alpha_entropy[i]), compact=False),
-        _render.Column("passes", lambda i: str(int(sol.iterations[i])), compact=False),
-        _render.Column("status", lambda i: str(status[i]), justify="left"),
+        _render.array_column("KL(q‖πθ)", diagnostics.kl_q_theta, compact=not exact),
+        _render.array_column("KL(q‖πt)", diagnostics.kl_q_target, compact=not exact),
+        _render.array_column("ESS_θ(q)", diagnostics.ess_theta),
+        _render.array_column("ESS_t(q)", diagnostics.ess_target),
+        _render.array_column("α_H", diagnostics.alpha_entropy, fmt_a, compact=False),
+        _render.array_column("passes", sol.iterations, lambda v: str(int(v)), compact=False),
+        _render.Column("status", lambda i: str(status[i]), justify="left",
+                       cells=lambda idx: [str(status[i]) for i in idx]),
     ]
     shown = _render.print_rows(cols, pairs.n_rows, title=title, wide=wide, all_rows=all_rows)
     _render.print_messages(shown, labels, status, sol.message)
