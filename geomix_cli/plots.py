@@ -601,10 +601,12 @@ def figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point: st
 
     handles = [Patch(color="#DDDDDD", label="±10% band:\nESS_t within 0.9–1.1 × ESS_θ"),
                Line2D([], [], color=C_DIAG, linestyle="--", label="ESS_θ = ESS_t")]
-    if n < len(axes):  # an empty panel slot holds the legend
+    if n == 1:
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    elif n < len(axes):  # an empty panel slot holds the legend
         axes[n].legend(handles=handles, loc="center", frameon=False, fontsize=9)
-    else:
-        fig.legend(handles=handles, loc="outside upper center", ncols=2, frameon=False)
+    else:  # supxlabel below, suptitle above: the legend goes to the right
+        fig.legend(handles=handles, loc="outside right upper", frameon=False)
     fig.suptitle(title or f"Effective sample sizes at {point}: does ESS_θ ≈ ESS_t?"
                  + (" (one panel per family, each on its own scale)" if n > 1 else ""))
     return fig
