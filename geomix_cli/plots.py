@@ -532,6 +532,22 @@ def _ess_limits(x: np.ndarray, y: np.ndarray) -> tuple[bool, float, float]:
     return False, max(0.0, lo - pad), hi + pad
 
 
+def _ess_panel(ax, lo: float, hi: float, use_log: bool) -> None:
+    """The +-10% band, the diagonal, the scales and equal limits of an ESS_theta-vs-ESS_t panel."""
+    grid = np.geomspace(lo, hi, 200) if use_log else np.linspace(lo, hi, 200)
+    ax.fill_between(grid, (1 - ESS_BAND) * grid, (1 + ESS_BAND) * grid, color="#DDDDDD",
+                    label="±10% band", zorder=0)
+    ax.plot(grid, grid, color=C_DIAG, linestyle="--", linewidth=1.0, label="ESS_θ = ESS_t",
+            zorder=1)
+    if use_log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal", adjustable="box")
+    ax.grid(True, which="both", linewidth=0.4, alpha=0.5)
+
+
 def figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point: str = "q*"):
     """ESS_theta against ESS_t, one panel per family label (small multiples, each on its own
     scale so that the +-10% band, ESS_t within 0.9x..1.1x of ESS_theta, is visible for every
@@ -564,18 +580,9 @@ def figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point: st
             continue
         xs, ys = x[drawable], y[drawable]
         use_log, lo, hi = _ess_limits(xs, ys)
-        grid = np.geomspace(lo, hi, 200) if use_log else np.linspace(lo, hi, 200)
-        ax.fill_between(grid, (1 - ESS_BAND) * grid, (1 + ESS_BAND) * grid, color="#DDDDDD",
-                        label="±10% band", zorder=0)
-        ax.plot(grid, grid, color=C_DIAG, linestyle="--", linewidth=1.0, label="ESS_θ = ESS_t")
+        _ess_panel(ax, lo, hi, use_log)
         ax.scatter(xs, ys, s=16 if n > 1 else 22, alpha=0.8, color=palette(i % 10),
                    label=label, zorder=3, linewidths=0)
-        if use_log:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_aspect("equal", adjustable="box")
         ratio = np.maximum(xs, ys) / np.minimum(xs, ys)
         ax.text(0.03, 0.97, f"within 10%: {np.mean(ratio <= 1 + ESS_BAND):.0%}\n"
                             f"max/min up to {ratio.max():.3g}",
@@ -584,7 +591,6 @@ def figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point: st
                       "edgecolor": "#BBBBBB"})
         ax.set_title(label + (f"; {zeros} with an ESS of 0 not drawn" if zeros else ""),
                      fontsize=9.5 if n > 1 else 11)
-        ax.grid(True, which="both", linewidth=0.4, alpha=0.5)
         ax.tick_params(labelsize=8 if n > 1 else 10)
     for ax in axes[n:]:
         ax.set_axis_off()
@@ -647,11 +653,7 @@ def figure_principles_ess(ess_theta, ess_target, principles, *, title=None):
                 transform=ax.transAxes)
         return fig
     use_log, lo, hi = _ess_limits(x[good], y[good])
-    grid = np.geomspace(lo, hi, 200) if use_log else np.linspace(lo, hi, 200)
-    ax.fill_between(grid, (1 - ESS_BAND) * grid, (1 + ESS_BAND) * grid, color="#DDDDDD",
-                    label="±10% band", zorder=0)
-    ax.plot(grid, grid, color=C_DIAG, linestyle="--", linewidth=1.0, label="ESS_θ = ESS_t",
-            zorder=1)
+    _ess_panel(ax, lo, hi, use_log)
     for k, name in enumerate(order):
         sel = (pr == name) & good
         style = PRINCIPLE_STYLE.get(name, dict(marker="o", s=30, color="gray"))
@@ -662,16 +664,9 @@ def figure_principles_ess(ess_theta, ess_target, principles, *, title=None):
         jitter = (((np.arange(ratio.size) * 0.6180339887) % 1.0) - 0.5) * 0.5
         ax2.scatter(np.full(ratio.size, names.index(name)) + jitter, ratio, zorder=3, **{
             **style, "s": style["s"] * 0.45})
-    if use_log:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel("ESS_θ(q) at each principle's α  (fraction of samples)")
     ax.set_ylabel("ESS_t(q) at each principle's α  (fraction of samples)")
     ax.set_title("ESS_θ vs ESS_t, q at each principle's α")
-    ax.grid(True, which="both", linewidth=0.4, alpha=0.5)
     ax2.axhspan(1 / (1 + ESS_BAND), 1 + ESS_BAND, color="#DDDDDD", zorder=0,
                 label="within 10%")
     ax2.axhline(1.0, color=C_DIAG, linestyle="--", linewidth=1.0)
