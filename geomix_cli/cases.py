@@ -304,7 +304,7 @@ def _show(value) -> str:
 
 
 def _read_json(path: Path, what: str):
-    """A case or verdict file's JSON (io.py reads it; duplicate keys are refused)."""
+    """A case or verdict file's JSON (geomix_cli.io reads it; duplicate keys are refused)."""
     from geomix_cli.io import loads_json, read_text
 
     return loads_json(read_text(path, what=what), file=str(path))

@@ -285,6 +285,7 @@ def _check_npz_declared_sizes(handle, label: str) -> None:
     with zipfile.ZipFile(handle) as archive:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
+                declared += info.file_size  # read whole (as bytes) if its key is asked for
                 continue
             key = info.filename[:-4]
             try:
