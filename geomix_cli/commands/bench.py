@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             None, "--max-memory", help="Budget for the torch backend's temporaries (e.g. 512M, 2G)."),
         whole_process: bool = typer.Option(
             False, "--whole-process", help="Also time whole processes on a temporary file: "
-            "`geomix solve FILE` against loading it and running the seed's reference."),
+            "`geomix solve FILE` against loading it and running the derivation's reference code."),
         seed: int = typer.Option(0, "--seed", help="Seed of the generated logits."),
         exact_rows: Optional[int] = typer.Option(
             None, "--exact-rows", help="Errors against float64 on the first N rows only (for "
@@ -68,6 +68,14 @@ def register(app: typer.Typer) -> None:
         restore_numpy_hugepage()
         from geomix_cli.commands._device import parse_memory
 
+        _shared.check_seed(seed)
+        if rows >= 1 and vocab >= 2:
+            from geomix_cli.io import check_memory
+
+            # stored logits of both sides, their float64 log-probabilities and the solvers'
+            # temporaries: ~64 bytes per (row, token)
+            check_memory(64 * rows * vocab, what=f"a bench batch of {rows:,} rows x "
+                         f"{vocab:,} tokens", hint="use a smaller --rows or --vocab")
         known = {"reference", "bisection", "brentq", "newton", "halley", "api", "torch"}
         unknown = [m for m in (method or []) if m not in known]
         if unknown:

@@ -15,7 +15,7 @@ KINDS = {
     "delta": "D(alpha) with the Newton and bisection iterates, for one row (--row, default 0)",
     "ess": "ESS_theta(q*) vs ESS_t(q*) per row, with the diagonal and the ±10% band "
            "(coloured by the first '|' field of the source's meta when it has one)",
-    "four-cases": "the seed's four behaviour cases under q*, totalled over the rows",
+    "four-cases": "the derivation's four behaviour cases under q*, totalled over the rows",
     "entropy-error": "histogram of alpha_H - alpha* over the rows (per meta family, as ess)",
     "alpha-sequence": "alpha* (and alpha_H) per row, in row order",
 }
@@ -103,7 +103,7 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
         thr = ("1/V" if threshold is None else f"{threshold:g}")
         fig = plots.figure_four_cases(
             summary.labels, summary.counts, summary.mass_q, summary.fraction_meeting,
-            title=f"The seed's four behaviour cases under q* — {name}, {summary.n_rows} row(s), "
+            title=f"The derivation's four behaviour cases under q* — {name}, {summary.n_rows} row(s), "
                   f"'large' = p ≥ {thr}")
         return fig, {"labels": list(summary.labels), "expectations": list(summary.expectations),
                      "counts": summary.counts, "mass_q": summary.mass_q,
@@ -146,7 +146,8 @@ def register(app: typer.Typer) -> None:
         rows: Optional[str] = _shared.RowsOption,
         out: Optional[Path] = typer.Option(None, "--out", "-o",
                                            help="Figure file (.png, .svg, .pdf); default "
-                                                "outputs/<KIND>.png."),
+                                                "outputs/<KIND>.png. " + _shared.FILE_HELP),
+        force: bool = _shared.ForceOption,
         threshold: Optional[float] = typer.Option(
             None, "--threshold", help="four-cases: 'large' means p >= threshold "
                                       "(default 1/V)."),
@@ -166,7 +167,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"unknown plot kind '{kind}'; choose from {', '.join(KINDS)}")
         if threshold is not None and not 0.0 < threshold <= 1.0:
             raise InputError(f"--threshold {threshold:g} must lie in (0, 1]")
-        out = check_figure_path(out if out is not None else Path("outputs") / f"{kind}.png")
+        out = check_figure_path(out if out is not None else Path("outputs") / f"{kind}.png",
+                                sources=[source], force=force)
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)

@@ -11,6 +11,7 @@ test) and verdicts from a fresh suite run, printing what changed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -64,15 +65,19 @@ def compute_records(log_theta, log_t, errors, method: str, device: str = "cpu") 
     return diagnose(log_theta, log_t, sol).records()
 
 
-def run_values(cases, methods: list[str], progress=None, device: str = "cpu"):
-    """Compare every case with every method. Returns (table rows, mismatches)."""
+def run_values(cases, methods: list[str], progress=None, device: str = "cpu", inputs=None):
+    """Compare every case with every method. Returns (table rows, mismatches).
+
+    inputs: `case_inputs(case)` per case, in order, when the caller read them already (so that a
+    bad case is refused before any progress line is printed)."""
     from geomix_cli.cases import Mismatch, case_inputs, compare_records
 
     table, mismatches = [], []
     for n, case in enumerate(cases):
         if progress:
             progress(case.id, n, len(cases))
-        log_theta, log_t, errors, fingerprint = case_inputs(case)
+        log_theta, log_t, errors, fingerprint = (inputs[n] if inputs is not None
+                                                 else case_inputs(case))
         if fingerprint != case.data["source_sha256"]:
             mismatches.append(Mismatch(case.id, "source", None, "source_sha256",
                                        case.data["source_sha256"], fingerprint,
@@ -124,17 +129,27 @@ def run_suite_verdicts(suite: str, progress=None) -> dict[str, str]:
     return verdict_map(run_suite(suite, thorough=False, seed=0, progress=callback))
 
 
-def run_verdicts(cases_dir: Path, suite: str, progress=None):
-    """(golden, fresh, mismatches) for one suite."""
-    from geomix_cli.cases import Mismatch, compare_verdicts, load_verdicts, verdicts_path
+def golden_verdicts(cases_dir: Path, suite: str) -> dict[str, str] | None:
+    """The golden verdict file of a suite (None when there is none); a corrupt one is refused
+    here, before the suite runs."""
+    from geomix_cli.cases import load_verdicts, verdicts_path
 
     path = verdicts_path(cases_dir, suite)
+    return load_verdicts(path) if os.path.lexists(path) else None
+
+
+def run_verdicts(cases_dir: Path, suite: str, progress=None, golden=...):
+    """(golden, fresh, mismatches) for one suite (golden: as `golden_verdicts` read it)."""
+    from geomix_cli.cases import Mismatch, compare_verdicts, verdicts_path
+
+    if golden is ...:
+        golden = golden_verdicts(cases_dir, suite)
+    path = verdicts_path(cases_dir, suite)
     fresh = run_suite_verdicts(suite, progress)
-    if not path.is_file():
+    if golden is None:
         return None, fresh, [Mismatch(f"verdicts/{suite}", "verify", None, "file", str(path),
                                       None, "no golden verdict file: write it on purpose with "
                                             "geomix regress --update")]
-    golden = load_verdicts(path)
     return golden, fresh, compare_verdicts(golden, fresh, suite)
 
 
@@ -183,6 +198,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device",
                                    help=f"Device of the {TORCH_METHOD} method (cpu, cuda, cuda:N)."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+        wide: bool = typer.Option(False, "--wide", help="Every column, however wide the "
+                                  "terminal."),
     ) -> None:
         """Recompute the golden cases with every exact method and compare (exit 4 on drift)."""
         from geomix_cli.errors import InputError
@@ -202,16 +219,27 @@ def register(app: typer.Typer) -> None:
             if m not in known:
                 raise InputError(f"unknown or unavailable method '{m}'; choose from "
                                  f"{', '.join(known)}")
-        from geomix_cli.cases import load_cases
+        if values and TORCH_METHOD in chosen:
+            from geomix_cli.backends import resolve_device
 
-        table, mismatches, verdict_report = [], [], {}
+            resolve_device(device)  # a bad or missing device is one line before any work
+        from geomix_cli.cases import case_inputs, load_cases
+
+        # Every input is read and checked before the first progress line: a bad case or verdict
+        # file is refused with its one line and nothing else.
+        cases, inputs, goldens = [], [], {}
         if values:
             cases = load_cases(cases_dir, case_ids)
-            table, found = run_values(cases, chosen, progress, device)
+            inputs = [case_inputs(case) for case in cases]
+        if verdicts:
+            goldens = {suite: golden_verdicts(cases_dir, suite) for suite in VERDICT_SUITES}
+        table, mismatches, verdict_report = [], [], {}
+        if values:
+            table, found = run_values(cases, chosen, progress, device, inputs=inputs)
             mismatches.extend(found)
         if verdicts:
             for suite in VERDICT_SUITES:
-                golden, fresh, found = run_verdicts(cases_dir, suite, progress)
+                golden, fresh, found = run_verdicts(cases_dir, suite, progress, goldens[suite])
                 mismatches.extend(found)
                 verdict_report[suite] = {"golden": golden, "fresh": fresh,
                                          "changed": [m.to_json() for m in found]}
@@ -225,7 +253,7 @@ def register(app: typer.Typer) -> None:
                                    "verdicts": verdict_report, "ok": not mismatches,
                                    "mismatches": [m.to_json() for m in mismatches]}))
         else:
-            _render(table, verdict_report, mismatches)
+            _render(table, verdict_report, mismatches, wide=wide)
         if mismatches:
             import sys
 
@@ -239,36 +267,44 @@ def _fmt(x) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.1e}"
 
 
-def _render(table, verdict_report, mismatches) -> None:
+def _render(table, verdict_report, mismatches, *, wide: bool = False) -> None:
     from rich.table import Table
 
     from geomix_cli.cli import stdout
 
     if table:
-        t = Table(title="golden values vs the 50-digit reference (max deviation over rows; "
-                        "ESS relative)", title_justify="left")
-        for header in ("case", "rows", "V", "statuses", "method", "|Δα|", "tol α", "|ΔC|",
-                       "|ΔKL|", "ΔESS rel", "|Δα_H|", "result"):
-            t.add_column(header, justify="left" if header in ("case", "statuses", "method",
-                                                                "result") else "right")
-        for r in table:
-            d = r["max_dev"]
-            t.add_row(r["case"], str(r["rows"]), str(r["vocab"]), r["statuses"], r["method"],
-                      _fmt(d["alpha"]), _fmt(r["tolerances"]["alpha"]["abs"]),
-                      _fmt(d["chernoff"]), _fmt(max(d["kl_q_theta"], d["kl_q_target"])),
-                      _fmt(max(d["ess_theta"], d["ess_target"])), _fmt(d["alpha_entropy"]),
-                      "ok" if r["ok"] else f"FAIL ({r['mismatches']})")
-        stdout.print(t)
-        s = Table(title="largest deviation per method over all cases (ESS relative)",
-                  title_justify="left")
-        for header in ("method", "|Δα|", "|ΔC|", "|ΔKL(q‖πθ)|", "|ΔKL(q‖πt)|", "ΔESS_θ rel",
-                       "ΔESS_t rel", "|Δα_H|"):
-            s.add_column(header, justify="right")
-        for method, d in summarize(table).items():
-            s.add_row(method, *(_fmt(d[f]) for f in ("alpha", "chernoff", "kl_q_theta",
-                                                        "kl_q_target", "ess_theta", "ess_target",
-                                                        "alpha_entropy")))
-        stdout.print(s)
+        from geomix_cli.commands._render import Column, print_rows
+
+        def dev(i, *fields):
+            return _fmt(max(table[i]["max_dev"][f] for f in fields))
+
+        print_rows([
+            Column("case", lambda i: table[i]["case"], justify="left"),
+            Column("rows", lambda i: str(table[i]["rows"]), compact=False),
+            Column("V", lambda i: str(table[i]["vocab"]), compact=False),
+            Column("statuses", lambda i: table[i]["statuses"], justify="left", compact=False),
+            Column("method", lambda i: table[i]["method"], justify="left"),
+            Column("|Δα|", lambda i: dev(i, "alpha")),
+            Column("tol α", lambda i: _fmt(table[i]["tolerances"]["alpha"]["abs"])),
+            Column("|ΔC|", lambda i: dev(i, "chernoff"), compact=False),
+            Column("|ΔKL|", lambda i: dev(i, "kl_q_theta", "kl_q_target"), compact=False),
+            Column("ΔESS rel", lambda i: dev(i, "ess_theta", "ess_target"), compact=False),
+            Column("|Δα_H|", lambda i: dev(i, "alpha_entropy"), compact=False),
+            Column("result", lambda i: "ok" if table[i]["ok"]
+                   else f"FAIL ({table[i]['mismatches']})", justify="left"),
+        ], len(table), title="golden values vs the 50-digit reference (max deviation over rows; "
+                             "ESS relative)", wide=wide, all_rows=True)
+        summary = list(summarize(table).items())
+        fields = ("alpha", "chernoff", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target",
+                  "alpha_entropy")
+        headers = ("|Δα|", "|ΔC|", "|ΔKL(q‖πθ)|", "|ΔKL(q‖πt)|", "ΔESS_θ rel", "ΔESS_t rel",
+                   "|Δα_H|")
+        print_rows([Column("method", lambda i: summary[i][0], justify="left")]
+                   + [Column(h, (lambda f: lambda i: _fmt(summary[i][1][f]))(f),
+                             compact=f in ("alpha", "chernoff", "ess_theta"))
+                      for h, f in zip(headers, fields)],
+                   len(summary), title="largest deviation per method over all cases (ESS "
+                   "relative)", wide=wide, all_rows=True, note_hidden=False)
     for suite, rep in verdict_report.items():
         golden = rep["golden"] or {}
         t = Table(title=f"verdicts of {suite} vs cases/verdicts/{suite}.json",
@@ -291,13 +327,16 @@ def _update(cases_dir: Path, case_ids, values: bool, verdicts: bool, accept_sour
             reference, json_out: bool, progress) -> None:
     """Rewrite golden files from the reference / a fresh suite run; print the diff."""
     from geomix_cli.cases import (case_raw_pair, case_to_text, diff_cases, diff_verdicts,
-                                  load_cases, load_reference, load_verdicts, source_fingerprint,
+                                  load_cases, load_reference, source_fingerprint,
                                   verdicts_path)
     from geomix_cli.errors import InputError
     from geomix_cli.io import dumps_json, write_text_atomic
 
     changes: list[str] = []
     written: list[str] = []
+    # the current verdict files are read (and a corrupt one refused) before anything runs
+    old_verdicts = {suite: golden_verdicts(cases_dir, suite) or {} for suite in VERDICT_SUITES
+                    } if verdicts else {}
     if values:
         cases = load_cases(cases_dir, case_ids, for_update=True)
         changed_sources = []
@@ -332,10 +371,10 @@ def _update(cases_dir: Path, case_ids, values: bool, verdicts: bool, accept_sour
 
         for suite in VERDICT_SUITES:
             path = verdicts_path(cases_dir, suite)
-            old = load_verdicts(path) if path.is_file() else {}
+            old = old_verdicts[suite]
             fresh = run_suite_verdicts(suite, progress)
             lines = diff_verdicts(old, fresh, suite)
-            if lines or not path.is_file():
+            if lines or not os.path.lexists(path):
                 write_text_atomic(path, dumps_json(dict(sorted(fresh.items()))) + "\n")
                 written.append(str(path))
             changes.extend(lines)
