@@ -2,7 +2,7 @@
 
 The references here are independent of the API: scipy's log_softmax, the CLI (`geomix solve
 --json`), a loop of single-row solves, closed forms (importance weights average to 1 under q) and
-the identities of theory.md (swap, permutation, logit shift)."""
+the identities of docs/derivation.md (swap, permutation, logit shift)."""
 
 from __future__ import annotations
 
@@ -413,7 +413,7 @@ def test_on_invalid_status_reports_the_bad_row_like_the_cli():
 
 
 # ------------------------------------------------------------------------------------------------
-# the identities of theory.md, through the API, on both libraries
+# the identities of docs/derivation.md, through the API, on both libraries
 
 _rows = st.integers(min_value=2, max_value=40).flatmap(
     lambda v: st.tuples(st.integers(0, 2**32 - 1), st.just(v),

@@ -15,7 +15,7 @@ Per block:
 - `prepare_pair`: l and log_base = log pi_t on S, the support rules' numbers, and one pass
   (`passes.moments`) giving D and Var at the end points D(0+), D(1-) and, for short rows, at
   interior alphas of a grid that brackets the root (`rules.grid_size`);
-- `row_status`, `row_messages`: the status of every row from those numbers (theory.md's support
+- `row_status`, `row_messages`: the status of every row from those numbers (docs/derivation.md's support
   rules, `rules.status_code`; on the host);
 - `newton`: safeguarded Newton / Halley on the rows with a root (`rules.hermite_start`,
   `rules.newton_update`), one pass per iterate;
