@@ -573,3 +573,233 @@ def cpu_model_name() -> str | None:
     except OSError:
         return None
     return None
+
+
+# ----------------------------------------------------------------------------------------------
+# streamed [B, T, V] pair files (`geomix pairs`)
+
+PAIRS_MARKER_KEY = "geomix"  # safetensors __metadata__ key / npz array name marking a pairs file
+PAIRS_MARKER = "pairs"
+PAIRS_FORMATS = (".safetensors", ".npz")
+PAIRS_DTYPES = {"float32": ("F32", np.float32), "float16": ("F16", np.float16),
+                "bfloat16": ("BF16", None)}
+_NUMPY_TO_SAFETENSORS = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64",
+                         "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+                         "bool": "BOOL"}
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even (NaN stays NaN)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+def is_geomix_pairs_file(path) -> bool:
+    """True when `path` is a file written by `geomix pairs` (its marker is in the metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        if path.suffix.lower() == ".safetensors":
+            with open(path, "rb") as handle:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                if size > 100_000_000:
+                    return False
+                header = json.loads(handle.read(size))
+            return (header.get("__metadata__") or {}).get(PAIRS_MARKER_KEY) == PAIRS_MARKER
+        if path.suffix.lower() == ".npz":
+            import zipfile
+
+            with zipfile.ZipFile(path) as archive:
+                if f"{PAIRS_MARKER_KEY}.npy" not in archive.namelist():
+                    return False
+            with np.load(path, allow_pickle=False) as data:
+                return str(data[PAIRS_MARKER_KEY]) == PAIRS_MARKER
+    except Exception:  # unreadable or foreign: not ours
+        return False
+    return False
+
+
+def check_pairs_output(out, *, inputs=()) -> Path:
+    """Refuse an output path for a pairs file before any work: wrong extension, a folder, an input
+    of the run, or an existing file that `geomix pairs` did not write (only an earlier pairs file
+    may be replaced)."""
+    path = Path(out)
+    if path.suffix.lower() not in PAIRS_FORMATS:
+        raise InputError(f"output must end in {' or '.join(PAIRS_FORMATS)}", file=str(out))
+    resolved = path.resolve()
+    for item in inputs:
+        if item is not None and Path(item).exists() and Path(item).resolve() == resolved:
+            raise InputError("is an input of this run; geomix never overwrites its inputs",
+                             file=str(out))
+    if path.exists() or path.is_symlink():
+        if not path.is_file():
+            raise InputError("exists and is not a regular file; choose a new file name",
+                             file=str(out))
+        if not is_geomix_pairs_file(path):
+            raise InputError("exists and was not written by geomix pairs; geomix replaces only "
+                             "its own earlier output (choose a new file name)", file=str(out))
+    if not path.parent.exists():
+        raise InputError("the folder does not exist", file=str(path.parent))
+    return path
+
+
+class PairsFileWriter:
+    """Write a `[B, T, V]` pairs file row by row, without holding it in memory, atomically.
+
+    Keys: `logits_theta`, `logits_t` ([B, T, V] in `dtype`: float32, float16 or bfloat16 (bfloat16
+    in .safetensors only)), the small arrays given (e.g. `attention_mask` [B, T]), `meta` (one
+    string per [b, t] position, B*T of them) and the marker that lets a later run replace the file.
+    The file is built under a temporary name in the same folder (created honouring the umask) and
+    renamed over `path` by `commit()`; `abort()` (or an exception inside `with`) removes it.
+    `load_source` reads the result like any other pairs file."""
+
+    def __init__(self, path, *, shape: tuple[int, int, int], dtype: str, arrays: dict,
+                 meta: list[str], info: dict | None = None):
+        self.path = Path(path)
+        self.shape = tuple(int(s) for s in shape)
+        if dtype not in PAIRS_DTYPES:
+            raise InputError(f"--dtype must be one of {', '.join(PAIRS_DTYPES)}, not '{dtype}'")
+        self.dtype = dtype
+        self.format = self.path.suffix.lower()
+        if self.format not in PAIRS_FORMATS:
+            raise InputError(f"output must end in {' or '.join(PAIRS_FORMATS)}", file=str(path))
+        if self.format == ".npz" and dtype == "bfloat16":
+            raise InputError("bfloat16 has no numpy dtype, so .npz cannot hold it; write "
+                             ".safetensors or choose --dtype float16/float32", file=str(path))
+        if len(meta) != self.shape[0] * self.shape[1]:
+            raise ValueError("meta needs one string per [b, t] position")
+        self.itemsize = 4 if dtype == "float32" else 2
+        self.row_bytes = self.shape[1] * self.shape[2] * self.itemsize
+        self.tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.tmp"
+        self._written = np.zeros(self.shape[0], dtype=bool)
+        self._closed = False
+        self._arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        self._meta = [str(m) for m in meta]
+        self._info = dict(info or {})
+        if self.format == ".safetensors":
+            self._open_safetensors()
+        else:
+            self._open_npz()
+
+    # -- safetensors: one preallocated file, rows written in place with pwrite
+    def _open_safetensors(self):
+        header, offset, small = {}, 0, []
+        for key, value in self._arrays.items():
+            name = _NUMPY_TO_SAFETENSORS.get(value.dtype.name)
+            if name is None:
+                raise ValueError(f"cannot store {value.dtype} in safetensors")
+            raw = value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+            header[key] = {"dtype": name, "shape": list(value.shape),
+                           "data_offsets": [offset, offset + len(raw)]}
+            small.append(raw)
+            offset += len(raw)
+        self._logit_offset = {}
+        total = self.shape[0] * self.row_bytes
+        for key in KEY_PAIRS[LOGITS]:
+            header[key] = {"dtype": PAIRS_DTYPES[self.dtype][0], "shape": list(self.shape),
+                           "data_offsets": [offset, offset + total]}
+            self._logit_offset[key] = offset
+            offset += total
+        header["__metadata__"] = {PAIRS_MARKER_KEY: PAIRS_MARKER, "meta": json.dumps(self._meta),
+                                  "geomix_info": dumps_json(self._info, indent=None)}
+        head = json.dumps(header).encode("utf-8")
+        head += b" " * (-len(head) % 8)
+        self._data_start = 8 + len(head)
+        self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            os.ftruncate(self._fd, self._data_start + offset)
+            os.pwrite(self._fd, struct.pack("<Q", len(head)) + head + b"".join(small), 0)
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- npz: .npy members (logits as memory maps) in a temporary folder, zipped at commit
+    def _open_npz(self):
+        self._npz_dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        storage = PAIRS_DTYPES[self.dtype][1]
+        self._maps = {key: np.lib.format.open_memmap(self._npz_dir / f"{key}.npy", mode="w+",
+                                                     dtype=storage, shape=self.shape)
+                      for key in KEY_PAIRS[LOGITS]}
+
+    def write_row(self, b: int, theta: np.ndarray, target: np.ndarray) -> None:
+        """Store prompt b's [T_b, V] logits (T_b <= T; the rest of the row stays 0, masked)."""
+        for key, values in zip(KEY_PAIRS[LOGITS], (theta, target)):
+            values = np.asarray(values, dtype=np.float32)
+            if values.ndim != 2 or values.shape[0] > self.shape[1] or values.shape[1] != self.shape[2]:
+                raise ValueError(f"row {b}: {values.shape} does not fit {self.shape[1:]}")
+            if self.dtype == "float16":
+                big = np.abs(values[np.isfinite(values)]).max(initial=0.0)
+                if big > np.finfo(np.float16).max:
+                    raise InputError(f"a logit of magnitude {big:.4g} overflows float16; use "
+                                     "--dtype bfloat16 or float32", file=str(self.path))
+            if self.format == ".npz":
+                self._maps[key][b, :values.shape[0]] = values
+                continue
+            raw = (bfloat16_bits(values) if self.dtype == "bfloat16" else
+                   values.astype(PAIRS_DTYPES[self.dtype][1])).astype(
+                       "<u2" if self.itemsize == 2 else "<f4", copy=False).tobytes()
+            os.pwrite(self._fd, raw, self._data_start + self._logit_offset[key]
+                      + b * self.row_bytes)
+        self._written[b] = True
+
+    def commit(self) -> Path:
+        if not self._written.all():
+            missing = int(np.flatnonzero(~self._written)[0])
+            raise RuntimeError(f"pairs file committed with row {missing} unwritten")
+        if self.format == ".safetensors":
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.replace(self.tmp, self.path)
+        else:
+            self._commit_npz()
+        self._closed = True
+        return self.path
+
+    def _commit_npz(self):
+        import zipfile
+
+        for value in self._maps.values():
+            value.flush()
+        self._maps = {}
+        members = dict(self._arrays)
+        members["meta"] = np.asarray(self._meta, dtype=str)
+        members[PAIRS_MARKER_KEY] = np.asarray(PAIRS_MARKER)
+        members["geomix_info"] = np.asarray(dumps_json(self._info, indent=None))
+        for key, value in members.items():
+            np.save(self._npz_dir / f"{key}.npy", value, allow_pickle=False)
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as handle:
+            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED,
+                                 allowZip64=True) as archive:
+                for member in sorted(self._npz_dir.iterdir()):
+                    archive.write(member, arcname=member.name)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(self.tmp, self.path)
+        _remove_tree(self._npz_dir)
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._maps = {}
+        Path(self.tmp).unlink(missing_ok=True)
+        if getattr(self, "_npz_dir", None) is not None:
+            _remove_tree(self._npz_dir)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.abort()
+        return False
