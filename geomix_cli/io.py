@@ -740,9 +740,8 @@ class PairsFileWriter:
             if self.format == ".npz":
                 self._maps[key][b, :values.shape[0]] = values
                 continue
-            raw = (bfloat16_bits(values) if self.dtype == "bfloat16" else
-                   values.astype(PAIRS_DTYPES[self.dtype][1])).astype(
-                       "<u2" if self.itemsize == 2 else "<f4", copy=False).tobytes()
+            raw = (bfloat16_bits(values).astype("<u2") if self.dtype == "bfloat16" else
+                   values.astype("<f2" if self.dtype == "float16" else "<f4")).tobytes()
             os.pwrite(self._fd, raw, self._data_start + self._logit_offset[key]
                       + b * self.row_bytes)
         self._written[b] = True

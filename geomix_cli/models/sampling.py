@@ -305,8 +305,9 @@ def sequence_ess(log_w: np.ndarray, axis: int = -1) -> dict:
     n = log_w.shape[axis]
     lse1 = _logsumexp(log_w, axis)
     lse2 = _logsumexp(2.0 * log_w, axis)
-    return {"ess": np.exp(-(lse2 - math.log(n))), "kish": np.exp(2.0 * lse1 - lse2) / n,
-            "mean_w": np.exp(lse1 - math.log(n))}
+    with np.errstate(over="ignore"):  # a weight beyond float range has mean_w = inf: say so
+        return {"ess": np.exp(-(lse2 - math.log(n))), "kish": np.exp(2.0 * lse1 - lse2) / n,
+                "mean_w": np.exp(lse1 - math.log(n))}
 
 
 def balance_ratio(a, b):
