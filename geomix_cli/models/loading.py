@@ -9,9 +9,11 @@ is refused with one line instead of being looked up.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,7 +150,8 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32") -> Loa
     if gguf:
         kwargs["gguf_file"] = gguf
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        with _quiet_gguf_progress(gguf is not None):
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     except Exception as exc:
         raise InputError(f"cannot load as a causal language model: {_first_line(exc)}",
                          file=str(spec)) from None
@@ -221,6 +224,26 @@ def accepts_logits_to_keep(model) -> bool:
     import inspect
 
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@contextmanager
+def _quiet_gguf_progress(active: bool):
+    """transformers' GGUF de-quantisation draws its own tqdm bar on stderr, outside its
+    progress-bar switch; silence that one bar while loading (geomix shows its own status)."""
+    module = None
+    if active:
+        try:
+            import transformers.modeling_gguf_pytorch_utils as module
+        except ImportError:  # another transformers layout: leave it alone
+            module = None
+    original = getattr(module, "tqdm", None)
+    if original is not None:
+        module.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        if original is not None:
+            module.tqdm = original
 
 
 def _first_line(exc: BaseException) -> str:
