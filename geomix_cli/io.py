@@ -730,7 +730,8 @@ class PairsFileWriter:
         """Store prompt b's [T_b, V] logits (T_b <= T; the rest of the row stays 0, masked)."""
         for key, values in zip(KEY_PAIRS[LOGITS], (theta, target)):
             values = np.asarray(values, dtype=np.float32)
-            if values.ndim != 2 or values.shape[0] > self.shape[1] or values.shape[1] != self.shape[2]:
+            if (values.ndim != 2 or values.shape[0] > self.shape[1]
+                    or values.shape[1] != self.shape[2]):
                 raise ValueError(f"row {b}: {values.shape} does not fit {self.shape[1:]}")
             if self.dtype == "float16":
                 big = np.abs(values[np.isfinite(values)]).max(initial=0.0)

@@ -45,7 +45,8 @@ def test_pairs_then_solve_check_and_plot(setup, runner, tmp_path):
                                            "--json"))
     assert result.exit_code == 0, result.stderr
     summary = strict_json(result.stdout)
-    assert summary["shape"] == [3, 3, 32] and summary["rows"] == 4 and summary["dtype"] == "bfloat16"
+    assert summary["shape"] == [3, 3, 32] and summary["rows"] == 4
+    assert summary["dtype"] == "bfloat16"
     assert "no completion" in result.stderr  # prompt c has none: a warning, not an error
     solved = runner.invoke(app, ["solve", str(out), "--json"])
     assert solved.exit_code == 0, solved.stderr

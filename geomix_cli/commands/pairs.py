@@ -28,6 +28,9 @@ SplitSpecialOption = typer.Option(False, "--split-special-tokens", help="Tokeniz
 ModelDeviceOption = typer.Option("cpu", "--device", help="Run the models on cpu or cuda.")
 ModelDtypeOption = typer.Option("float32", "--model-dtype", help="Weights' dtype: float32, "
                                 "bfloat16 or float16.")
+ThreadsOption = typer.Option(None, "--threads", help="torch CPU threads for the models "
+                             "(default: torch's); on a machine busy with other jobs 1 can be "
+                             "much faster.")
 BatchSizeOption = typer.Option(8, "--batch-size", help="Prompts per forward pass (at most).")
 MaxMemoryOption = typer.Option(None, "--max-memory", help="Budget for one forward pass's "
                                "temporaries (activations, kept logits), e.g. 512M or 2G "
@@ -59,6 +62,7 @@ def register(app: typer.Typer) -> None:
         max_memory: Optional[str] = MaxMemoryOption,
         device: str = ModelDeviceOption,
         model_dtype: str = ModelDtypeOption,
+        threads: Optional[int] = ThreadsOption,
         json_out: bool = _shared.JsonOption,
     ) -> None:
         """Next-token distribution pairs (pi_theta, pi_t) from two local models, by teacher forcing.
@@ -84,13 +88,15 @@ def register(app: typer.Typer) -> None:
                              ".safetensors or choose --dtype float16/float32", file=out)
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise InputError(f"--threads must be at least 1, got {threads}")
         if not target_temperature > 0 or target_temperature == float("inf"):
             raise InputError(f"--target-temperature must be a positive number, got "
                              f"{target_temperature}")
         budget = parse_memory(max_memory)
         check_pairs_output(out, inputs=(prompts, theta, target))
         loaded_theta, loaded_target, records = prepare(theta, target, prompts, device=device,
-                                                       model_dtype=model_dtype)
+                                                       model_dtype=model_dtype, threads=threads)
         from geomix_cli.models.pairs import plan_pairs, write_pairs
 
         plans = plan_pairs(records, loaded_theta.tokenizer, loaded_target.tokenizer,
@@ -107,7 +113,7 @@ def register(app: typer.Typer) -> None:
             summary = write_pairs(out, loaded_theta, loaded_target, plans, dtype=dtype,
                                   batch_size=batch_size, max_memory=budget,
                                   target_temperature=target_temperature, info=info,
-                                  progress=advance)
+                                  progress=advance, threads=threads)
         from geomix_cli.cli import warning_line
 
         for line in summary.pop("warnings"):
@@ -133,13 +139,14 @@ def register(app: typer.Typer) -> None:
                          highlight=False)
 
 
-def prepare(theta: str, target: str, prompts: str, *, device: str, model_dtype: str):
+def prepare(theta: str, target: str, prompts: str, *, device: str, model_dtype: str,
+            threads: Optional[int] = None):
     """Everything cheap checked first (prompts file, model paths, device, extra), then both models
     loaded (one load when --theta and --target are the same path). Returns (theta, target,
     records)."""
     from geomix_cli.backends import resolve_device
     from geomix_cli.models.loading import (import_transformers, load_pair, model_dtype as
-                                           _dtype, resolve_model_path)
+                                           _dtype, resolve_model_path, torch_threads)
     from geomix_cli.models.prompts import read_prompts
 
     records = read_prompts(prompts)
@@ -150,7 +157,8 @@ def prepare(theta: str, target: str, prompts: str, *, device: str, model_dtype: 
     _dtype(model_dtype)
     from geomix_cli.cli import stderr
 
-    with stderr.status(f"loading {theta}" + (f" and {target}" if target != theta else "")):
+    with stderr.status(f"loading {theta}" + (f" and {target}" if target != theta else "")), \
+            torch_threads(threads):
         loaded_theta, loaded_target = load_pair(theta, target, device=device, dtype=model_dtype)
     return loaded_theta, loaded_target, records
 

@@ -12,7 +12,8 @@ from geomix_cli.commands import _shared
 from geomix_cli.commands.pairs import (BatchSizeOption, ChatOption, ModelDeviceOption,
                                        ModelDtypeOption, PromptsOption, SplitSpecialOption,
                                        TargetOption, TargetSystemOption, TargetTemperatureOption,
-                                       ThetaOption, ThetaSystemOption, prepare, progress_bar)
+                                       ThetaOption, ThetaSystemOption, ThreadsOption, prepare,
+                                       progress_bar)
 
 SAMPLE_SCHEMA = 1
 
@@ -48,6 +49,7 @@ def register(app: typer.Typer) -> None:
                                        "(each step runs both models on the batch)."),
         device: str = ModelDeviceOption,
         model_dtype: str = ModelDtypeOption,
+        threads: Optional[int] = ThreadsOption,
         json_out: bool = _shared.JsonOption,
     ) -> None:
         """Sample sequences token by token from q* (or another sampler) and measure the ESS balance.
@@ -71,12 +73,14 @@ def register(app: typer.Typer) -> None:
         if not target_temperature > 0 or target_temperature == float("inf"):
             raise InputError(f"--target-temperature must be a positive number, got "
                              f"{target_temperature}")
+        if threads is not None and threads < 1:
+            raise InputError(f"--threads must be at least 1, got {threads}")
         if seed < 0:
             raise InputError(f"--seed must be a non-negative integer, got {seed}")
         if out is not None:
             check_report_dir(out, inputs=(prompts, theta, target))
         loaded_theta, loaded_target, records = prepare(theta, target, prompts, device=device,
-                                                       model_dtype=model_dtype)
+                                                       model_dtype=model_dtype, threads=threads)
         from geomix_cli.models.sampling import generate, sequence_statistics
 
         total = len(records) * len(labels) * n
@@ -86,11 +90,13 @@ def register(app: typer.Typer) -> None:
                            target_system=target_system, chat=chat_template,
                            split_special_tokens=split_special_tokens,
                            target_temperature=target_temperature, seed=seed,
-                           batch_size=batch_size, stop_at_eos=stop_at_eos, progress=advance)
+                           batch_size=batch_size, stop_at_eos=stop_at_eos, progress=advance,
+                           threads=threads)
         statistics = sequence_statistics(run)
         summary = build_summary(run, statistics, theta=theta, target=target, prompts=prompts,
                                 loaded=(loaded_theta, loaded_target),
                                 options={"device": device, "model_dtype": model_dtype,
+                                         "threads": threads,
                                          "chat_template": chat_template,
                                          "split_special_tokens": split_special_tokens})
         if out is not None:

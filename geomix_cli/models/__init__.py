@@ -1,7 +1,7 @@
 """Real causal language models in, q* out (the `models` extra: transformers, accelerate, gguf).
 
-Nothing here is imported by `geomix_cli.core`, by the other commands or by `import geomix_cli.models`
-itself: transformers and torch are imported inside the functions that need them, so this package
+Nothing here is imported by `geomix_cli.core`, by the other commands or by
+`import geomix_cli.models` itself: transformers and torch are imported inside the functions that need them, so this package
 can be imported (and its prompt parsing used) without the extra. Submodules:
 
 - `loading`: local model folders and .gguf files (never the network), the shared-vocabulary check,

@@ -54,7 +54,8 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
                                   n: int = 24, max_new_tokens: int = 12, seed: int = 0,
                                   band: float = 1.1, bootstrap: int = 400,
                                   interval: float = 0.9, device: str = "cpu",
-                                  batch_size: int = 48, loaded=None) -> dict:
+                                  batch_size: int = 48, threads: int | None = None,
+                                  loaded=None) -> dict:
     """Sample `n` sequences per prompt from q* (sampler kl-symmetry) and measure the balance of
     ESS_theta and ESS_t at sequence level and at token level.
 
@@ -67,6 +68,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
     band: the derivation's 10% (max/min <= 1.1).
     bootstrap, interval: resamples and level of the per-prompt interval of
       r = ESS_theta / ESS_t (percentile bootstrap over the n sequences).
+    threads: torch CPU threads while sampling (None: torch's setting).
     loaded: an already loaded `loading.LoadedModel` to use instead of loading `model`.
 
     Returns a dict: claim, statement, model, n, max_new_tokens, seed, band, prompts (count),
@@ -101,7 +103,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
     records = parse_prompts("\n".join(json.dumps(p) for p in prompt_dicts), "evidence prompts")
     run = generate(theta, theta, records, samplers=["kl-symmetry"], n=n,
                    max_new_tokens=max_new_tokens, theta_system=NEUTRAL_SYSTEM, seed=seed,
-                   batch_size=batch_size)
+                   batch_size=batch_size, threads=threads)
     stats = sequence_statistics(run, band=band)
     log_w_theta, log_w_t = run.log_weights()
     rng = np.random.default_rng(seed)

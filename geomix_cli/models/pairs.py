@@ -192,11 +192,22 @@ class ExtractionStats:
 
 def extract_pairs(theta, target, plans: list[PairPlan], *, on_rows, batch_size: int = 8,
                   max_memory: int | None = None, target_temperature: float = 1.0,
-                  progress=None) -> ExtractionStats:
+                  progress=None, threads: int | None = None) -> ExtractionStats:
     """Run both models over every plan and hand each prompt's rows to
     `on_rows(prompt_index, theta_logits [n, V], target_logits [n, V])` (float32 numpy; the target
     logits divided by `target_temperature`). `progress(done_prompts, total)` is called after each
-    batch. Returns counts and timings."""
+    batch. threads: torch CPU threads during the run (None: unchanged). Returns counts and
+    timings."""
+    from geomix_cli.models.loading import torch_threads
+
+    with torch_threads(threads):
+        return _extract(theta, target, plans, on_rows=on_rows, batch_size=batch_size,
+                        max_memory=max_memory, target_temperature=target_temperature,
+                        progress=progress)
+
+
+def _extract(theta, target, plans, *, on_rows, batch_size, max_memory, target_temperature,
+             progress) -> ExtractionStats:
     if not (target_temperature > 0 and math.isfinite(target_temperature)):
         raise InputError(f"--target-temperature must be a positive number, got "
                          f"{target_temperature}")
@@ -259,7 +270,7 @@ def row_label(plan: PairPlan, k: int, tokenizer) -> str:
 def write_pairs(path, theta, target, plans: list[PairPlan], *, dtype: str = "float32",
                 batch_size: int = 8, max_memory: int | None = None,
                 target_temperature: float = 1.0, info: dict | None = None,
-                progress=None) -> dict:
+                progress=None, threads: int | None = None) -> dict:
     """Extract every plan's pairs and stream them into a `[B, T, V]` pairs file at `path`
     (.safetensors or .npz; written atomically). B = prompts, T = the most rows of any prompt;
     `attention_mask` [B, T] marks real rows. Also stored: `position` / `position_target` (index of
@@ -299,7 +310,8 @@ def write_pairs(path, theta, target, plans: list[PairPlan], *, dtype: str = "flo
         stats = extract_pairs(theta, target, plans,
                               on_rows=lambda b, a, t: writer.write_row(b, a, t),
                               batch_size=batch_size, max_memory=max_memory,
-                              target_temperature=target_temperature, progress=progress)
+                              target_temperature=target_temperature, progress=progress,
+                              threads=threads)
         writer.commit()
     seconds = time.perf_counter() - start
     if empty:

@@ -8,7 +8,7 @@ One JSON object per line (blank lines are skipped):
 - `prompt` (text) or `messages` (a chat: a list of {"role", "content"} with text content), not both;
 - `completion` (optional text): the continuation that teacher forcing runs over. A chat whose last
   message is from the assistant and that has no `completion` uses that message as the completion;
-- `id` (optional, text or integer): the prompt's name in outputs (default: `line N`); ids are unique;
+- `id` (optional, text or integer): the prompt's name in outputs (default `line N`), unique;
 - `theta_system`, `target_system` (optional text): this prompt's system prompt on that side, in
   place of `--theta-system` / `--target-system` (e.g. a different steering prompt per line).
 

@@ -240,7 +240,7 @@ def q_star_logits(policy_logits, target_logits, *, sampler: str | Sampler = "kl-
 
 _PROCESSOR_CLASS = None
 
-PROCESSOR_DOC = """A transformers LogitsProcessor that replaces the policy's scores by log q per row.
+PROCESSOR_DOC = """A transformers LogitsProcessor: the policy's scores become log q, per row.
 
     QStarLogitsProcessor(target_model, target_input_ids, target_attention_mask=None, *,
                          sampler="kl-symmetry", target_temperature=1.0)

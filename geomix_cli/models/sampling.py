@@ -177,14 +177,30 @@ def generate(theta, target, records, *, samplers=("kl-symmetry",), n: int = 4,
              target_system: str | None = None, chat: bool | None = None,
              split_special_tokens: bool = False, target_temperature: float = 1.0,
              seed: int = 0, batch_size: int = 16, stop_at_eos: bool = True, progress=None,
-             on_step=None) -> SampleRun:
+             on_step=None, threads: int | None = None) -> SampleRun:
     """Sample `n` sequences per prompt and sampler; see the module doc.
 
     theta, target: `loading.LoadedModel` (may be the same object). records: PromptRecords.
     Rows are processed in batches of `batch_size` sequences (all of a batch's rows advance
     together; a finished row is carried along and ignored). Draws come from one torch generator
     seeded with `seed`: the same options give the same samples. progress(done_rows, total_rows)
-    after each batch; on_step(batch_rows, step, step_dict, tokens) after each step (tests)."""
+    after each batch; on_step(batch_rows, step, step_dict, tokens) after each step (tests).
+    threads: torch CPU threads during the run (None: torch's setting; see loading.torch_threads)."""
+    from geomix_cli.models.loading import torch_threads
+
+    with torch_threads(threads):
+        return _generate(theta, target, records, samplers=samplers, n=n,
+                         max_new_tokens=max_new_tokens, theta_system=theta_system,
+                         target_system=target_system, chat=chat,
+                         split_special_tokens=split_special_tokens,
+                         target_temperature=target_temperature, seed=seed,
+                         batch_size=batch_size, stop_at_eos=stop_at_eos, progress=progress,
+                         on_step=on_step)
+
+
+def _generate(theta, target, records, *, samplers, n, max_new_tokens, theta_system,
+              target_system, chat, split_special_tokens, target_temperature, seed, batch_size,
+              stop_at_eos, progress, on_step) -> SampleRun:
     import torch
 
     from geomix_cli.models.prompts import encode_both
