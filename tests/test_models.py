@@ -501,3 +501,17 @@ def test_sequence_ess_balance_evidence_structure(folders):
         assert (rec["classification"] == "within") == inside
     assert set(evidence["fraction_within"]) == {"sequence", "token"}
     assert evidence["command"].startswith("geomix sample")
+
+
+def test_threads_option_is_scoped(loaded, records):
+    from geomix_cli.models.loading import torch_threads
+    from geomix_cli.models.sampling import generate
+
+    before = torch.get_num_threads()
+    seen = []
+    generate(loaded["theta"], loaded["theta"], records[:1], n=1, max_new_tokens=2, threads=1,
+             on_step=lambda *a: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    with pytest.raises(InputError, match="--threads"):
+        with torch_threads(0):
+            pass

@@ -172,6 +172,11 @@ def kept_logits(loaded, sequences: list[list[int]], indices: list[np.ndarray]) -
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
                     **kwargs)
         logits = out.logits
+        if column is not None and logits.shape[1] != wanted.size:
+            # a model that reads logits_to_keep differently: run it again keeping everything
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                        use_cache=False)
+            logits, column = out.logits, None
         rows = []
         for row, idx in enumerate(indices):
             cols = [column[int(p)] for p in idx] if column is not None else [int(p) for p in idx]
