@@ -26,6 +26,16 @@ def _plain_log_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _finish(ax, ylabel: str, title: str, *, legend: dict) -> None:
+    """Plain log y axis, labels, legend and grid of one ESS-vs-length panel."""
+    _plain_log_axis(ax)
+    ax.set_xlabel("prefix length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(**legend)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def _color(sampler: str, k: int) -> str:
     return _COLORS.get(sampler, ["#CC79A7", "#56B4E9", "#000000", "#777777"][k % 4])
 
@@ -107,18 +117,10 @@ def ess_vs_length_figure(statistics: dict):
                      label=f"{sampler}: ESS_t")
         axes[1].plot(length, [r["ratio_median"] for r in rows], "-", color=color,
                      label=sampler)
-    _plain_log_axis(axes[0])
-    axes[0].set_xlabel("prefix length (tokens)")
-    axes[0].set_ylabel("sequence-level ESS = 1 / mean(w²)  (median over prompts)")
-    axes[0].set_title("ESS of the two weight sets vs length")
-    axes[0].legend(fontsize=7.5, loc="lower left")
-    axes[0].grid(True, which="both", alpha=0.3)
     band = statistics["band"]
     axes[1].axhspan(1.0, band, color="#009E73", alpha=0.12, label=f"within {band - 1:.0%}")
-    _plain_log_axis(axes[1])
-    axes[1].set_xlabel("prefix length (tokens)")
-    axes[1].set_ylabel("max(ESS_θ, ESS_t) / min(...)  (median over prompts)")
-    axes[1].set_title("ESS balance vs length")
-    axes[1].legend(fontsize=8, loc="upper left")
-    axes[1].grid(True, which="both", alpha=0.3)
+    _finish(axes[0], "sequence-level ESS = 1 / mean(w²)  (median over prompts)",
+            "ESS of the two weight sets vs length", legend={"fontsize": 7.5, "loc": "lower left"})
+    _finish(axes[1], "max(ESS_θ, ESS_t) / min(...)  (median over prompts)",
+            "ESS balance vs length", legend={"fontsize": 8, "loc": "upper left"})
     return fig

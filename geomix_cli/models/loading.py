@@ -248,6 +248,17 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(saved)
 
 
+def threads_scoped(func):
+    """Give `func` a keyword `threads` (torch CPU threads inside the call; None: unchanged)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, threads: int | None = None, **kwargs):
+        with torch_threads(threads):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
 @contextmanager
 def _quiet_gguf_progress(active: bool):
     """transformers' GGUF de-quantisation draws its own tqdm bar on stderr, outside its

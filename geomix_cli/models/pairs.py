@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geomix_cli.errors import InputError
+from geomix_cli.models.loading import threads_scoped
 from geomix_cli.models.prompts import (PromptRecord, encode_both, encode_completion,
                                        token_text)
 
@@ -195,24 +196,15 @@ class ExtractionStats:
     warnings: list[str] = field(default_factory=list)
 
 
+@threads_scoped
 def extract_pairs(theta, target, plans: list[PairPlan], *, on_rows, batch_size: int = 8,
                   max_memory: int | None = None, target_temperature: float = 1.0,
-                  progress=None, threads: int | None = None) -> ExtractionStats:
+                  progress=None) -> ExtractionStats:
     """Run both models over every plan and hand each prompt's rows to
     `on_rows(prompt_index, theta_logits [n, V], target_logits [n, V])` (float32 numpy; the target
     logits divided by `target_temperature`). `progress(done_prompts, total)` is called after each
     batch. threads: torch CPU threads during the run (None: unchanged). Returns counts and
     timings."""
-    from geomix_cli.models.loading import torch_threads
-
-    with torch_threads(threads):
-        return _extract(theta, target, plans, on_rows=on_rows, batch_size=batch_size,
-                        max_memory=max_memory, target_temperature=target_temperature,
-                        progress=progress)
-
-
-def _extract(theta, target, plans, *, on_rows, batch_size, max_memory, target_temperature,
-             progress) -> ExtractionStats:
     if not (target_temperature > 0 and math.isfinite(target_temperature)):
         raise InputError(f"--target-temperature must be a positive number, got "
                          f"{target_temperature}")

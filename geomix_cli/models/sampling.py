@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geomix_cli.errors import InputError
+from geomix_cli.models.loading import threads_scoped
 from geomix_cli.models.qstar import (Sampler, _solve_alpha, alpha_for, ess_rows, kl_rows,
                                      log_geometric_mean, log_softmax64, parse_sampler)
 
@@ -172,12 +173,13 @@ def draw(log_q, generator):
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+@threads_scoped
 def generate(theta, target, records, *, samplers=("kl-symmetry",), n: int = 4,
              max_new_tokens: int = 32, theta_system: str | None = None,
              target_system: str | None = None, chat: bool | None = None,
              split_special_tokens: bool = False, target_temperature: float = 1.0,
              seed: int = 0, batch_size: int = 16, stop_at_eos: bool = True, progress=None,
-             on_step=None, threads: int | None = None) -> SampleRun:
+             on_step=None) -> SampleRun:
     """Sample `n` sequences per prompt and sampler; see the module doc.
 
     theta, target: `loading.LoadedModel` (may be the same object). records: PromptRecords.
@@ -185,22 +187,7 @@ def generate(theta, target, records, *, samplers=("kl-symmetry",), n: int = 4,
     together; a finished row is carried along and ignored). Draws come from one torch generator
     seeded with `seed`: the same options give the same samples. progress(done_rows, total_rows)
     after each batch; on_step(batch_rows, step, step_dict, tokens) after each step (tests).
-    threads: torch CPU threads during the run (None: torch's setting; see loading.torch_threads)."""
-    from geomix_cli.models.loading import torch_threads
-
-    with torch_threads(threads):
-        return _generate(theta, target, records, samplers=samplers, n=n,
-                         max_new_tokens=max_new_tokens, theta_system=theta_system,
-                         target_system=target_system, chat=chat,
-                         split_special_tokens=split_special_tokens,
-                         target_temperature=target_temperature, seed=seed,
-                         batch_size=batch_size, stop_at_eos=stop_at_eos, progress=progress,
-                         on_step=on_step)
-
-
-def _generate(theta, target, records, *, samplers, n, max_new_tokens, theta_system,
-              target_system, chat, split_special_tokens, target_temperature, seed, batch_size,
-              stop_at_eos, progress, on_step) -> SampleRun:
+    threads: torch CPU threads during the run (None: unchanged; loading.torch_threads)."""
     import torch
 
     from geomix_cli.models.prompts import encode_both
