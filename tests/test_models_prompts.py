@@ -102,3 +102,20 @@ def test_core_cli_and_models_package_do_not_import_transformers():
             "assert not heavy, heavy\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_without_the_models_extra_pairs_is_one_line_exit_5(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    code = ("import sys; sys.modules['transformers'] = None; sys.argv = ['geomix', 'pairs', "
+            f"'--theta', {str(model)!r}, '--target', {str(model)!r}, '--prompts', "
+            f"{str(prompts)!r}, '--out', {str(tmp_path / 'o.npz')!r}]\n"
+            "from geomix_cli.cli import main\nmain()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.splitlines() == [
+        "geomix: error: models need the models extra (transformers is not installed): "
+        "pip install 'geomix[models]'"]
