@@ -500,6 +500,8 @@ def test_sequence_ess_balance_evidence_structure(folders):
         inside = 1 / 1.1 <= rec["ratio_low"] and rec["ratio_high"] <= 1.1
         assert (rec["classification"] == "within") == inside
     assert set(evidence["fraction_within"]) == {"sequence", "token"}
+    low, high = evidence["fraction_within_interval"]
+    assert 0.0 <= low <= high <= 1.0
     assert evidence["command"].startswith("geomix sample")
 
 

@@ -78,7 +78,9 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
     'undecided'; token_fraction_within: the share of this prompt's tokens whose token-level
     ESS_theta(q*), ESS_t(q*) are within the band), counts (per classification),
     fraction_within ({'sequence': share of prompts whose point estimate is within the band,
-    'token': share of all tokens within the band}), along_length (per prefix length: median ratio
+    'token': share of all tokens within the band}), fraction_within_interval (the `interval`
+    bootstrap interval of the sequence share: every prompt's sequences resampled together, so
+    "most prompts" is refuted when its upper end is below 1/2), along_length (per prefix length: median ratio
     and share of prompts within the band), alpha_star (mean, min, max over tokens), status_counts,
     seconds, command (the geomix sample command that reproduces the run)."""
     from geomix_cli.models.loading import load_model, models_available, shipped_smollm2_gguf
@@ -109,6 +111,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
     rng = np.random.default_rng(seed)
     lo_q, hi_q = (1.0 - interval) / 2.0, 1.0 - (1.0 - interval) / 2.0
     per_prompt, counts = [], {"within": 0, "outside": 0, "undecided": 0}
+    inside = np.zeros((len(records), bootstrap), dtype=bool)  # replicate b: prompt within band?
     token_ok = run.tokens >= 0
     for p, record in enumerate(records):
         rows = np.flatnonzero(run.row_prompt == p)
@@ -116,6 +119,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
         picks = rng.integers(0, rows.size, size=(bootstrap, rows.size))
         boot = (sequence_ess(log_w_theta[rows][picks], axis=1)["ess"]
                 / sequence_ess(log_w_t[rows][picks], axis=1)["ess"])
+        inside[p] = (boot >= 1.0 / band) & (boot <= band)
         low, high = (float(v) for v in np.quantile(boot, [lo_q, hi_q]))
         if 1.0 / band <= low and high <= band:
             label = "within"
@@ -135,6 +139,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
             "ratio_low": low, "ratio_high": high, "classification": label,
             "mean_w_theta": est["mean_w_theta"], "mean_w_target": est["mean_w_target"],
             "token_fraction_within": float(np.mean(token_ratio <= band))})
+    share = inside.mean(axis=0)  # per replicate: the share of prompts within the band
     all_ratio = balance_ratio(run.fields["ess_theta"][token_ok],
                               run.fields["ess_target"][token_ok])
     alpha = run.fields["alpha_star"][token_ok]
@@ -150,6 +155,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
         "fraction_within": {"sequence": float(np.mean([r["ess_ratio"] <= band
                                                        for r in per_prompt])),
                             "token": float(np.mean(all_ratio <= band))},
+        "fraction_within_interval": [float(v) for v in np.quantile(share, [lo_q, hi_q])],
         "along_length": [{k: v for k, v in r.items() if k != "sampler"}
                          for r in stats["along_length"]],
         "alpha_star": {"mean": float(alpha.mean()) if alpha.size else None,
