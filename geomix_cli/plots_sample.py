@@ -119,7 +119,7 @@ def ess_vs_length_figure(statistics: dict):
                      label=sampler)
     band = statistics["band"]
     axes[1].axhspan(1.0, band, color="#009E73", alpha=0.12, label=f"within {band - 1:.0%}")
-    _finish(axes[0], "sequence-level ESS = 1 / mean(w²)  (median over prompts)",
+    _finish(axes[0], "sequence-level ESS, Kish (Σw)² / (n Σw²)  (median over prompts)",
             "ESS of the two weight sets vs length", legend={"fontsize": 7.5, "loc": "lower left"})
     _finish(axes[1], "max(ESS_θ, ESS_t) / min(...)  (median over prompts)",
             "ESS balance vs length", legend={"fontsize": 8, "loc": "upper left"})

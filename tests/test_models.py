@@ -449,12 +449,12 @@ def test_sequence_statistics_formulas():
     lw = rng.normal(size=(5, 40))
     got = sequence_ess(lw, axis=1)
     w = np.exp(lw)
-    assert_allclose(got["ess"], 1.0 / np.mean(w ** 2, axis=1), rtol=1e-12)
-    assert_allclose(got["kish"], w.sum(1) ** 2 / (40 * (w ** 2).sum(1)), rtol=1e-12)
+    assert_allclose(got["ess_unnormalized"], 1.0 / np.mean(w ** 2, axis=1), rtol=1e-12)
+    assert_allclose(got["ess"], w.sum(1) ** 2 / (40 * (w ** 2).sum(1)), rtol=1e-12)
     assert_allclose(got["mean_w"], w.mean(1), rtol=1e-12)
     # log-space: huge weights do not overflow
     big = sequence_ess(np.array([800.0, 800.0, 0.0]))
-    assert big["kish"] == pytest.approx(2 / 3)
+    assert big["ess"] == pytest.approx(2 / 3)
     assert_allclose(balance_ratio([1.0, 2.0, 0.0, np.nan], [2.0, 1.0, 1.0, 1.0]),
                     [2.0, 2.0, np.inf, np.nan])
 

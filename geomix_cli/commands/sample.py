@@ -246,10 +246,11 @@ def report_markdown(summary: dict, sequences: list[dict], figures) -> str:
              "next-token distributions; each sampler draws from its own q_α (kl-symmetry: α*). "
              "Per sequence, log w_θ = Σ log π_θ(y)/q(y) and log w_t = Σ log π_t(y)/q(y) are exact "
              "likelihood ratios of the whole sequence (E_q[w] = 1). Sequence-level ESS = "
-             "1 / mean(w²) over the n sequences of a prompt estimates 1 / E_q[w²], the "
-             "token-level ESS_π(q) = 1 / Σ π²/q carried to sequences; `mean_w` far below 1 "
-             "means the sample has not reached the weights' tail (the ESS is then "
-             "optimistic). Files: [samples.jsonl](samples.jsonl) (per sequence, with per-token "
+             "Kish's (Σw)² / (n Σw²) over the n sequences of a prompt (in (0, 1]); it estimates "
+             "1 / E_q[w²], the token-level ESS_π(q) = 1 / Σ π²/q carried to sequences "
+             "(`ess_*_unnormalized` = 1 / mean(w²) is the same target without "
+             "self-normalising); `mean_w` far below 1 means the sample has not reached the "
+             "weights' tail (the ESS is then optimistic). Files: [samples.jsonl](samples.jsonl) (per sequence, with per-token "
              "arrays), [tokens.csv](tokens.csv), [summary.json](summary.json).\n",
              "## Per sampler\n",
              f"Balance = max(ESS_θ, ESS_t) / min(...) <= {band:g} (the derivation's 10%), at "
@@ -258,7 +259,8 @@ def report_markdown(summary: dict, sequences: list[dict], figures) -> str:
              "\n## Per prompt\n",
              markdown_table(stats["per_prompt"], columns=[
                  "sampler", "prompt", "n", "mean_length", "ess_theta", "ess_target",
-                 "ess_ratio", "within_band", "kish_theta", "kish_target", "mean_w_theta",
+                 "ess_ratio", "within_band", "ess_theta_unnormalized",
+                 "ess_target_unnormalized", "mean_w_theta",
                  "mean_w_target", "token_ess_ratio_median"], max_rows=200),
              "\n## Balance along the length\n",
              markdown_table(_thin(stats["along_length"]), max_rows=120),

@@ -6,7 +6,8 @@ distribution. In RLHF the weights multiply along a sequence, so the question her
 balance survives at sequence level: sample whole sequences from q* (alpha* solved per token) on a
 real model, and compare the sequence-level ESS of the two weight sets
     w_theta = prod_t pi_theta(y_t|.) / q*(y_t|.),   w_t = prod_t pi_t(y_t|.) / q*(y_t|.)
-per prompt, estimated by ESS = 1 / mean(w^2) over n sequences (`sampling.sequence_ess`), with a
+per prompt, estimated by Kish's ESS = (sum w)^2 / (n sum w^2) over n sequences
+(`sampling.sequence_ess`; it estimates 1 / E_q[w^2], the token-level ESS carried over), with a
 bootstrap interval so that a prompt counts as balanced or unbalanced only when the sample says
 so clearly (otherwise 'undecided').
 

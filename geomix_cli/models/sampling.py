@@ -299,9 +299,11 @@ def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def sequence_ess(log_w: np.ndarray, axis: int = -1) -> dict:
     """Sequence-level ESS estimates from n importance log-weights along `axis`.
 
-    ess = 1 / mean(w^2): estimates ESS_pi(q) = 1 / E_q[w^2] = 1 / (1 + chi2(pi||q)) for whole
-      sequences (the token-level definition carried to sequences; E_q[w] = 1 is used);
-    kish = (sum w)^2 / (n sum w^2): Kish's effective fraction of the n draws (self-normalised);
+    ess = (sum w)^2 / (n sum w^2): Kish's effective fraction of the n draws (self-normalised,
+      in (0, 1]); it estimates ESS_pi(q) = 1 / E_q[w^2] = 1 / (1 + chi2(pi||q)) for whole
+      sequences, the token-level definition carried to sequences (E_q[w] = 1);
+    ess_unnormalized = 1 / mean(w^2): the same target without self-normalising (uses E_q[w] = 1;
+      it exceeds 1 when the sample misses the weights' tail, which is why `ess` is the headline);
     mean_w = mean(w): should be near 1; far below 1 says the sample has not reached the weights'
       tail, and both ESS figures are then optimistic."""
     log_w = np.asarray(log_w, dtype=np.float64)
@@ -309,7 +311,8 @@ def sequence_ess(log_w: np.ndarray, axis: int = -1) -> dict:
     lse1 = _logsumexp(log_w, axis)
     lse2 = _logsumexp(2.0 * log_w, axis)
     with np.errstate(over="ignore"):  # a weight beyond float range has mean_w = inf: say so
-        return {"ess": np.exp(-(lse2 - math.log(n))), "kish": np.exp(2.0 * lse1 - lse2) / n,
+        return {"ess": np.exp(2.0 * lse1 - lse2) / n,
+                "ess_unnormalized": np.exp(-(lse2 - math.log(n))),
                 "mean_w": np.exp(lse1 - math.log(n))}
 
 
@@ -352,7 +355,8 @@ def sequence_statistics(run: SampleRun, *, band: float = 1.1) -> dict:
             rec = {"sampler": sampler, "prompt": pid, "n": int(rows.size),
                    "mean_length": float(run.length[rows].mean()),
                    "ess_theta": float(full_theta["ess"]), "ess_target": float(full_t["ess"]),
-                   "kish_theta": float(full_theta["kish"]), "kish_target": float(full_t["kish"]),
+                   "ess_theta_unnormalized": float(full_theta["ess_unnormalized"]),
+                   "ess_target_unnormalized": float(full_t["ess_unnormalized"]),
                    "mean_w_theta": float(full_theta["mean_w"]),
                    "mean_w_target": float(full_t["mean_w"]),
                    "ess_ratio": ratio, "within_band": bool(ratio <= band),
