@@ -150,7 +150,7 @@ def test_sample_report_and_json(setup, runner, tmp_path):
     again = runner.invoke(app, sample_args(setup, "--n", "2", "--max-new-tokens", "3", "--out",
                                            str(out)))
     assert again.exit_code == 0, again.stderr
-    assert "kl-symmetry" in again.stdout and "report:" in again.stdout
+    assert "kl-symmetry" in again.stdout and f"{out}/report.md" in again.stdout
     assert strict_json((out / "summary.json").read_text())["n"] == 2
 
 

@@ -291,24 +291,43 @@ def _thin(rows: list[dict], keep: int = 12) -> list[dict]:
 
 
 def render(summary: dict, out: Optional[str]) -> None:
-    from rich.table import Table
-
+    """Summary first (what ran, how fast, where the report is), then one row per sampler
+    (the shared renderer: compact columns on a narrow terminal)."""
     from geomix_cli.cli import stdout
-    from geomix_cli.reports import fmt_value
+    from geomix_cli.commands import _render
 
     stats = summary["statistics"]
-    table = Table(title=f"sample: {summary['sequences']} sequences, {summary['tokens']} tokens, "
-                  f"{summary['tokens_per_second'] or 0:.1f} tokens/s", title_justify="left")
-    for header in ("sampler", "mean α", "token ESS_θ", "token ESS_t", "tokens within 10%",
-                   "seq. ESS_θ (median)", "seq. ESS_t (median)", "prompts within 10%"):
-        table.add_column(header, justify="left" if header == "sampler" else "right")
-    for s in stats["samplers"]:
-        table.add_row(s["sampler"], fmt_value(s["alpha_mean"]),
-                      fmt_value(s["token_ess_theta_mean"]), fmt_value(s["token_ess_target_mean"]),
-                      fmt_value(s["token_fraction_within_band"]),
-                      fmt_value(s["sequence_ess_theta_median"]),
-                      fmt_value(s["sequence_ess_target_median"]),
-                      fmt_value(s["sequence_fraction_within_band"]))
-    stdout.print(table)
+    seconds = summary["seconds"]
+    facts = [("ran", f"{_render.fmt_count(summary['sequences'])} sequences, "
+                     f"{_render.fmt_count(summary['tokens'])} tokens, "
+                     f"{len(summary['prompt_ids'])} prompts x {len(summary['samplers'])} "
+                     f"sampler(s) x {summary['n']}"),
+             ("time", f"{seconds['total']:.1f} s ({_render.fmt_num(summary['tokens_per_second'])}"
+                      f" tokens/s), models loaded in {seconds['load']:.1f} s"),
+             ("alpha* statuses", ", ".join(f"{k} {v}" for k, v in
+                                           stats["alpha_star_status_counts"].items()))]
     if out:
-        stdout.print(f"report: {out}/report.md", highlight=False)
+        facts.append(("report", f"{out}/report.md"))
+    _render.print_summary("sample: ESS balance at token and sequence level (within "
+                          f"{stats['band'] - 1:.0%})", facts)
+    rows = stats["samplers"]
+    columns = [
+        _render.Column("sampler", lambda i: rows[i]["sampler"], justify="left"),
+        _render.Column("mean α", lambda i: _render.fmt_alpha(rows[i]["alpha_mean"])),
+        _render.Column("token ESS_θ", lambda i: _render.fmt_num(rows[i]["token_ess_theta_mean"]),
+                       compact=False),
+        _render.Column("token ESS_t", lambda i: _render.fmt_num(rows[i]["token_ess_target_mean"]),
+                       compact=False),
+        _render.Column("tokens within", lambda i: _render.fmt_pct(
+            rows[i]["token_fraction_within_band"])),
+        _render.Column("seq. ESS_θ", lambda i: _render.fmt_num(
+            rows[i]["sequence_ess_theta_median"])),
+        _render.Column("seq. ESS_t", lambda i: _render.fmt_num(
+            rows[i]["sequence_ess_target_median"])),
+        _render.Column("prompts within", lambda i: _render.fmt_pct(
+            rows[i]["sequence_fraction_within_band"])),
+    ]
+    _render.print_rows(columns, len(rows), title="per sampler (token ESS: mean over tokens; "
+                       "sequence ESS: median over prompts)")
+    stdout.print("--json gives every number; the report has them per prompt and along the "
+                 "length", highlight=False)
