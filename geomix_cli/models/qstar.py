@@ -251,8 +251,8 @@ PROCESSOR_DOC = """A transformers LogitsProcessor: the policy's scores become lo
     next-token distributions with the sampler's alpha (module doc). One target prompt per
     generated row (with `num_return_sequences=k` each target prompt is repeated k times, as
     generate does with the policy's). `history` keeps, per step, alpha, alpha* and the statuses.
-    Use it with `do_sample=True` and no warper after it (top-k / top-p would change q).
-    The class is built on first use (it subclasses transformers.LogitsProcessor, imported then)."""
+    Use it with `do_sample=True` and no warper after it (top-k / top-p would change q), and one
+    processor per `generate` call (it holds that call's target cache). The class is built on first use (it subclasses transformers.LogitsProcessor, imported then)."""
 
 
 def __getattr__(name: str):
@@ -294,8 +294,6 @@ def _processor_class():
             self.history: list[dict] = []
 
         def __call__(self, input_ids, scores):
-            import torch
-
             if self._seen is None:
                 rows = input_ids.shape[0]
                 if rows % len(self._prompts):
