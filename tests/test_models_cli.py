@@ -57,8 +57,9 @@ def test_pairs_then_solve_check_and_plot(setup, runner, tmp_path):
     plotted = runner.invoke(app, ["plot-pareto", str(out), "--row", "0", "--out",
                                   str(tmp_path / "front.png")])
     assert plotted.exit_code == 0, plotted.stderr
-    # an earlier pairs file is replaced; npz works too
-    again = runner.invoke(app, pairs_args(setup, out, "--positions", "last"))
+    # an existing file is replaced only with --force (the project's file rule); npz works too
+    assert_refused(runner.invoke(app, pairs_args(setup, out)), "already exists", "--force")
+    again = runner.invoke(app, pairs_args(setup, out, "--positions", "last", "--force"))
     assert again.exit_code == 0, again.stderr
     assert "wrote" in again.stdout and "geomix solve" in again.stdout
     npz = runner.invoke(app, pairs_args(setup, tmp_path / "p.npz", "--dtype", "float16"))
@@ -105,13 +106,13 @@ def test_pairs_bad_input_is_one_line(setup, runner, tmp_path):
 def test_pairs_never_overwrites_a_users_file_or_an_input(setup, runner, tmp_path):
     mine = tmp_path / "thesis.safetensors"
     mine.write_bytes(b"precious")
-    assert_refused(runner.invoke(app, pairs_args(setup, mine)), "not written by geomix")
+    assert_refused(runner.invoke(app, pairs_args(setup, mine)), "already exists", "--force")
     assert mine.read_bytes() == b"precious"
     prompts_copy = tmp_path / "prompts.npz"
     prompts_copy.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     result = runner.invoke(app, pairs_args({**setup, "prompts": str(prompts_copy)},
-                                           prompts_copy))
-    assert_refused(result, "input of this run")
+                                           prompts_copy, "--force"))
+    assert_refused(result, "is an input of this command")
     assert prompts_copy.read_text().startswith('{"id": "a"')
 
 
@@ -133,8 +134,9 @@ def test_sample_report_and_json(setup, runner, tmp_path):
     stats = summary["statistics"]
     assert len(stats["per_prompt"]) == 9 and len(stats["along_length"]) == 15
     assert sorted(p.name for p in out.iterdir()) == [
-        "alpha_along_sequence.png", "ess_vs_length.png", "log_weights.png", "report.md",
-        "samples.jsonl", "summary.json", "tokens.csv"]
+        ".geomix-report", "alpha_along_sequence.png", "ess_vs_length.png", "log_weights.png",
+        "report.md", "samples.jsonl", "summary.json", "tokens.csv"]
+    assert json.loads((out / ".geomix-report").read_text())["command"] == "sample"
     lines = (out / "samples.jsonl").read_text().splitlines()
     assert len(lines) == 36
     seq = strict_json(lines[0])
@@ -165,11 +167,11 @@ def test_sample_bad_input(setup, runner, tmp_path):
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
     assert_refused(runner.invoke(app, sample_args(setup, "--out", str(folder))),
-                   "not an earlier geomix sample report")
+                   "not empty and not a geomix report")
     assert (folder / "thesis.tex").read_text() == "precious"
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     assert_refused(runner.invoke(app, sample_args(setup, "--out", str(a_file))),
                    "not a folder")
     holder = runner.invoke(app, sample_args(setup, "--out", str(setup["root"])))
-    assert_refused(holder, "holds an input")
+    assert_refused(holder, "holds the input")

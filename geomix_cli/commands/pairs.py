@@ -47,7 +47,9 @@ def register(app: typer.Typer) -> None:
         target: str = TargetOption,
         prompts: str = PromptsOption,
         out: str = typer.Option(..., "--out", "-o", help="Output file, .safetensors or .npz "
-                                "(replaces only an earlier geomix pairs file)."),
+                                "(an existing file is replaced only with --force, never an "
+                                "input)."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
         positions: str = typer.Option("last", "--positions", help="Rows per prompt: last (after "
                                       "the whole sequence), completion (one per completion "
                                       "token), all (every shared position)."),
@@ -75,17 +77,12 @@ def register(app: typer.Typer) -> None:
 
         from geomix_cli.commands._device import parse_memory
         from geomix_cli.errors import InputError
-        from geomix_cli.io import PAIRS_DTYPES, check_pairs_output
+        from geomix_cli.io import check_pairs_output
         from geomix_cli.models.pairs import POSITIONS
 
         if positions not in POSITIONS:
             raise InputError(f"--positions must be one of {', '.join(POSITIONS)}, not "
                              f"'{positions}'")
-        if dtype not in PAIRS_DTYPES:
-            raise InputError(f"--dtype must be one of {', '.join(PAIRS_DTYPES)}, not '{dtype}'")
-        if out.lower().endswith(".npz") and dtype == "bfloat16":
-            raise InputError("bfloat16 has no numpy dtype, so .npz cannot hold it; write "
-                             ".safetensors or choose --dtype float16/float32", file=out)
         if batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {batch_size}")
         if threads is not None and threads < 1:
@@ -94,7 +91,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--target-temperature must be a positive number, got "
                              f"{target_temperature}")
         budget = parse_memory(max_memory)
-        check_pairs_output(out, inputs=(prompts, theta, target))
+        check_pairs_output(out, inputs=(prompts, theta, target), force=force, dtype=dtype)
         loaded_theta, loaded_target, records = prepare(theta, target, prompts, device=device,
                                                        model_dtype=model_dtype, threads=threads)
         from geomix_cli.models.pairs import plan_pairs, write_pairs

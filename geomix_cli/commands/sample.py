@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
         prompts: str = PromptsOption,
         out: Optional[str] = typer.Option(None, "--out", "-o", help="Report folder: samples."
                                           "jsonl, tokens.csv, summary.json, report.md, figures "
-                                          "(replaces only an earlier geomix sample report)."),
+                                          "(replaces only an empty folder or an earlier geomix "
+                                          "report)."),
         sampler: list[str] = typer.Option(["kl-symmetry"], "--sampler", "-s", help="kl-symmetry, "
                                           "entropy, on-policy, off-policy or fixed:A; repeat or "
                                           "separate with commas to compare."),
@@ -78,7 +79,9 @@ def register(app: typer.Typer) -> None:
         if seed < 0:
             raise InputError(f"--seed must be a non-negative integer, got {seed}")
         if out is not None:
-            check_report_dir(out, inputs=(prompts, theta, target))
+            from geomix_cli.io import prepare_report_dir
+
+            prepare_report_dir(out, command="sample", inputs=(prompts, theta, target))
         loaded_theta, loaded_target, records = prepare(theta, target, prompts, device=device,
                                                        model_dtype=model_dtype, threads=threads)
         from geomix_cli.models.sampling import generate, sequence_statistics
@@ -114,37 +117,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(dumps_json(summary))
         else:
             render(summary, out)
-
-
-def check_report_dir(out: str, *, inputs=()) -> None:
-    """Refuse before any work an --out that is a file, holds an input, or is a non-empty folder
-    that is not an earlier `geomix sample` report."""
-    from geomix_cli.errors import InputError
-
-    path = Path(out)
-    resolved = path.resolve()
-    for item in inputs:
-        if item and Path(item).exists():
-            p = Path(item).resolve()
-            if p == resolved or resolved in p.parents:
-                raise InputError("holds an input of this run; the report folder would replace "
-                                 "it", file=out)
-    if path.exists() or path.is_symlink():
-        if not path.is_dir():
-            raise InputError("exists and is not a folder; choose a new report folder", file=out)
-        if any(path.iterdir()) and not _is_sample_report(path):
-            raise InputError("is a folder that is not an earlier geomix sample report; geomix "
-                             "replaces only its own reports (choose a new folder)", file=out)
-
-
-def _is_sample_report(path: Path) -> bool:
-    import json
-
-    summary = path / "summary.json"
-    try:
-        return json.loads(summary.read_text(encoding="utf-8")).get("command") == "sample"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def build_summary(run, statistics: dict, *, theta: str, target: str, prompts: str, loaded,
@@ -213,7 +185,7 @@ def write_sample_report(run, statistics: dict, summary: dict, tokenizer, out) ->
                 "Sequence importance log-weights log w_θ and log w_t per sampler"),
                ("ess_vs_length.png", lambda: ess_vs_length_figure(statistics),
                 "Sequence-level ESS of both weight sets and their balance vs length")]
-    with atomic_directory(out) as staging:
+    with atomic_directory(out, command="sample") as staging:
         write_text_atomic(staging / "samples.jsonl",
                           "".join(dumps_json(s, indent=None) + "\n" for s in sequences))
         write_csv_atomic(staging / "tokens.csv", pd.DataFrame(tokens))

@@ -70,11 +70,7 @@ def read_prompts(path) -> list[PromptRecord]:
     """Read and parse a prompts JSONL file (through io, the only file reader)."""
     from geomix_cli.io import read_text
 
-    try:
-        text = read_text(path)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"is not UTF-8 text (byte {exc.start})", file=str(path)) from None
-    return parse_prompts(text, str(path))
+    return parse_prompts(read_text(path, what="prompts file"), str(path))
 
 
 def _record(obj, number: int, where: str) -> PromptRecord:
