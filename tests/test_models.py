@@ -516,3 +516,22 @@ def test_threads_option_is_scoped(loaded, records):
     with pytest.raises(InputError, match="--threads"):
         with torch_threads(0):
             pass
+
+
+def test_pairs_writer_removes_a_dead_writers_leftovers(loaded, records, tmp_path):
+    from geomix_cli.io.writers import HOST_TAG
+    from geomix_cli.models.pairs import plan_pairs, write_pairs
+
+    theta = loaded["theta"]
+    plans = plan_pairs(records[:1], theta.tokenizer, theta.tokenizer, positions="last")
+    out = tmp_path / "p.npz"
+    stale = tmp_path / f".p.npz.{HOST_TAG}.999999999.abcd1234.tmp"  # a killed writer's member
+    stale.write_bytes(b"x" * 100)
+    write_pairs(out, theta, theta, plans, dtype="float16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.npz"]
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
-import shutil
 import stat
 import struct
 from pathlib import Path
@@ -23,8 +21,8 @@ import numpy as np
 from geomix_cli.core.validation import LOGITS
 from geomix_cli.errors import InputError, OutputError
 from geomix_cli.io.readers import KEY_PAIRS, os_error_text
-from geomix_cli.io.writers import (HOST_TAG, dumps_json, file_mode, pid_alive,
-                                   remove_stale_temp_files, temp_tag)
+from geomix_cli.io.writers import (HOST_TAG, dumps_json, file_mode, remove_stale_temp_files,
+                                   temp_tag)
 
 PAIRS_MARKER_KEY = "geomix"  # safetensors __metadata__ key / npz member naming the writer
 PAIRS_MARKER = "pairs"
@@ -62,23 +60,6 @@ def check_pairs_output(out, *, inputs=(), force: bool = False, dtype: str = "flo
     return check_output_file(out, inputs=inputs, force=force)
 
 
-def _members_pattern(path: Path) -> re.Pattern:
-    return re.compile(rf"\.{re.escape(temp_tag(path.name))}\.{HOST_TAG}\.(\d+)\.members")
-
-
-def _remove_stale_members(path: Path) -> None:
-    """Remove .npz member folders that a killed writer of `path` left behind."""
-    pattern = _members_pattern(path)
-    try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return
-    for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match and not pid_alive(int(match.group(1))) and entry.is_dir(follow_symlinks=False):
-            shutil.rmtree(entry.path, ignore_errors=True)
-
-
 class PairsFileWriter:
     """Write a `[B, T, V]` pairs file row by row, without holding it in memory, atomically.
 
@@ -104,9 +85,8 @@ class PairsFileWriter:
             raise ValueError("meta needs one string per [b, t] position")
         self.itemsize = 4 if dtype == "float32" else 2
         self.row_bytes = self.shape[1] * self.shape[2] * self.itemsize
-        stem = f".{temp_tag(self.path.name)}.{HOST_TAG}.{os.getpid()}"
-        self.tmp = self.path.parent / f"{stem}.{secrets.token_hex(4)}.tmp"
-        self._members = self.path.parent / f"{stem}.members"
+        self.tmp = self._temp_path()
+        self._members: dict[str, Path] = {}  # .npz: member name -> its temporary .npy file
         self._written = np.zeros(self.shape[0], dtype=bool)
         self._closed = False
         self._fd = None
@@ -119,8 +99,7 @@ class PairsFileWriter:
             self._mode = stat.S_IMODE(os.stat(self.path).st_mode)
         except OSError:
             pass
-        remove_stale_temp_files(self.path)
-        _remove_stale_members(self.path)
+        remove_stale_temp_files(self.path)  # also the .npy members of a killed .npz writer
         try:
             if self.format == ".safetensors":
                 self._open_safetensors()
@@ -133,6 +112,12 @@ class PairsFileWriter:
         except BaseException:
             self.abort()
             raise
+
+    def _temp_path(self) -> Path:
+        """A temporary file name in the output's folder, in `writers`' pattern (the next write
+        to the same path removes it if this process dies)."""
+        return self.path.parent / (f".{temp_tag(self.path.name)}.{HOST_TAG}.{os.getpid()}."
+                                   f"{secrets.token_hex(4)}.tmp")
 
     def _open_safetensors(self):
         """One preallocated file: header and small arrays first, then the two logit tensors,
@@ -164,13 +149,13 @@ class PairsFileWriter:
         os.pwrite(self._fd, struct.pack("<Q", len(head)) + head + b"".join(small), 0)
 
     def _open_npz(self):
-        """.npy members in a temporary folder beside the output (the logits as memory maps),
-        zipped (stored, not compressed) at commit."""
-        self._members.mkdir(mode=0o700)
+        """.npy members as temporary files beside the output (the logits as memory maps), zipped
+        (stored, not compressed) at commit."""
         storage = PAIRS_DTYPES[self.dtype][1]
-        self._maps = {key: np.lib.format.open_memmap(self._members / f"{key}.npy", mode="w+",
-                                                     dtype=storage, shape=self.shape)
-                      for key in KEY_PAIRS[LOGITS]}
+        for key in KEY_PAIRS[LOGITS]:
+            self._members[key] = self._temp_path()
+            self._maps[key] = np.lib.format.open_memmap(self._members[key], mode="w+",
+                                                        dtype=storage, shape=self.shape)
 
     def write_row(self, b: int, theta: np.ndarray, target: np.ndarray) -> None:
         """Store prompt b's [T_b, V] logits (T_b <= T; the rest of the row stays 0, masked)."""
@@ -215,8 +200,12 @@ class PairsFileWriter:
             raise OutputError(f"cannot write: {os_error_text(exc)} (nothing was written)",
                               file=str(self.path)) from None
         self._closed = True
-        shutil.rmtree(self._members, ignore_errors=True)
+        self._remove_members()
         return self.path
+
+    def _remove_members(self) -> None:
+        for member in self._members.values():
+            member.unlink(missing_ok=True)
 
     def _zip_members(self):
         import zipfile
@@ -229,13 +218,15 @@ class PairsFileWriter:
         members[PAIRS_MARKER_KEY] = np.asarray(PAIRS_MARKER)
         members["geomix_info"] = np.asarray(dumps_json(self._info, indent=None))
         for key, value in members.items():
-            np.save(self._members / f"{key}.npy", value, allow_pickle=False)
+            self._members[key] = self._temp_path()
+            with open(self._members[key], "wb") as handle:
+                np.save(handle, value, allow_pickle=False)
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED,
                                  allowZip64=True) as archive:
-                for member in sorted(self._members.iterdir()):
-                    archive.write(member, arcname=member.name)
+                for key in sorted(self._members):
+                    archive.write(self._members[key], arcname=f"{key}.npy")
             os.fchmod(handle.fileno(), self._mode)
             handle.flush()
             os.fsync(handle.fileno())
@@ -250,7 +241,7 @@ class PairsFileWriter:
             self._fd = None
         self._maps = {}
         Path(self.tmp).unlink(missing_ok=True)
-        shutil.rmtree(self._members, ignore_errors=True)
+        self._remove_members()
 
     def __enter__(self):
         return self
