@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
                                   "backend: float64 (default here: verify is about exactness) "
                                   "or float32."),
         max_memory: Optional[str] = _device.MaxMemoryOption,
+        with_extras: Optional[list[str]] = typer.Option(
+            None, "--with", help="Also run the optional claims that need this extra (e.g. "
+            "models); without it they are reported untested."),
     ) -> None:
         """Check every claim of the derivation by computation and write the report.
 
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
             device_options = _device.suite_solver(device=device, dtype=dtype,
                                                   max_memory=max_memory)
         result = _run_with_progress(suite, thorough=thorough, seed=seed, threshold=threshold,
-                                    **device_options)
+                                    extras=tuple(with_extras or ()), **device_options)
         out_dir = None
         if not no_report:
             from pathlib import Path
@@ -120,12 +123,14 @@ def _render(result, out_dir) -> None:
                         f"{', thorough' if result.thorough else ''})", title_justify="left")
     table.add_column("claim")
     table.add_column("verdict")
+    table.add_column("clause")
     table.add_column("key numbers (evidence in report.md)", overflow="fold")
     for c in result.claims:
         text = c.headline or (c.evidence if len(c.evidence) <= 240 else c.evidence[:237] + "...")
-        table.add_row(c.id, f"[{colours.get(c.verdict, 'white')}]{c.verdict}[/]", escape(text))
+        table.add_row(c.id + (" (geomix)" if c.own else ""),
+                      f"[{colours.get(c.verdict, 'white')}]{c.verdict}[/]", c.clause or "—",
+                      escape(text))
     stdout.print(table)
-    counts = result.verdict_counts()
-    stdout.print(", ".join(f"{n} {v}" for v, n in counts.items() if n), highlight=False)
+    stdout.print(escape(result.summary_line()), highlight=False)
     if out_dir is not None:
         stdout.print(f"report: {out_dir}/report.md", highlight=False)
