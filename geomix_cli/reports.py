@@ -242,7 +242,9 @@ def write_suite_report(result, out_dir, *, figures: bool = True) -> Path:
         for c in result.claims:
             for name, rows in c.tables.items():
                 if rows:
-                    write_csv_atomic(staging / f"{name}.csv", _frame(rows))
+                    from geomix_cli.checks.rule import rounded
+
+                    write_csv_atomic(staging / f"{name}.csv", _frame(rounded(rows)))
                     table_files.setdefault(c.id, []).append(f"{name}.csv")
         figure_files: dict[str, list[tuple[str, str]]] = {}
         if figures:

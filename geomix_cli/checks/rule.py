@@ -97,13 +97,32 @@ class ClaimResult:
                              f"'{verdict_of(self.clause)}', not '{self.verdict}'")
 
     def to_json(self) -> dict:
-        return {"id": self.id, "claim": self.claim, "section": self.section,
+        return rounded({"id": self.id, "claim": self.claim, "section": self.section,
                 "verdict": self.verdict, "clause": self.clause, "own": self.own,
                 "headline": self.headline, "criteria": self.criteria,
                 "evidence": self.evidence, "control": self.control,
                 "repaired": self.repaired.to_json() if self.repaired else None,
                 "data": self.data, "would_change": self.would_change,
-                "identity_failed": self.identity_failed}
+                "identity_failed": self.identity_failed})
+
+
+def rounded(obj, digits: int = 6):
+    """Every float in a JSON-ready structure at `digits` significant digits: results.json carries
+    no digits that would differ between machines (computed values agree to ~1e-14)."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float) or isinstance(obj, np.floating):
+        x = float(obj)
+        return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [rounded(v, digits) for v in obj.tolist()]
+    return obj
 
 
 @dataclass

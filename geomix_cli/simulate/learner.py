@@ -32,6 +32,7 @@ from geomix_cli.simulate.model import (FIXED_ALPHAS, SimulationConfig, _lse,
                                        sampler_alpha, softmax_start)
 
 FINAL = "final-kl"
+LOGIT_GRID = 2.0**16  # logits live on multiples of 2^-16 (stochastic rounding; see run_batch)
 TUNING_SEED_BASE = 1_000_000  # tuning seeds are 1_000_000 + i: disjoint from evaluation seeds
 
 
@@ -73,8 +74,8 @@ def run_batch(objective: str, log_p0: np.ndarray, log_t: np.ndarray, samplers: S
     k, vocab = log_t.shape
     rows_total = runs * k
     n = config.samples_per_step
-    theta = np.broadcast_to(np.where(np.isfinite(log_p0), log_p0, -745.0),
-                            (runs, k, vocab)).reshape(rows_total, vocab).copy()
+    start = np.round(np.where(np.isfinite(log_p0), log_p0, -745.0) * LOGIT_GRID) / LOGIT_GRID
+    theta = np.broadcast_to(start, (runs, k, vocab)).reshape(rows_total, vocab).copy()
     log_t_m = np.broadcast_to(log_t, (runs, k, vocab)).reshape(rows_total, vocab)
     lr_m = np.repeat(np.asarray(lrs, dtype=np.float64), k)[:, None]
     dynamic = {}
@@ -145,8 +146,17 @@ def run_batch(objective: str, log_p0: np.ndarray, log_t: np.ndarray, samplers: S
                 v = beta2 * v + (1 - beta2) * grad * grad
                 t = step + 1
                 grad = (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps)
-            new_theta = theta - lr_m * grad
-            new_theta -= np.max(new_theta, axis=1, keepdims=True)  # softmax-invariant recentring
+            # The logits are kept on a grid of 2^-16 by stochastic rounding (unbiased; its noise,
+            # ~1e-5 per logit, is far below every target). Why: exp/log differ in their last bit
+            # between CPUs (numpy's AVX-512 kernels vs libm), and at learning rates where the
+            # dynamics are chaotic a 1e-16 difference grows into a different run. On the grid,
+            # such a difference changes the run only if it moves an update across a rounding
+            # boundary (probability ~1e-16 |update| / 2^-16 per logit and step), so runs are
+            # bitwise the same on every machine with overwhelming probability.
+            snap = np.stack([gen.random((k, vocab)) for gen in generators])[seed_pos]
+            new_theta = np.floor((theta - lr_m * grad) * LOGIT_GRID
+                                 + snap.reshape(rows_total, vocab)) / LOGIT_GRID
+            new_theta -= np.max(new_theta, axis=1, keepdims=True)  # exact: all on the grid
             finite = np.all(np.isfinite(new_theta).reshape(runs, -1), axis=1)
             diverged |= ~finite
             keep = np.repeat(finite, k)[:, None]
@@ -204,7 +214,9 @@ def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, f
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends, not rounding
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return float(lo), float(hi)
 
 
 @dataclass
@@ -327,6 +339,14 @@ class SamplerResult:
                "diverged_runs": self.diverged_runs}
         if tuning:
             out["tuning_score"] = self.tuning_score
+        else:
+            # the report's copy: whether a row near pi_theta = pi_t counts as 'degenerate' (and
+            # falls back to alpha = 1) is decided at rounding level, so these two diagnostics are
+            # given at a precision that does not vary between machines
+            out["mean_alpha"] = float(f"{self.mean_alpha:.3g}")
+            del out["fallback_fraction"]
+            out["fallback_fraction_below"] = float(max(1e-3, 10.0 ** np.ceil(
+                np.log10(max(3 * self.fallback_fraction, 1e-300)))))
         return out
 
 
