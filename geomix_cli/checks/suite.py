@@ -162,7 +162,8 @@ def run_verify_alpha_theory(*, thorough: bool = False, seed: int = 0,
 
     def learning(claim_id):
         if "learning" not in shared:
-            tick(len(ids), "learning simulation (sample efficiency)")
+            tick(ids.index(claim_id) + 1, "learning simulation (sample efficiency, off-policy, "
+                                          "alpha sweep)")
             config = EvidenceConfig.thorough() if thorough else EvidenceConfig.small()
             study = efficiency_study(config)
             results = efficiency.efficiency_claims(study, study_cells(study))
