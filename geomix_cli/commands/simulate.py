@@ -86,6 +86,9 @@ def register(app: typer.Typer) -> None:
         lr_grid: Optional[str] = typer.Option(None, "--lr-grid",
                                               help="Comma list of learning rates searched per "
                                                    "sampler (default depends on --optimizer)."),
+        grid_extensions: int = typer.Option(2, "--grid-extensions",
+                                            help="Times the learning-rate grid is extended when "
+                                                 "a choice lands on its edge."),
         optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adam."),
         estimator: str = typer.Option(",".join(("unbiased", "sn-loo", "sn")), "--estimator",
                                       help="Comma list of gradient estimators: unbiased (RLOO), "
@@ -123,6 +126,7 @@ def register(app: typer.Typer) -> None:
             estimators=tuple(_split(estimator)), targets=_floats(targets, "--targets"),
             budget=budget, samples_per_step=samples_per_step, seeds=seeds,
             tuning_seeds=tuning_seeds, lr_grid=_floats(lr_grid, "--lr-grid") if lr_grid else None,
+            grid_extensions=grid_extensions,
             optimizer=optimizer, clip=clip, top_k=top_k, seed=seed,
             bootstrap=bootstrap).checked()
         if source is None:

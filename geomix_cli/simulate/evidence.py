@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from geomix_cli.simulate.learner import (FINAL, SimulationResult, paired_comparison, simulate,
-                                         target_key, total_steps)
+from geomix_cli.simulate.learner import (FINAL, PairedComparison, SimulationResult,
+                                         paired_comparison, simulate, target_key, total_steps)
 from geomix_cli.simulate.model import SimulationConfig, estimators_for
 
 REAL_CASE = "real"
@@ -200,12 +200,7 @@ class Cell:
     sampler: str
     reference: str
     factor: float
-    ratio: float
-    ratio_ci: tuple[float, float]
-    wins: int
-    ties: int
-    losses: int
-    win_ci: tuple[float, float]
+    comparison: PairedComparison
     outcome: str
     judged: bool = True
 
@@ -213,10 +208,14 @@ class Cell:
     def key(self) -> tuple:
         return (self.claim, self.case, self.estimator, self.metric, self.sampler, self.reference)
 
-    @property
-    def win_fraction(self) -> float:
-        n = self.wins + self.ties + self.losses
-        return self.wins / n if n else float("nan")
+    # the comparison's numbers, by name
+    ratio = property(lambda self: self.comparison.ratio)
+    ratio_ci = property(lambda self: self.comparison.ratio_ci)
+    wins = property(lambda self: self.comparison.wins)
+    ties = property(lambda self: self.comparison.ties)
+    losses = property(lambda self: self.comparison.losses)
+    win_ci = property(lambda self: self.comparison.win_ci)
+    win_fraction = property(lambda self: self.comparison.win_fraction)
 
     def record(self) -> dict:
         return {"case": self.case, "initial_kl": self.initial_kl, "estimator": self.estimator,
@@ -251,8 +250,7 @@ def _cell(claim, name, sim, estimator, metric, sampler, reference, factor, *, ju
                              censored_at=None if metric == FINAL else
                              float(cfg.budget + cfg.samples_per_step))
     return Cell(claim, name, float(sim.initial_kl[JUDGED]), estimator, metric, sampler, reference,
-                factor, comp.ratio, comp.ratio_ci, comp.wins, comp.ties, comp.losses, comp.win_ci,
-                outcome_of(comp.ratio, comp.ratio_ci, factor), judged)
+                factor, comp, outcome_of(comp.ratio, comp.ratio_ci, factor), judged)
 
 
 def comparison_cells(name: str, sim: SimulationResult) -> dict[str, list[Cell]]:
