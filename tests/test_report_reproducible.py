@@ -15,7 +15,10 @@ def _first_difference(a: bytes, b: bytes) -> str:
     la, lb = a.splitlines(), b.splitlines()
     for i, (x, y) in enumerate(zip(la, lb), start=1):
         if x != y:
-            return (f"line {i}:\n  committed:   {x[:300]!r}\n  regenerated: {y[:300]!r}")
+            col = next((j for j, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+            lo = max(0, col - 80)
+            return (f"line {i}, column {col + 1}:\n  committed:   ...{x[lo:col + 120]!r}\n"
+                    f"  regenerated: ...{y[lo:col + 120]!r}")
     if len(la) != len(lb):
         return f"line {min(len(la), len(lb)) + 1}: one file ends there ({len(la)} vs {len(lb)} lines)"
     return f"same lines, different bytes ({len(a)} vs {len(b)} bytes: line endings or binary)"

@@ -131,8 +131,16 @@ def _header(study) -> str:
                       f"{r.judged.initial_kl['reverse-kl']:.3g}, budget {r.case.budget} samples "
                       f"per prompt" for r in study.runs)
     cfg = study.config.simulation
+    edge = [(r.case.name, res.estimator, res.sampler, key, m.lr) for r in study.runs
+            for res in r.judged.results for key, m in res.metrics.items() if m.lr_at_grid_edge]
+    n_choices = sum(len(res.metrics) for r in study.runs for res in r.judged.results)
+    edge_txt = "; ".join(f"{c[0]}/{c[1]}/{c[2]}/{c[3]} (lr {c[4]:g})" for c in edge[:8])
     return (f"Setting: {METHOD}; {cfg.seeds} evaluation seeds, {cfg.tuning_seeds} tuning seeds, "
-            f"targets {', '.join(f'{t:g}' for t in cfg.targets)} x the initial KL. Cases: {cases}."
+            f"targets {', '.join(f'{t:g}' for t in cfg.targets)} x the initial KL. Cases: {cases}. "
+            f"Learning rates still at the edge of the grid after {cfg.grid_extensions} "
+            f"extensions: {len(edge)} of {n_choices} (case, estimator, sampler, metric) "
+            f"choices" + (f", e.g. {edge_txt}" if edge else "") + " (every choice and its flag are "
+            f"in results.json)."
             + (f" Skipped: {'; '.join(study.skipped)}." if study.skipped else ""))
 
 

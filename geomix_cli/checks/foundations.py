@@ -298,8 +298,10 @@ def claim_boundary(fams, rng, thorough, seed) -> ClaimResult:
         f"vs (0.1, 0.2, 0.7). {total - sign_fail} of {total} have D(0) = KL(pi_t||pi_theta) > 0 "
         f"and D(1) = -KL(pi_theta||pi_t) < 0 (finite values agree to relative error "
         f"{below(worst_rel, REL_FLOOR)}; with different supports the values are +inf or -inf, as the KLs "
-        f"are). The end values hold whenever the pair differs; whether D is continuous at the "
-        f"ends, which the existence argument needs, is the claim root-existence.")
+        f"are). The equalities are definitions once q_0 = pi_t and q_1 = pi_theta; the content is "
+        f"the strict signs (Gibbs' inequality), which is what can fail. The end values hold "
+        f"whenever the pair differs; whether D is continuous at the ends, which the existence "
+        f"argument needs, is the claim root-existence.")
     control = (f"For a pair that does not differ (pi_theta = pi_t, the case the derivation "
                f"excludes) the same check gives D(0) = {fmt(float(c0[0]))}, D(1) = "
                f"{fmt(float(c1[0]))}: it fails the strict signs, as it should.")

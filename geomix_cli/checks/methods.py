@@ -112,10 +112,9 @@ def claim_entropy(fams, rng, thorough, heldout=None) -> ClaimResult:
         f"close but still within {APPROX:g} for >= {SHARE:.0%}: "
         f"{', '.join(r['family'] for r in far_fine) or 'none'} ('only when close' is then too "
         f"narrow). Extreme pairs (entropies differing by >= {EXTREME_H:g}x, {n_ext} of them): "
-        f"{share_ext:.0%} off by more than {APPROX:g}, as the derivation says. What decides the "
-        f"error is the entropy ratio together with closeness: peaked pairs with equal entropies "
-        f"but far apart (dirichlet-peaked) and near pairs with unequal entropies (some real rows) "
-        f"both miss.")
+        f"{share_ext:.0%} off by more than {APPROX:g}, as the derivation says. Closeness alone "
+        f"does not decide the error: the entropy ratio does, together with closeness (the "
+        f"repaired claim).")
     control = (f"The rule could have given 'depends': it needed the close pairs of every family "
                f"within {APPROX:g} for >= {SHARE:.0%}, no family outside the condition within it, "
                f"and >= {SHARE:.0%} of extreme pairs failing.")
