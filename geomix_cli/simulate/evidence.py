@@ -285,23 +285,21 @@ def study_cells(study: EfficiencyStudy) -> dict[str, list[Cell]]:
 def confirm(study: EfficiencyStudy, cells: list[Cell], *,
             progress: Callable[[int], None] | None = None) -> list[Cell]:
     """The same cells measured again with fresh random numbers (seed + confirm_seed_offset: new
-    tuning and evaluation seeds), each case and estimator simulated with only the samplers the
-    cells need."""
+    tuning and evaluation seeds), each (case, estimator) simulated with only the samplers its
+    cells need. Returned in the order of `cells`."""
     config = study.config
-    out = []
-    by_case: dict[str, list[Cell]] = {}
+    groups: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
-        by_case.setdefault(c.case, []).append(c)
-    for run in study.runs:
-        wanted = by_case.get(run.case.name)
-        if not wanted:
-            continue
-        estimators = tuple(dict.fromkeys(c.estimator for c in wanted))
+        groups.setdefault((c.case, c.estimator), []).append(c)
+    runs = {run.case.name: run for run in study.runs}
+    again: dict[tuple, Cell] = {}
+    for (case, estimator), wanted in groups.items():
+        run = runs[case]
         samplers = tuple(dict.fromkeys([s for c in wanted for s in (c.reference, c.sampler)]))
-        cfg = config.case_config(run.case, estimators=estimators, samplers=samplers,
+        cfg = config.case_config(run.case, estimators=(estimator,), samplers=samplers,
                                  seed_offset=config.confirm_seed_offset)
         sim = simulate(run.log_pi_theta, run.log_pi_t, cfg, source=run.source, progress=progress)
         for c in wanted:
-            out.append(_cell(c.claim, c.case, sim, c.estimator, c.metric, c.sampler, c.reference,
-                             c.factor, judged=c.judged))
-    return out
+            again[c.key + (c.factor,)] = _cell(c.claim, c.case, sim, c.estimator, c.metric,
+                                               c.sampler, c.reference, c.factor, judged=c.judged)
+    return [again[c.key + (c.factor,)] for c in cells]
