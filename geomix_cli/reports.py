@@ -106,9 +106,40 @@ SUITE_FIGURES = {
 DERIVATION_DOC = "../../docs/derivation.md"
 
 
+def figure_data(obj):
+    """The figure payload with every float rounded to 27 mantissa bits (~8 significant digits),
+    recursively through dicts, lists and dataclasses: the computed values differ between CPUs in
+    their last bits, and a point on a pixel boundary would then change the PNG; at 27 bits the
+    drawn values are the same on every machine (unless one sits within ~1e-16 of a rounding
+    boundary)."""
+    import dataclasses
+
+    import numpy as np
+
+    if isinstance(obj, np.ndarray) and obj.dtype.kind == "f":
+        with np.errstate(invalid="ignore", over="ignore"):
+            mant, expo = np.frexp(obj)
+            out = np.ldexp(np.round(mant * 2.0**27) / 2.0**27, expo)
+        return np.where(np.isfinite(obj), out, obj)
+    if isinstance(obj, float) and math.isfinite(obj):
+        return float(figure_data(np.array([obj]))[0])
+    if isinstance(obj, dict):
+        return {k: figure_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not isinstance(obj, str):
+        return type(obj)(figure_data(v) for v in obj) if isinstance(obj, list) else tuple(
+            figure_data(v) for v in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: figure_data(getattr(obj, f.name))
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
 def _suite_figure(key: str, payload):
     """Build the matplotlib figure for a claim's figure payload (None if unknown)."""
     from geomix_cli import plots
+
+    if key != "efficiency":
+        payload = figure_data(payload)
 
     if key == "pareto":
         return plots.figure_pareto_front(payload["front"], title=payload.get("title"))
