@@ -20,7 +20,7 @@ from scipy.special import log_softmax
 from typer.testing import CliRunner
 
 from geomix_cli.cli import app
-from geomix_cli.core import kl_divergence, log_q_alpha, solve_alpha
+from geomix_cli.core import effective_sample_size, kl_divergence, log_q_alpha, solve_alpha
 from geomix_cli.errors import InputError
 from geomix_cli.simulate import (FINAL, EvidenceCase, EvidenceConfig, SimulationConfig,
                                  comparison_cells, confirm, efficiency_study,
@@ -161,7 +161,7 @@ def test_kl_symmetry_sampler_uses_the_exact_solver_and_counts_fallbacks():
 
 
 def test_warm_started_kl_symmetry_agrees_with_the_core_solver():
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     src = load_source("gen:llm-like:V=64,rows=60,noise=2,seed=3")
     exact = solve_alpha(src.log_pi_theta, src.log_pi_t).alpha
@@ -176,13 +176,37 @@ def test_warm_started_kl_symmetry_agrees_with_the_core_solver():
 
 def test_vectorised_ess_balance_agrees_with_the_exact_per_row_solve():
     from geomix_cli.core.principles import ess_balance_alpha as exact_ess_balance
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     src = load_source("gen:llm-like:V=64,scale=2,noise=1,rows=12,seed=9")
     alpha, ok = ess_balance_alpha(src.log_pi_theta, src.log_pi_t)
     exact = exact_ess_balance(src.log_pi_theta, src.log_pi_t)
     assert ok.all() and (exact.status == "ok").all()
     assert_allclose(alpha, exact.alpha, rtol=0, atol=1e-8)  # the batched solver's xtol is 1e-9
+
+
+def test_ess_balance_equalises_the_two_ess():
+    log_p, log_t = _pair(vocab=30, seed=8, conc=0.3)
+    alpha, ok = ess_balance_alpha(log_p, log_t)
+    assert ok
+    log_q = log_q_alpha(log_p, log_t, alpha)
+    # bracket width 1e-9 in alpha; d log ESS / d alpha is O(10) here, so 1e-7 relative
+    assert_allclose(effective_sample_size(log_p, log_q), effective_sample_size(log_t, log_q),
+                    rtol=1e-7)
+    alpha, ok = ess_balance_alpha(log_t, log_t)
+    assert not ok and np.isnan(alpha)
+
+
+def test_ess_balance_refuses_different_supports():
+    """pi_t with zeros: q_alpha (alpha < 1) misses mass of pi_theta, ESS_theta(q) = 0 for every
+    alpha in (0, 1), so no alpha balances the two: fall back, and count it."""
+    log_p = np.log(np.full((1, 4), 0.25))
+    with np.errstate(divide="ignore"):
+        log_t = np.log(np.array([[0.5, 0.3, 0.2, 0.0]]))
+    alpha, ok = ess_balance_alpha(log_p, log_t)
+    assert not ok[0] and np.isnan(alpha[0])
+    alpha, fell = sampler_alpha("ess-balance", log_p, log_t)
+    assert fell[0] and alpha[0] == 1.0
 
 
 def test_softmax_start_floors_zeros_below_every_real_token():

@@ -40,7 +40,7 @@ def real_pairs_path() -> Path | None:
 
 
 def from_spec(name: str, description: str, spec: str) -> Family:
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     src = load_source(spec)
     ok = src.valid_rows
@@ -85,7 +85,7 @@ def build_families(seed: int, thorough: bool) -> list[Family]:
                        "V = 1000, eps in {1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3}", lt, lT))
     path = real_pairs_path()
     if path is not None:
-        from geomix_cli.io import load_source
+        from geomix_cli.sources import load_source
 
         src = load_source(str(path))
         fams.append(Family("real-smollm2", "12 real SmolLM2-135M next-token pairs (float16 "
@@ -144,7 +144,7 @@ def compare_families(seed: int = 0) -> list[Family]:
     ]
     path = real_pairs_path()
     if path is not None:
-        from geomix_cli.io import load_source
+        from geomix_cli.sources import load_source
 
         src = load_source(str(path))
         fams.append(Family("real-smollm2", "12 real SmolLM2-135M next-token pairs",

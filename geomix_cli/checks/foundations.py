@@ -240,7 +240,7 @@ def _literal_ends(log_theta: np.ndarray, log_t: np.ndarray):
 
 
 def _partial_overlap(seed: int, n: int):
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     out = []
     for zeros in (1, 3, 5):

@@ -130,7 +130,7 @@ class EfficiencyStudy:
 
 def load_case(case: EvidenceCase):
     """(source label, log_pi_theta, log_pi_t) of a case, or None with a reason."""
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     if case.spec == REAL_CASE:
         from geomix_cli.cases import real_sample_path
