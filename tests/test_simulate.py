@@ -308,6 +308,16 @@ def test_learning_rate_is_tuned_per_metric_and_the_grid_extended_at_its_edges(ti
             pytest.fail("an edge choice must have extended the grid")
 
 
+def test_final_kl_only_samplers_read_every_metric_at_the_final_kl_rate(tiny_pairs):
+    cfg = replace(TINY, objectives=("reverse-kl",), estimators=("sn",),
+                  final_kl_only=("off-policy",))
+    res = simulate(*tiny_pairs, cfg)
+    off = res.get("reverse-kl", "sn", "off-policy")
+    assert {m.lr for m in off.metrics.values()} == {off.metrics[FINAL].lr}
+    scores = {lr: tuple(s[FINAL]) for lr, s in off.tuning_score.items()}
+    assert f"{off.metrics[FINAL].lr:g}" == min(sorted(scores, key=float), key=lambda k: scores[k])
+
+
 def test_horizon_and_results_are_sane(tiny_result):
     for r in tiny_result.results:
         fin = r.metrics[FINAL]

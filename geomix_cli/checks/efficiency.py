@@ -13,7 +13,8 @@ from geomix_cli.checks.rule import ClaimResult, Repaired
 
 METHOD = ("tabular softmax policies trained toward pi_t with importance-weighted SGD (N = 8 "
           "samples per prompt and step); every (estimator, sampler) gets its own learning rate "
-          "per metric, tuned on separate seeds with the grid extended at its edges; then the same "
+          "per metric (the fixed alphas of the sweep: the one tuned for the final KL), tuned on "
+          "separate seeds with the grid extended at its edges; then the same "
           "evaluation seeds, budget and random numbers for all (paired); ratios of medians with "
           "paired bootstrap 95% CIs (conservative where a run never reached a target), and the "
           "fraction of seeds won with a Wilson 95% CI")

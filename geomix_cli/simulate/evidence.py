@@ -57,6 +57,7 @@ class EvidenceConfig:
     simulation: SimulationConfig
     context_samplers: tuple[str, ...] = ("on-policy", Q_STAR, "off-policy")
     context_estimators: tuple[str, ...] = ("unbiased", "sn")
+    context_seeds: int = 24  # forward KL is context, not judged
     confirm_seed_offset: int = 1
 
     @classmethod
@@ -70,7 +71,7 @@ class EvidenceConfig:
             simulation=SimulationConfig(
                 objectives=(JUDGED,), samplers=("on-policy", Q_STAR, "off-policy") + SWEEP,
                 samples_per_step=8, seeds=48, tuning_seeds=3, grid_extensions=3,
-                lr_grid=(0.1, 0.3, 1.0, 3.0, 10.0), bootstrap=1000))
+                lr_grid=(0.1, 0.3, 1.0, 3.0, 10.0), bootstrap=1000, final_kl_only=SWEEP))
 
     @classmethod
     def thorough(cls) -> "EvidenceConfig":
@@ -86,7 +87,8 @@ class EvidenceConfig:
             simulation=SimulationConfig(
                 objectives=(JUDGED,), samplers=("on-policy", Q_STAR, "off-policy") + SWEEP,
                 samples_per_step=8, seeds=96, tuning_seeds=4, grid_extensions=3,
-                lr_grid=(0.1, 0.3, 1.0, 3.0, 10.0), bootstrap=1000))
+                lr_grid=(0.1, 0.3, 1.0, 3.0, 10.0), bootstrap=1000, final_kl_only=SWEEP),
+            context_seeds=48)
 
     def case_config(self, case: EvidenceCase, *, context: bool = False,
                     estimators: tuple[str, ...] | None = None,
@@ -96,7 +98,7 @@ class EvidenceConfig:
         cfg = replace(sim, budget=case.budget, top_k=case.top_k, seed=sim.seed + seed_offset)
         if context:
             cfg = replace(cfg, objectives=(CONTEXT,), samplers=self.context_samplers,
-                          estimators=self.context_estimators)
+                          estimators=self.context_estimators, seeds=self.context_seeds)
         if estimators is not None:
             cfg = replace(cfg, estimators=estimators)
         if samplers is not None:

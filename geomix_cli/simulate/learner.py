@@ -491,8 +491,9 @@ def simulate(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, config: SimulationC
             for j, (c, lr) in enumerate(pending):
                 rows = np.arange(j * tune_seeds.size, (j + 1) * tune_seeds.size)
                 scores[c][lr] = {mk: _tuning_key(values, mk, rows) for mk in metrics}
-            chosen = {c: {mk: min(sorted(grids[c]), key=lambda lr: scores[c][lr][mk])
-                          for mk in metrics} for c in combos}
+            chosen = {c: {mk: min(sorted(grids[c]), key=lambda lr: scores[c][lr][
+                mk if c[1] not in config.final_kl_only else FINAL]) for mk in metrics}
+                for c in combos}
             if round_ == config.grid_extensions:
                 break
             pending = []

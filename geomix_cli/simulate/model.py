@@ -117,6 +117,7 @@ class SimulationConfig:
     tuning_seeds: int = 4
     lr_grid: tuple[float, ...] | None = None
     grid_extensions: int = 2
+    final_kl_only: tuple[str, ...] = ()  # samplers tuned and evaluated for the final KL only
     optimizer: str = "sgd"
     clip: float | None = None
     top_k: int = 64
@@ -167,8 +168,9 @@ class SimulationConfig:
             raise InputError("need confidence in (0.5, 1) and at least 100 bootstrap resamples")
         targets = tuple(sorted(set(float(t) for t in self.targets), reverse=True))
         estimators = tuple(dict.fromkeys(self.estimators))
+        final_only = tuple(parse_sampler(x) for x in self.final_kl_only)
         return replace(self, samplers=samplers, lr_grid=self.grid, targets=targets,
-                       estimators=estimators)
+                       estimators=estimators, final_kl_only=final_only)
 
 
 # ------------------------------------------------------------------------------------------------
