@@ -29,8 +29,9 @@ from geomix_cli.core import kernel
 from geomix_cli.core.arrays import numpy_namespace
 from geomix_cli.core.family import (entropy_formula_alpha, log_ratio_on_support, map_row_blocks,
                                     row_blocks, tilted_moments)
+from geomix_cli.core import rules
 from geomix_cli.core.kernel import (DEGENERATE, DISJOINT, INVALID, MAX_ITER, NO_ROOT, OK,  # noqa: F401
-                                    STATUSES, hermite_start)
+                                    STATUSES)
 
 EXACT_METHODS = ("newton", "halley", "brentq")
 METHODS = EXACT_METHODS + ("bisection", "entropy")
@@ -110,6 +111,16 @@ def constant_ratio_tolerance(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
     with np.errstate(invalid="ignore"):
         scale = np.max(np.where(support, np.abs(log_pi_theta) + np.abs(log_pi_t), 0.0), axis=-1)
     return kernel.constant_tolerance(_EPS, scale)
+
+
+def hermite_start(d0, d1, v0, v1) -> np.ndarray:
+    """Newton's start from the end points alone: the root in (0, 1) of the cubic Hermite
+    interpolant of D with D(0) = d0 > 0, D(1) = d1 < 0, D'(0) = -v0, D'(1) = -v1, clipped to
+    [1e-3, 1 - 1e-3] (`rules.hermite_start` on [0, 1]; the solvers start short rows from the
+    tighter bracket of their first pass's grid)."""
+    d0, d1, v0, v1 = (np.asarray(v, dtype=np.float64) for v in (d0, d1, v0, v1))
+    return rules.hermite_start(rules._RowArrays, np.zeros_like(d0), np.ones_like(d0), d0, d1,
+                               v0, v1)
 
 
 def _as_rows(log_pi_theta, log_pi_t):
