@@ -93,24 +93,26 @@ def test_family_point_equals_the_plain_formulas(seed):
 
 
 @pytest.mark.parametrize("seed", range(10))
-def test_short_row_moments_equal_the_centred_ones(seed):
-    """Rows of V <= SHORT_ROW take their moments from one matrix product with [1, l, l^2, l^3];
-    they agree with the centred pairwise sums of long rows to rounding."""
+def test_raw_moments_equal_the_centred_ones(seed):
+    """The passes take raw sums (Var = E l^2 - D^2); against centred sums written out here they
+    agree to rounding, and exactly where Newton uses them (D ~ 0)."""
     rng = np.random.default_rng(seed)
-    vocab = int(rng.integers(2, kernel.SHORT_ROW))
+    vocab = int(rng.integers(2, 3000))
     a = _log_probs(rng, 3, vocab, scale=rng.uniform(0.1, 5))
     b = _log_probs(rng, 3, vocab, scale=rng.uniform(0.1, 5))
     with np.errstate(all="ignore"):
         prep = kernel.prepare_pair(np, a, b, end_points=False)
         alpha = rng.uniform(0, 1, size=(4, 3))
-        plain = kernel.moments(np, prep.l, prep.log_base, alpha, order=3)
-        short = kernel.moments(np, prep.l, prep.log_base, alpha, order=3,
-                               powers=kernel.powers_of(np, prep.l))
+        log_z, mean, var, third = kernel.moments(np, prep.l, prep.log_base, alpha, order=3)
+        s = prep.log_base - alpha[..., None] * prep.l
+        w = np.exp(s - s.max(axis=-1, keepdims=True))
+        q = w / w.sum(axis=-1, keepdims=True)
+        centred_mean = (q * prep.l).sum(-1)
+        dev = prep.l - centred_mean[..., None]
     scale = float(np.abs(prep.l).max()) + 1.0
-    assert_allclose(short[0], plain[0], rtol=1e-13, atol=1e-13)
-    assert_allclose(short[1], plain[1], rtol=0, atol=1e-13 * scale)
-    assert_allclose(short[2], plain[2], rtol=1e-9, atol=1e-13 * scale**2)
-    assert_allclose(short[3], plain[3], rtol=1e-7, atol=1e-12 * scale**3)
+    assert_allclose(mean, centred_mean, rtol=0, atol=1e-14 * scale)
+    assert_allclose(var, (q * dev**2).sum(-1), rtol=1e-9, atol=1e-14 * scale**2)
+    assert_allclose(third, (q * dev**3).sum(-1), rtol=1e-7, atol=1e-13 * scale**3)
 
 
 def test_blocked_family_point_and_entropy_equal_row_by_row(monkeypatch):

@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geomix_cli.core.arrays import host, host64, is_numpy, rmax, rmin, rsum, to_device_like
-from geomix_cli.core.passes import (SHORT_ROW, _device, _eps_of, _grid_alphas,  # noqa: F401
-                                    moments, powers_of, scratch)
+from geomix_cli.core.passes import _device, _eps_of, _grid_alphas, moments, scratch
 from geomix_cli.core.rules import (DEGENERATE, DISJOINT, GRID_ELEMENTS, INVALID,  # noqa: F401
                                    MASKED, MAX_ITER, NO_ROOT, OK, STATUSES, _STATUS_NAMES,
                                    _RowArrays, _RowScalars, constant_tolerance, family_numbers,
@@ -116,7 +115,6 @@ class Prepared:
     v1: np.ndarray | None = None
     shifted: bool = False               # some row has a non-zero shift
     reuse: bool = False                 # numpy scratch buffers (see `scratch`) for the passes
-    powers: object = None               # [n, V, 4] 1, l, l^2, l^3 for short rows (SHORT_ROW)
     entropy: tuple | None = None        # (H_theta, H_t, sum w_theta, sum w_t) from the first pass
     entropy_rows: np.ndarray | None = None  # the rows where `entropy` holds (None: all)
     grid: np.ndarray | None = None      # alphas of the first pass (0 and 1 at least)
@@ -144,10 +142,6 @@ class Prepared:
         index = to_device_like(rows, self.l, self.xp)
         return self.l[index], self.log_base[index]
 
-    def powers_of(self, rows):
-        if self.powers is None or rows.size == self.n:
-            return self.powers
-        return self.powers[to_device_like(rows, self.l, self.xp)]
 
     def log_probs(self, which: str, rows=None):
         """log pi_theta or log pi_t of the rows (a new array unless normalised and all rows)."""
@@ -259,8 +253,6 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
                 shift[rows] += recentring_constant(prep, rows)
                 prep.shift = shift
                 prep.shifted = True
-    if int(l.shape[-1]) <= SHORT_ROW:
-        prep.powers = powers_of(xp, l)
     if end_points:
         alpha = _grid_alphas(max(2, int(grid_points)), n, _host_dtype(l))
         shape = tuple(alpha.shape) + (int(l.shape[-1]),)
@@ -268,8 +260,7 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
                                                                      device=_device(xp, l))
         tmp = scratch(xp, "tmp", shape, l) if reuse else None
         lz, mean, var, _ = moments(xp, l, log_base, to_device_like(alpha, l, xp), buf=buf,
-                                   tmp=tmp, supported=bool(has_support.all()),
-                                   powers=prep.powers, bounded=True)
+                                   tmp=tmp, supported=bool(has_support.all()), bounded=True)
         if l.dtype == z_theta.dtype and (full_rows is None or full_rows.any()):
             # buf[0] and buf[-1] hold the weights at alpha = 0 and 1: pi_t and pi_theta up to a
             # constant on rows with full supports, so both entropies come with this pass:
@@ -460,9 +451,8 @@ def newton(prep: Prepared, rows: np.ndarray, *, order: int = 2, xtol: float | No
         buf, tmp = xp.empty_like(l), xp.empty_like(l)
     work_np = _host_dtype(l)
     labels = rows if row_labels is None else row_labels[rows]
-    powers = prep.powers_of(rows)
     if m == 1:
-        return _newton_row(prep, int(rows[0]), l, log_base, powers, buf, tmp, work_np,
+        return _newton_row(prep, int(rows[0]), l, log_base, buf, tmp, work_np,
                            order=order, xtol=xtol, max_iter=max_iter, iterates=iterates,
                            label=int(labels[0]))
     shift = prep.shift[rows]
@@ -480,8 +470,7 @@ def newton(prep: Prepared, rows: np.ndarray, *, order: int = 2, xtol: float | No
         k = active.size
         a_eval = alpha.astype(work_np).astype(np.float64) if work_np is np.float32 else alpha
         raw = moments(xp, l, log_base, to_device_like(a_eval.astype(work_np, copy=False), l, xp),
-                      order=order, buf=buf[:k], tmp=tmp[:k], supported=True, powers=powers,
-                      bounded=True)
+                      order=order, buf=buf[:k], tmp=tmp[:k], supported=True, bounded=True)
         log_z, mean, var, *third = host64(*[r for r in raw if r is not None])
         d = mean - shift
         out.iterations[active] += 1
@@ -507,14 +496,12 @@ def newton(prep: Prepared, rows: np.ndarray, *, order: int = 2, xtol: float | No
             shift, log_z_shift = shift[keep], log_z_shift[keep]
             keep_dev = to_device_like(keep, l, xp)
             l, log_base = l[keep_dev], log_base[keep_dev]
-            if powers is not None:
-                powers = powers[keep_dev]
         alpha = candidate
     return out
 
 
-def _newton_row(prep: Prepared, row: int, l, log_base, powers, buf, tmp, work_np, *, order,
-                xtol, max_iter, iterates, label) -> NewtonResult:
+def _newton_row(prep: Prepared, row: int, l, log_base, buf, tmp, work_np, *, order, xtol,
+                max_iter, iterates, label) -> NewtonResult:
     """`newton` for a block's single row: the same start and steps, on Python floats."""
     xp = prep.xp
     ns = _RowScalars
@@ -533,8 +520,7 @@ def _newton_row(prep: Prepared, row: int, l, log_base, powers, buf, tmp, work_np
     for _ in range(max_iter):
         a_eval = float(work_np(alpha))
         raw = moments(xp, l, log_base, to_device_like(np.array([a_eval], dtype=work_np), l, xp),
-                      order=order, buf=buf, tmp=tmp, supported=True, powers=powers,
-                      bounded=True)
+                      order=order, buf=buf, tmp=tmp, supported=True, bounded=True)
         values = [float(v[0]) for v in host64(*raw[:order + 1])]
         log_z, d, var = values[0], values[1] - shift, values[2]
         iterations += 1
@@ -598,8 +584,7 @@ def _family_interior(prep: Prepared, rows: np.ndarray, a: np.ndarray, known) -> 
     work_np = _host_dtype(l)
     if known is None:
         raw_log_z, mean, _, _ = moments(xp, l, log_base, to_device_like(a.astype(work_np), l, xp),
-                                        order=1, supported=supported,
-                                        powers=prep.powers_of(rows), bounded=True)
+                                        order=1, supported=supported, bounded=True)
         raw_log_z, mean = host64(raw_log_z, mean)
         log_z = prep.log_z(raw_log_z, a, rows)
         delta = mean - prep.shift[rows] if prep.shifted else mean

@@ -11,27 +11,13 @@ import numpy as np
 
 from geomix_cli.core.arrays import exp_, is_numpy, rmax, rsum
 
-# Rows of at most this many tokens are "short": a pass costs a few dozen numpy calls whatever V,
-# so their three sums come from one matrix product of the weights with [1, l, l^2, l^3]
-# (computed once per block) instead of a multiply-and-sum per moment; long rows keep numpy's
-# pairwise sums (torch's cascade / tree sums). Decided by V alone, so a row's result does not
-# depend on the batch it is solved in.
-SHORT_ROW = 1024
 # Without the max-shift a pass must not underflow: Z below this (log Z < -644, a Chernoff
 # information above 644 nats) has the pass redone with the shift.
 _SMALLEST_Z = 1e-280
 
 
-def powers_of(xp, l, order: int = 3):
-    """[n, V, order + 1]: 1, l, l^2 (, l^3) for `moments` on short rows."""
-    columns = [xp.ones_like(l), l, l * l]
-    if order >= 3:
-        columns.append(columns[2] * l)
-    return xp.stack(columns, axis=-1)
-
-
 def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, supported=False,
-            powers=None, bounded: bool = False):
+            bounded: bool = False):
     """One pass over rows: (log_z, mean, var, third) of l under q ∝ exp(log_base - alpha l).
 
     alpha: one value per row ([n], l's dtype and device), or [k, n] for k values per row in the
@@ -42,7 +28,9 @@ def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, suppo
     these are as accurate as centred sums (away from it they only shape the start and the step).
     buf, tmp: scratch of shape alpha.shape + (V,) (allocated when None); in place, no other
     [n, V] temporary. supported: every row has a non-empty support (skips the guard for rows
-    without one, whose log_z is -inf and moments NaN). powers: `powers_of(l)` for short rows.
+    without one, whose log_z is -inf and moments NaN).
+    Sums are numpy's pairwise row reductions (torch's cascade / tree sums), never BLAS products,
+    whose plain accumulation was measured to lose a digit of D on peaked rows.
     bounded: exp(log_base - alpha l) cannot overflow and rarely underflows (log-probabilities or
     max-shifted logits, alpha in [0, 1], or the ESS passes just outside it): the pass skips the
     max-shift, and is redone with it if Z under- or overflows."""
@@ -56,7 +44,7 @@ def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, suppo
         z = rsum(xp, buf)
         if not bool(((z > _SMALLEST_Z) & (z < 1.0 / _SMALLEST_Z)).all()):
             return moments(xp, l, log_base, alpha, order=order, buf=buf, tmp=tmp,
-                           supported=supported, powers=powers)
+                           supported=supported)
         log_z = xp.log(z)
     else:
         peak = rmax(xp, buf, keepdims=True)
@@ -68,17 +56,13 @@ def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, suppo
         log_z = peak[..., 0] + xp.log(z)
     if order == 0:
         return log_z, None, None, None
-    if powers is not None:
-        sums = xp.matmul(buf[..., None, :], powers[..., 1:order + 1])[..., 0, :]
-        raw = [sums[..., j] for j in range(order)]
-    else:
-        if tmp is None:
-            tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
-        xp.multiply(buf, l, out=tmp)
-        raw = [rsum(xp, tmp)]
-        for _ in range(1, order):
-            tmp *= l
-            raw.append(rsum(xp, tmp))
+    if tmp is None:
+        tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
+    xp.multiply(buf, l, out=tmp)
+    raw = [rsum(xp, tmp)]
+    for _ in range(1, order):
+        tmp *= l
+        raw.append(rsum(xp, tmp))
     mean = raw[0] / z
     if order == 1:
         return log_z, mean, None, None
