@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _device, _shared
+from geomix_cli.commands import _device, _shared, _sharded
 
 
 def _fmt(value: float, digits: int = 6) -> str:
@@ -74,13 +74,30 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = _device.DeviceOption,
         dtype: str = _device.ComputeDtypeOption,
         max_memory: Optional[str] = _device.MaxMemoryOption,
+        out: Optional[str] = typer.Option(
+            None, "--out", "-o", help="Write the rows to this Parquet dataset (a folder, e.g. "
+            "alpha.parquet), part by part; it may replace only an earlier geomix output."),
+        resume: bool = _sharded.ResumeOption,
+        scheduler: Optional[str] = _sharded.SchedulerOption,
+        workers: Optional[int] = _sharded.WorkersOption,
+        retries: int = _sharded.RetriesOption,
+        jsonl: bool = _sharded.JsonlOption,
     ) -> None:
-        """Solve alpha* (KL(q||pi_theta) = KL(q||pi_t)) for every row, with diagnostics."""
+        """Solve alpha* (KL(q||pi_theta) = KL(q||pi_t)) for every row, with diagnostics.
+
+        SOURCE may also be a folder or a quoted glob of pair files ('run42/*.safetensors'): it is
+        then read shard by shard in row blocks under --max-memory, optionally on Dask."""
         from geomix_cli.core import METHODS
         from geomix_cli.errors import InputError
 
         if method not in METHODS:
             raise InputError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
+        if _sharded.wanted(source, out=out, scheduler=scheduler, resume=resume, jsonl=jsonl):
+            raise typer.Exit(_sharded.solve(
+                source, method=method, out=out, resume=resume, scheduler=scheduler,
+                workers=workers, max_memory=max_memory, retries=retries, json_out=json_out,
+                jsonl=jsonl, renormalize=renormalize, logits=logits, probs=probs, rows=rows,
+                device=device))
         if device is not None:
             from geomix_cli.backends import resolve_device
 
