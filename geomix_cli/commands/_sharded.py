@@ -119,7 +119,7 @@ def _run(source: str, options, *, out: Optional[str], dataset_subdir: str, resum
     except BaseException:
         if store is not None:
             store.close()
-            if store.partial.exists() and any(store.dataset.glob("part-*.parquet")):
+            if store.partial.exists():
                 warning_line(f"{out}: the finished parts are kept in {store.partial}; rerun "
                              "with --resume to continue")
         raise

@@ -116,7 +116,7 @@ class ColumnSummary:
         return cls(n=int(finite.size), missing=int(values.size - finite.size),
                    minimum=float(finite.min()) if finite.size else math.nan,
                    maximum=float(finite.max()) if finite.size else math.nan,
-                   piece_sums=(math.fsum(finite.tolist()),) if finite.size else (),
+                   piece_sums=(exact_sum(finite),) if finite.size else (),
                    histogram=BitHistogram.of(values))
 
     def merge(self, other: "ColumnSummary") -> "ColumnSummary":
@@ -128,7 +128,7 @@ class ColumnSummary:
 
     @property
     def total(self) -> float:
-        return math.fsum(self.piece_sums)
+        return exact_sum(self.piece_sums)
 
     @property
     def mean(self) -> float:
@@ -144,6 +144,19 @@ class ColumnSummary:
             out[f"q{q:g}"] = self.quantile(q)
         out.update({"max": self.maximum, "mean": self.mean})
         return out
+
+
+def exact_sum(values) -> float:
+    """math.fsum (exactly rounded, so independent of the order), with IEEE results where fsum
+    refuses: +-inf when the sum overflows or holds an infinity, NaN for inf - inf."""
+    values = [float(v) for v in values]
+    try:
+        return math.fsum(values)
+    except OverflowError:  # finite values whose exact sum is beyond float64
+        return math.copysign(math.inf, sum(math.copysign(1.0, v) * min(abs(v), 1e300)
+                                           for v in values))
+    except ValueError:  # inf + -inf
+        return math.nan
 
 
 def _nanmin(a: float, b: float) -> float:

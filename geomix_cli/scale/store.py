@@ -227,7 +227,11 @@ class ResultStore:
         return self.final
 
     def close(self) -> None:
-        """Release the lock (the partial folder stays for --resume)."""
+        """Release the lock. The partial folder stays for --resume when it holds finished parts;
+        a fresh one without any (a refusal before the first part) is removed."""
+        if self.resumed_from is None and self.partial.is_dir() and not any(
+                self.dataset.glob("part-*.parquet")):
+            shutil.rmtree(self.partial, ignore_errors=True)
         self._unlock()
 
 
