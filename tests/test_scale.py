@@ -199,14 +199,31 @@ def test_corrupt_safetensors_headers_are_refused_before_any_mapping(tmp_path, mu
 # the memory planner
 
 
-def test_blocks_cover_the_rows_exactly_and_fit_the_budget():
-    assert memory.plan_blocks(3, 10, 4) == [(3, 7), (7, 10)]
+def test_the_block_budget_follows_the_model_then_the_measured_peak(monkeypatch):
     per_row = memory.row_bytes(151_936, "solve", "logits", 2, bfloat16=True)
     budget = 2 << 30
     rows = memory.block_rows(budget, per_row, resident=200 << 20)
     assert rows * per_row <= budget - (200 << 20) - memory.RESERVE < (rows + 1) * per_row
     with pytest.raises(InputError, match="too small"):
         memory.block_rows(300 << 20, per_row, resident=300 << 20)
+    # a process whose blocks really cost twice the model: after the first (half-size) block the
+    # sizer sees it, and every later block fits the budget at the true cost
+    resident, true_cost = 200 << 20, 2 * per_row
+    state = {"peak": resident}
+    monkeypatch.setattr(memory, "resident_bytes", lambda: resident)
+    monkeypatch.setattr(memory, "reset_peak", lambda: state.update(peak=resident) or True)
+    monkeypatch.setattr(memory, "peak_resident_bytes", lambda: state["peak"])
+    sizer = memory.BlockSizer(budget, per_row)
+    first = sizer.rows()
+    assert first == rows // 2
+    state["peak"] = resident + first * true_cost
+    sizer.done(first)
+    for _ in range(3):
+        n = sizer.rows()
+        assert resident + memory.RESERVE + n * true_cost <= budget < \
+            resident + memory.RESERVE + (n + 1) * true_cost
+        state["peak"] = resident + n * true_cost
+        sizer.done(n)
 
 
 def test_pieces_split_large_mapped_shards_and_keep_compressed_ones_whole(monkeypatch,
@@ -241,6 +258,7 @@ def test_a_shard_larger_than_the_budget_is_never_read_whole(monkeypatch, tmp_pat
                                  0, 1, (n, vocab)).astype(np.float32)})
     per_row = memory.row_bytes(vocab, "solve", "logits", 4)
     monkeypatch.setattr(memory, "resident_bytes", lambda: 100 << 20)
+    monkeypatch.setattr(memory, "peak_resident_bytes", lambda: None)  # the model alone
     budget = (100 << 20) + memory.RESERVE + int(3.5 * per_row)  # 3 rows a block
     assert os.path.getsize(path) > 3 * 2 * vocab * 4
     reads = []
@@ -253,7 +271,7 @@ def test_a_shard_larger_than_the_budget_is_never_read_whole(monkeypatch, tmp_pat
     monkeypatch.setattr(shards.ShardBlockReader, "read", spy)
     (piece,), _ = plan_pieces(discover_shards(path).shards, RunOptions("solve"))
     table, error = run_piece_streaming(piece, RunOptions("solve"), budget, None)
-    assert error is None and reads == [3] * 8
+    assert error is None and reads == [1] + [3] * 7 + [2]  # the first block: half
     whole = load_source(path)
     expected = diagnose(whole.log_pi_theta, whole.log_pi_t,
                         solve_alpha(whole.log_pi_theta, whole.log_pi_t))

@@ -113,14 +113,18 @@ def iter_piece(piece: Piece, options: RunOptions, budget: int, *, fail_once: str
     from geomix_cli.core.validation import validate_pair
     from geomix_cli.scale.shards import ShardBlockReader
 
-    per_row = memory.row_bytes(layout.vocab, options.command, layout.kind,
-                               layout.theta.itemsize, bfloat16=layout.theta.dtype is None)
-    rows_per_block = memory.block_rows(budget, per_row)
+    sizer = memory.BlockSizer(budget, memory.row_bytes(
+        layout.vocab, options.command, layout.kind, layout.theta.itemsize,
+        bfloat16=layout.theta.dtype is None))
     stop = layout.flat_rows if piece.flat_stop is None else piece.flat_stop
+    a = piece.flat_start
     with ShardBlockReader(layout) as reader:
-        for a, b in memory.plan_blocks(piece.flat_start, stop, rows_per_block):
+        while a < stop:
+            b = min(stop, a + sizer.rows())
             labels, flat = layout.kept_rows(a, b)
             if labels.size == 0:
+                sizer.done(0)
+                a = b
                 continue
             theta, target = reader.read(a, b)
             if layout.kept_flat is not None:
@@ -130,7 +134,12 @@ def iter_piece(piece: Piece, options: RunOptions, budget: int, *, fail_once: str
                 renormalize=options.renormalize, storage_dtype=layout.storage_dtype)
             del theta, target  # unmap the block's pages before computing
             pos_b, pos_t = layout.position_columns(labels, flat)
-            yield compute_block(options, ref.label, log_theta, log_t, errors, labels, pos_b, pos_t)
+            batch = compute_block(options, ref.label, log_theta, log_t, errors, labels, pos_b,
+                                  pos_t)
+            del log_theta, log_t
+            sizer.done(b - a)
+            a = b
+            yield batch
             _maybe_fail(piece, fail_once)
 
 
@@ -156,12 +165,17 @@ def _whole_shard_batches(piece: Piece, options: RunOptions, budget: int, fail_on
     else:
         pos_b = positions[:, 0].astype(np.int64)
         pos_t = positions[:, 1].astype(np.int64) if positions.shape[1] > 1 else None
-    per_row = memory.row_bytes(pairs.vocab_size, options.command, pairs.kind, 8)
-    rows_per_block = memory.block_rows(budget, per_row)
-    for a, b in memory.plan_blocks(0, pairs.n_rows, rows_per_block):
-        yield compute_block(options, ref.label, pairs.log_pi_theta[a:b], pairs.log_pi_t[a:b],
-                            pairs.row_errors[a:b], labels[a:b], pos_b[a:b],
-                            None if pos_t is None else pos_t[a:b])
+    sizer = memory.BlockSizer(budget, memory.row_bytes(pairs.vocab_size, options.command,
+                                                       pairs.kind, 8))
+    a = 0
+    while a < pairs.n_rows:
+        b = min(pairs.n_rows, a + sizer.rows())
+        batch = compute_block(options, ref.label, pairs.log_pi_theta[a:b], pairs.log_pi_t[a:b],
+                              pairs.row_errors[a:b], labels[a:b], pos_b[a:b],
+                              None if pos_t is None else pos_t[a:b])
+        sizer.done(b - a)
+        a = b
+        yield batch
         _maybe_fail(piece, fail_once)
 
 
