@@ -524,3 +524,31 @@ def test_in_memory_options_are_refused_on_sharded_runs(runner, real_shards):
     assert result.exit_code == 2 and "--rows" in result.stderr
     result = runner.invoke(app, ["solve", str(real_shards), "--resume"])
     assert result.exit_code == 2 and "give --out" in result.stderr
+
+
+def test_sharded_compare_alpha_gives_the_in_memory_records(runner, real_shards, tmp_path):
+    from geomix_cli.commands.compare_alpha import compare_case
+    from geomix_cli.io import load_source
+
+    out = tmp_path / "cmp"
+    principles = ["kl-symmetry", "half", "ess-balance"]
+    result = runner.invoke(app, ["compare-alpha", str(real_shards), "--out", str(out), "-p",
+                                 ",".join(principles), "--json"])
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    frame = read_results(out / "compare.parquet")
+    for path in sorted(real_shards.iterdir()):
+        pairs = load_source(str(path))
+        records = compare_case(path.name, pairs.log_pi_theta, pairs.log_pi_t, pairs.row_labels,
+                               pairs.row_errors, principles)
+        got = frame[frame["shard"] == path.name]
+        for rec in records:
+            row = got[(got["row"] == rec["row"]) & (got["principle"] == rec["principle"])]
+            assert len(row) == 1 and row["status"].iloc[0] == rec["status"]
+            for name in ("alpha", "kl_q_theta", "kl_gap", "chernoff", "min_ess",
+                         "four_case_fraction"):
+                assert_allclose(row[name].iloc[0], rec[name], rtol=0, atol=1e-12, err_msg=name)
+    medians = {m["principle"]: m for m in payload["summary"]}
+    assert list(medians) == principles and medians["half"]["median_alpha"] == 0.5
+    assert all(m["with_alpha"] == m["rows"] == 12 for m in medians.values())
+    assert (out / "report.md").read_text().startswith("# compare-alpha")

@@ -255,6 +255,64 @@ def check(source: str, *, threshold: Optional[float], out: Optional[str], resume
     return _exit_code(outcome)
 
 
+def compare(source: str, *, principles: list[str], threshold: Optional[float],
+            out: Optional[str], resume: bool, scheduler: Optional[str], workers: Optional[int],
+            max_memory: Optional[str], retries: int, json_out: bool, renormalize: bool,
+            logits: bool, probs: bool, rows, device) -> int:
+    """`geomix compare-alpha` on a sharded source; returns the exit code."""
+    from geomix_cli.commands._shared import forced_kind
+    from geomix_cli.scale.pieces import RunOptions
+    from geomix_cli.scale.report import aggregate, compare_report_files
+
+    _refuse_in_memory_options(rows, device)
+    options = RunOptions("compare", kind=forced_kind(logits, probs), renormalize=renormalize,
+                         threshold=threshold, principles=tuple(principles))
+    stream = None
+    if json_out:
+        stream = _JsonStream("compare", False, {"schema_version": 1, "source": source,
+                                                "principles": principles,
+                                                "threshold": threshold})
+    outcome, store = _run(source, options, out=out,
+                          dataset_subdir="compare.parquet" if out else "", resume=resume,
+                          scheduler=scheduler, workers=workers, max_memory=max_memory,
+                          retries=retries, on_table=stream.add if stream else None)
+    agg = aggregate(outcome, threshold=threshold)
+    if store is not None:
+        store.finish({"summary": agg}, compare_report_files(agg))
+    if stream is not None:
+        stream.close({"summary": agg["medians"],
+                      "max_min_ess_vs_ess_balance": agg["max_min_ess_vs_ess_balance"],
+                      "aggregate": agg, "report_dir": out})
+    else:
+        render_compare(agg, out=out)
+    return _exit_code(outcome)
+
+
+def render_compare(agg: dict, *, out: Optional[str]) -> None:
+    from rich.table import Table
+
+    from geomix_cli.cli import stdout
+    from geomix_cli.reports import fmt_value
+
+    table = Table(title=f"{agg['source']}: {agg['shards']} shard(s), medians over rows",
+                  title_justify="left")
+    for h in ("principle", "rows", "α (median)", "|KL gap|", "min ESS", "ESS max/min",
+              "4-case ok"):
+        table.add_column(h, justify="left" if h == "principle" else "right")
+    for s in agg["medians"]:
+        table.add_row(s["principle"], f"{s['with_alpha']}/{s['rows']}",
+                      fmt_value(s["median_alpha"], 6), fmt_value(s["median_kl_gap"], 3),
+                      fmt_value(s["median_min_ess"]), fmt_value(s["median_ess_ratio"]),
+                      fmt_value(s["median_four_case_fraction"], 3))
+    stdout.print(table)
+    mm = agg["max_min_ess_vs_ess_balance"]
+    if mm is not None:
+        stdout.print(f"max-min-ess vs ess-balance: max |Δα| = {mm['max_abs_difference']:.2g} over "
+                     f"{mm['rows']} rows", highlight=False)
+    if out:
+        stdout.print(f"report: {out}/report.md", highlight=False)
+
+
 def render_summary(agg: dict, *, out: Optional[str], outcome, scheduler) -> None:
     """The human view of a sharded run: statuses, (check) the four-case totals, quantiles over
     rows, rows per shard (the first 50)."""

@@ -7,7 +7,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _device, _shared
+from geomix_cli.commands import _device, _sharded, _shared
 
 RECORD_FIELDS = ("case", "row", "principle", "status", "alpha", "kl_q_theta", "kl_q_target",
                  "kl_gap", "chernoff", "ess_theta", "ess_target", "min_ess",
@@ -139,6 +139,10 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = _device.DeviceOption,
         dtype: str = _device.ComputeDtypeOption,
         max_memory: Optional[str] = _device.MaxMemoryOption,
+        resume: bool = _sharded.ResumeOption,
+        scheduler: Optional[str] = _sharded.SchedulerOption,
+        workers: Optional[int] = _sharded.WorkersOption,
+        retries: int = _sharded.RetriesOption,
     ) -> None:
         """Compare the alpha principles side by side, per row.
 
@@ -153,6 +157,16 @@ def register(app: typer.Typer) -> None:
                                              max_memory=max_memory)["device_solver"]
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+        if sources and any(_sharded.wanted(s, scheduler=scheduler, resume=resume)
+                           for s in sources):
+            if len(sources) != 1:
+                raise InputError("a folder / glob source (or --scheduler, --resume) is compared "
+                                 "on its own: give one SOURCE")
+            raise typer.Exit(_sharded.compare(
+                sources[0], principles=names, threshold=threshold, out=out, resume=resume,
+                scheduler=scheduler, workers=workers, max_memory=max_memory, retries=retries,
+                json_out=json_out, renormalize=renormalize, logits=logits, probs=probs,
+                rows=rows, device=device))
         records: list[dict] = []
         exit_code = EXIT_OK
         if sources:

@@ -124,16 +124,21 @@ def reset_peak() -> bool:
         return False
 
 
-def peak_resident_bytes() -> int | None:
-    """This process's peak resident memory since the last reset (VmHWM), or None."""
+def _proc_kib(path: str, field: str) -> int | None:
+    """A 'Field:  N kB' line of a /proc file, in bytes (None where there is none)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as handle:
+        with open(path, encoding="ascii") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def peak_resident_bytes() -> int | None:
+    """This process's peak resident memory since the last reset (VmHWM), or None."""
+    return _proc_kib("/proc/self/status", "VmHWM")
 
 
 def piece_rows(stored_row_bytes: int) -> int:
@@ -149,14 +154,7 @@ def resident_bytes() -> int:
 
 def available_bytes() -> int | None:
     """MemAvailable from /proc/meminfo (None where there is no such file)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def default_budget(processes: int = 1) -> int:

@@ -34,11 +34,12 @@ class RunOptions:
     """What the results depend on (besides the input bytes): a resumed run reuses a part only
     when these match."""
 
-    command: str  # "solve" or "check"
+    command: str  # "solve", "check" or "compare"
     method: str = "newton"
     kind: str | None = None
     renormalize: bool = False
     threshold: float | None = None
+    principles: tuple = ()  # compare: the principles, in order
 
     def digest(self) -> str:
         from geomix_cli import __version__
@@ -211,6 +212,9 @@ def _maybe_fail(piece: Piece, fail_once: str | None) -> None:
 def compute_block(options: RunOptions, shard_label: str, log_theta, log_t, errors, labels,
                   pos_b, pos_t):
     """One Arrow record batch of results for validated rows."""
+    if options.command == "compare":
+        return compare_batch(options, shard_label, log_theta, log_t, errors, labels, pos_b,
+                             pos_t)
     if options.command == "solve":
         columns = solve_columns(log_theta, log_t, errors, options.method)
     else:
@@ -257,6 +261,41 @@ def check_columns(log_theta, log_t, errors, threshold) -> dict:
                  "w_second_moment_under_q": w["w_second_moment_q"],
                  **{f"w_q{q:g}": w[f"w_q{q:g}"] for q in WEIGHT_QUANTILES}})
     return cols
+
+
+COMPARE_METRICS = ("kl_q_theta", "kl_q_target", "kl_gap", "chernoff", "ess_theta",
+                   "ess_target", "min_ess", "four_case_fraction")
+
+
+def compare_batch(options: RunOptions, shard_label: str, log_theta, log_t, errors, labels,
+                  pos_b, pos_t):
+    """`geomix compare-alpha`'s records (commands.compare_alpha.compare_case) for a block: the
+    rows once per principle, principle by principle; the columns of compare_alpha.csv without
+    `case` (the shard says it) and without the solve time (a timing, not a result)."""
+    import pyarrow as pa
+
+    from geomix_cli.core.principles import principle_metrics, solve_principle
+
+    n = len(labels)
+    valid = np.array([e is None for e in errors], dtype=bool)
+    batches = []
+    for principle in options.principles:
+        cols = {"principle": [principle] * n, "status": np.full(n, "invalid", dtype=object),
+                "alpha": np.full(n, np.nan),
+                **{name: np.full(n, np.nan) for name in COMPARE_METRICS},
+                "message": [e or "" for e in errors]}
+        if valid.any():
+            sol = solve_principle(log_theta[valid], log_t[valid], principle)
+            metrics = principle_metrics(log_theta[valid], log_t[valid], sol,
+                                        threshold=options.threshold)
+            cols["status"][valid] = sol.status
+            cols["alpha"][valid] = sol.alpha
+            for name in COMPARE_METRICS:
+                cols[name][valid] = metrics[name]
+            for i, message in zip(np.flatnonzero(valid), sol.message):
+                cols["message"][i] = message
+        batches.append(to_batch(shard_label, labels, pos_b, pos_t, cols))
+    return pa.concat_batches(batches)
 
 
 def to_batch(shard_label: str, labels, pos_b, pos_t, columns: dict):
@@ -337,7 +376,7 @@ def result_schema(command: str):
 
         log_theta, log_t, errors = validate_pair(np.array([[0.5, 0.5]]), np.array([[0.25, 0.75]]),
                                                  "probs")
-        options = RunOptions(command=command)
+        options = RunOptions(command=command, principles=("half",))
         batch = compute_block(options, "", log_theta, log_t, errors, np.array([0]),
                               np.array([0]), None)
         _SCHEMAS[command] = batch.schema

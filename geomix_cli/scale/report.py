@@ -51,9 +51,14 @@ def aggregate(outcome, *, threshold=None) -> dict:
            "rows": int(counters.get("rows", 0)), "statuses": statuses}
     if plan.options.command == "solve":
         out["method"] = plan.options.method
-    else:
+    elif plan.options.command == "check":
         out["threshold"] = "1/V" if threshold is None else threshold
         out["totals"] = check_totals(counters)
+    else:
+        out["threshold"] = threshold
+        out["principles"] = list(plan.options.principles)
+        out["medians"] = compare_medians(plan.source, plan.options.principles, summary)
+        out["max_min_ess_vs_ess_balance"] = _max_min(summary)
     out["quantile_method"] = QUANTILE_METHOD
     out["quantiles"] = {name: column.describe(QUANTILES)
                         for name, column in summary.columns.items()}
@@ -70,6 +75,56 @@ def check_totals(counters: dict) -> dict:
             "rows": int(counters.get("rows", 0)), "tokens": tokens, "meeting": meeting,
             "fraction_meeting": [m / c if c else math.nan for m, c in zip(meeting, tokens)],
             "ess_within_10pct": int(counters.get("ess_within_10pct", 0))}
+
+
+def compare_medians(source: str, principles, summary) -> list[dict]:
+    """compare-alpha's per-principle summary (commands.compare_alpha.summarise's fields, the
+    medians from the mergeable quantiles; no timing)."""
+    out = []
+    for name in principles:
+        med = {c: summary.columns[f"{name}:{c}"].quantile(0.5)
+               if f"{name}:{c}" in summary.columns else math.nan
+               for c in ("alpha", "kl_gap", "min_ess", "ess_ratio", "four_case_fraction")}
+        out.append({"case": source, "principle": name,
+                    "rows": int(summary.counters.get(f"principle:{name}:rows", 0)),
+                    "with_alpha": int(summary.counters.get(f"principle:{name}:with_alpha", 0)),
+                    "median_alpha": med["alpha"], "median_kl_gap": med["kl_gap"],
+                    "median_min_ess": med["min_ess"], "median_ess_ratio": med["ess_ratio"],
+                    "median_four_case_fraction": med["four_case_fraction"]})
+    return out
+
+
+def _max_min(summary) -> dict | None:
+    column = summary.columns.get("max_min_ess_vs_ess_balance")
+    if column is None or column.n == 0:
+        return None
+    return {"rows": column.n, "max_abs_difference": column.maximum,
+            "median_abs_difference": column.quantile(0.5),
+            "equal_within_1e-6": bool(column.maximum <= 1e-6)}
+
+
+def compare_report_files(agg: dict) -> dict:
+    """{file name: bytes} of a sharded compare-alpha report: report.md, summary.json."""
+    from geomix_cli.io import dumps_json
+    from geomix_cli.reports import markdown_table
+
+    statuses = ", ".join(f"{k}: {v}" for k, v in agg["statuses"].items())
+    lines = ["# compare-alpha: the alpha principles side by side\n",
+             f"`{agg['source']}`: {agg['shards']} shard(s), {agg['rows']} (row, principle) "
+             f"results ({statuses}). Principles: {', '.join(agg['principles'])}. Per row, at "
+             "each principle's alpha: both KLs, |KL gap|, the pair's Chernoff information C, "
+             "both ESS, min ESS, the fraction of tokens meeting their four-case expectation. "
+             "Every row: [compare.parquet](compare.parquet).\n",
+             "## Medians per principle\n", markdown_table(agg["medians"], max_rows=200),
+             f"\nMedians: {QUANTILE_METHOD}.\n"]
+    mm = agg["max_min_ess_vs_ess_balance"]
+    if mm is not None:
+        lines.append(f"\n**max-min-ess vs ess-balance**: max |Δα| = "
+                     f"{mm['max_abs_difference']:.3g} (median {mm['median_abs_difference']:.3g}) "
+                     f"over {mm['rows']} rows.\n")
+    lines += _shard_sections(agg, "Rows without an alpha for some principle")
+    return {"report.md": "\n".join(lines).encode("utf-8"),
+            "summary.json": (dumps_json(agg) + "\n").encode("utf-8")}
 
 
 def quantile_rows(agg: dict) -> list[dict]:
@@ -118,18 +173,25 @@ def check_report_files(outcome, agg: dict, *, threshold=None) -> dict:
              "alpha*.\n",
              "## Distribution over rows\n",
              markdown_table(quantile_rows(agg), max_rows=len(agg["quantiles"])),
-             f"\nQuantiles: {QUANTILE_METHOD}.\n",
-             "## Rows per shard\n",
-             markdown_table(agg["per_shard"], columns=_shard_columns(agg),
-                            max_rows=MAX_SHARD_ROWS)]
-    if agg["rows_with_messages"]:
-        lines += [f"\n## Rows without alpha* (first {MAX_EXAMPLES})\n",
-                  markdown_table(agg["rows_with_messages"], max_rows=MAX_EXAMPLES)]
+             f"\nQuantiles: {QUANTILE_METHOD}.\n"]
+    lines += _shard_sections(agg, "Rows without alpha*")
     for name, caption in figures:
         lines.append(f"\n![{caption}]({name})\n\n*{caption}.*\n")
     files["report.md"] = "\n".join(lines).encode("utf-8")
     files["summary.json"] = (dumps_json(agg) + "\n").encode("utf-8")
     return files
+
+
+def _shard_sections(agg: dict, heading: str) -> list[str]:
+    """Rows per shard, then the first rows that carry a message."""
+    from geomix_cli.reports import markdown_table
+
+    lines = ["## Rows per shard\n", markdown_table(agg["per_shard"], columns=_shard_columns(agg),
+                                                   max_rows=MAX_SHARD_ROWS)]
+    if agg["rows_with_messages"]:
+        lines += [f"\n## {heading} (first {MAX_EXAMPLES})\n",
+                  markdown_table(agg["rows_with_messages"], max_rows=MAX_EXAMPLES)]
+    return lines
 
 
 def _shard_columns(agg: dict) -> list[str]:

@@ -27,6 +27,7 @@ SUMMARY_COLUMNS = {
     "check": ("alpha", "alpha_entropy", "ess_theta", "ess_target", "ess_ratio", "w_q0.5",
               "case1_mass_q", "case2_mass_q", "case3_mass_q", "case4_mass_q"),
 }
+COMPARE_COLUMNS = ("alpha", "kl_gap", "min_ess", "ess_ratio", "four_case_fraction")
 CASE_KEYS = ("case1", "case2", "case3", "case4")
 
 
@@ -97,6 +98,8 @@ def summarize(table, command: str, piece: Piece) -> Summary:
     n = table.num_rows
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
     shard = piece.shard.label
+    if command == "compare":
+        return _summarize_compare(table, piece, status)
     counters = {"rows": n}
     values, counts = np.unique(status.astype(str), return_counts=True)
     for value, count in zip(values, counts):
@@ -127,6 +130,43 @@ def summarize(table, command: str, piece: Piece) -> Summary:
                              "message": message})
             if len(examples) >= EXAMPLES_PER_PIECE:
                 break
+    return Summary(counters, columns, {piece.index: examples} if examples else {})
+
+
+def _summarize_compare(table, piece: Piece, status) -> Summary:
+    """Per principle: rows, rows with an alpha, and the columns of compare-alpha's medians; and
+    |alpha(max-min-ess) - alpha(ess-balance)| per row where both exist."""
+    principle = np.asarray(table.column("principle").to_pylist(), dtype=object)
+    rows = np.asarray(table.column("row").to_numpy(zero_copy_only=False), dtype=np.float64)
+    alpha = _floats(table, "alpha")
+    ess_theta, ess_target = _floats(table, "ess_theta"), _floats(table, "ess_target")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.maximum(ess_theta, ess_target) / np.minimum(ess_theta, ess_target)
+    ratio = np.where(np.minimum(ess_theta, ess_target) > 0, ratio, np.nan)
+    values = {"alpha": alpha, "kl_gap": _floats(table, "kl_gap"),
+              "min_ess": _floats(table, "min_ess"), "ess_ratio": ratio,
+              "four_case_fraction": _floats(table, "four_case_fraction")}
+    counters = {"rows": int(table.num_rows), f"shard:{piece.shard.label}:rows": table.num_rows}
+    columns = {}
+    for value, count in zip(*np.unique(status.astype(str), return_counts=True)):
+        counters[f"status:{value}"] = int(count)
+        counters[f"shard:{piece.shard.label}:{value}"] = int(count)
+    for name in dict.fromkeys(principle.tolist()):
+        mine = principle == name
+        counters[f"principle:{name}:rows"] = int(mine.sum())
+        counters[f"principle:{name}:with_alpha"] = int(np.isfinite(alpha[mine]).sum())
+        for column in COMPARE_COLUMNS:
+            columns[f"{name}:{column}"] = ColumnSummary.of(values[column][mine])
+    pairs = [principle == "max-min-ess", principle == "ess-balance"]
+    if all(p.any() for p in pairs):
+        a = dict(zip(rows[pairs[0]], alpha[pairs[0]]))
+        b = dict(zip(rows[pairs[1]], alpha[pairs[1]]))
+        diffs = [abs(a[r] - b[r]) for r in a if r in b and np.isfinite(a[r]) and np.isfinite(b[r])]
+        columns["max_min_ess_vs_ess_balance"] = ColumnSummary.of(np.asarray(diffs, dtype=float))
+    messages = table.column("message").to_pylist()
+    examples = [{"shard": piece.shard.label, "row": None if np.isnan(rows[i]) else int(rows[i]),
+                 "principle": principle[i], "status": str(status[i]), "message": messages[i]}
+                for i in np.flatnonzero(status != "ok")[:EXAMPLES_PER_PIECE]]
     return Summary(counters, columns, {piece.index: examples} if examples else {})
 
 

@@ -411,7 +411,20 @@ def _row_items(shape: tuple[int, ...]) -> tuple[int, bool]:
     return (int(shape[-1]) if shape else 1), len(shape) <= 1
 
 
-class _MappedStream:
+class _Stream:
+    """Rows of one array, read block by block; a context manager that closes what it opened."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _MappedStream(_Stream):
     """Rows of a stored array, one memory map per block (unmapped when the block is dropped)."""
 
     def __init__(self, ref: ArrayRef):
@@ -433,17 +446,8 @@ class _MappedStream:
             return (block.astype(np.uint32) << 16).view(np.float32)
         return block
 
-    def close(self) -> None:
-        pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class _DeflatedStream:
+class _DeflatedStream(_Stream):
     """Rows of a compressed npz member, decompressed in order (blocks must come in order)."""
 
     def __init__(self, ref: ArrayRef):
@@ -472,18 +476,12 @@ class _DeflatedStream:
         self.member.close()
         self.archive.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 def open_array_stream(ref: ArrayRef):
     return _DeflatedStream(ref) if ref.member is not None else _MappedStream(ref)
 
 
-class ShardBlockReader:
+class ShardBlockReader(_Stream):
     """Raw row blocks (theta, target) of a streamed shard, flat rows [start, stop); padded
     positions are dropped by the caller (`ShardLayout.kept_rows`)."""
 
@@ -505,12 +503,6 @@ class ShardBlockReader:
     def close(self) -> None:
         for stream in self.streams:
             stream.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def whole_file_estimate(ref: ShardRef) -> int:
