@@ -11,7 +11,8 @@
    --out ... --max-memory`), `--repeat` times each.
 3. The sharded solve of the whole source under `--max-memory`.
 Each run is a separate `geomix` process; wall time from the parent, peak RSS from the kernel
-(`wait4` ru_maxrss: resident anonymous and file-backed pages, the mapped shard pages included).
+(`wait4` ru_maxrss: resident anonymous and file-backed pages, the mapped shard pages included;
+ru_utime + ru_stime for the CPU seconds).
 4. Deletes everything it wrote (unless --keep). Prints a markdown table and a JSON line.
 
 No assertion on time anywhere: the figures are recorded in docs/benchmarks.md with the command
@@ -89,7 +90,8 @@ def run(argv: list[str], *, cpus: str | None = None) -> dict:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{' '.join(argv)} exited {code}: {stderr[-2000:]}")
-    return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_bytes": usage.ru_maxrss * 1024}
 
 
 def loadavg() -> str:
@@ -142,7 +144,9 @@ def main_benchmark(args) -> dict:
 
 
 def sizing(args) -> list[dict]:
-    """Rows / s on one core (taskset -c 0) by V: solve and check of a ~256 MB source."""
+    """Rows / s on one core (taskset -c 0) by V: solve and check of a ~256 MB source; per wall
+    second and per CPU second of the process (user + system: what the row costs a core, less
+    sensitive than the wall time to other jobs on a shared machine; start-up included)."""
     out = []
     work = Path(args.work)
     try:
@@ -157,6 +161,7 @@ def sizing(args) -> list[dict]:
                 result = run([command, str(folder), "--out", str(target), "--max-memory",
                               args.max_memory], cpus="0")
                 entry[f"{command}_rows_per_s_per_core"] = rows / result["wall_s"]
+                entry[f"{command}_rows_per_cpu_s"] = rows / result["cpu_s"]
                 entry[f"{command}_peak_rss_bytes"] = result["peak_rss_bytes"]
                 shutil.rmtree(target, ignore_errors=True)
             shutil.rmtree(folder, ignore_errors=True)

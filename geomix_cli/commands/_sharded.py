@@ -84,6 +84,9 @@ def _run(source: str, options, *, out: Optional[str], dataset_subdir: str, resum
 
     if resume and not out:
         raise InputError("--resume continues the results at --out; give --out")
+    if workers is not None and scheduler != "local":
+        raise InputError("--workers sizes a local cluster: use it with --scheduler local (an "
+                         "existing cluster has the workers it has)")
     budget = _budget(max_memory, scheduler, workers)
     plan = plan_run(source, options)
     for name in plan.discovery.ignored[:5]:

@@ -2,7 +2,8 @@
 
 `--scheduler local` starts a LocalCluster on this machine: one single-threaded worker process per
 CPU (fewer when the memory budget does not allow that many), no dashboard, and the budget split
-between them. `--scheduler tcp://HOST:PORT` connects to a running scheduler (`dask scheduler`,
+between them (Dask's own per-worker memory limit stays at its default, the machine's memory over
+the workers, above that budget, so that a worker is never paused by Dask while a piece runs). `--scheduler tcp://HOST:PORT` connects to a running scheduler (`dask scheduler`,
 dask-jobqueue, dask-kubernetes, ...); every worker must have this same geomix version installed
 and see the shard files at the same paths (a shared file system): the workers read the shards,
 the client receives each piece's results (an Arrow table, ~200 bytes a row) and writes the
@@ -49,7 +50,7 @@ def open_client(scheduler: str, *, workers: int | None, budget: int):
         per_worker = budget // n
         cluster = distributed.LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-            scheduler_port=0, silence_logs=logging.ERROR, memory_limit=per_worker)
+            scheduler_port=0, silence_logs=logging.ERROR)
         client = distributed.Client(cluster)
         return client, cluster, per_worker
     try:

@@ -394,6 +394,7 @@ def compute_piece(piece: Piece, options: RunOptions, budget: int, fail_once: str
     except InputError as exc:
         batches, shard_error = [_invalid_for(piece, options, exc)], exc.one_line()
     table = pa.Table.from_batches(batches, schema=result_schema(options.command))
+    memory.release_free_memory()  # a worker's memory drops back between tasks
     return table, shard_error
 
 

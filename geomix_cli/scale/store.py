@@ -98,7 +98,15 @@ class ResultStore:
     # -- opening ------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Check the output path, then take the partial folder: fresh, or continued (--resume)."""
+        """Check the output path, then take the partial folder: fresh, or continued (--resume).
+        A refusal leaves every folder as it was."""
+        try:
+            self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open(self) -> None:
         check_output_path(self.final, self.inputs, partial=self.partial)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         if self.resume:
@@ -156,12 +164,20 @@ class ResultStore:
                 "options, or without --resume to start over", file=str(self.final))
 
     def _write_marker(self) -> None:
+        """The report marker (the shape issue 10's report folders use: command, version and the
+        files geomix wrote, so that a later --out check knows what it may replace)."""
         from geomix_cli import __version__
         from geomix_cli.io import write_json_atomic
 
-        write_json_atomic(self.partial / MARKER, {"command": self.command, "format": FORMAT,
-                                                  "schema_version": SCHEMA_VERSION,
-                                                  "geomix": __version__})
+        files = []
+        for root, dirs, names in os.walk(self.partial):
+            rel = os.path.relpath(root, self.partial)
+            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            files += [prefix + d + "/" for d in dirs]
+            files += [prefix + n for n in names if prefix + n not in (MARKER, LOCK)]
+        write_json_atomic(self.partial / MARKER, {
+            "geomix_report": 1, "command": self.command, "geomix_version": __version__,
+            "format": FORMAT, "schema_version": SCHEMA_VERSION, "files": sorted(files)})
 
     def _write_manifest(self, extra: dict) -> None:
         from geomix_cli import __version__
@@ -222,6 +238,7 @@ class ResultStore:
             write_bytes_atomic(self.partial / name, data)
         self._write_manifest({"complete": True, **manifest})
         (self.partial / LOCK).unlink(missing_ok=True)
+        self._write_marker()
         _swap_into_place(self.partial, self.final)
         self._unlock()
         return self.final
