@@ -552,3 +552,19 @@ def test_sharded_compare_alpha_gives_the_in_memory_records(runner, real_shards, 
     assert list(medians) == principles and medians["half"]["median_alpha"] == 0.5
     assert all(m["with_alpha"] == m["rows"] == 12 for m in medians.values())
     assert (out / "report.md").read_text().startswith("# compare-alpha")
+
+
+def test_a_second_run_on_the_same_output_refuses_while_the_first_writes(runner, real_shards,
+                                                                        tmp_path):
+    from geomix_cli.scale.store import ResultStore
+
+    out = tmp_path / "alpha.parquet"
+    first = ResultStore(out, command="solve", source=str(real_shards), options={},
+                        options_digest="x", inputs=[], resume=False)
+    first.open()
+    try:
+        result = runner.invoke(app, ["solve", str(real_shards), "--out", str(out)])
+        assert result.exit_code == 2 and "another geomix run is writing" in result.stderr
+        assert first.partial.is_dir()  # the first run's folder is untouched
+    finally:
+        first.close()

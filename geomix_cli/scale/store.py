@@ -78,7 +78,7 @@ class ResultStore:
         self.partial = self.final.parent / f".{self.final.name}{PARTIAL_SUFFIX}"
         self.command = command
         self.source = source
-        self.options = options
+        self.options = json.loads(json.dumps(options))  # as a manifest holds them (lists)
         self.digest = options_digest
         self.inputs = list(inputs)
         self.resume = resume
