@@ -301,7 +301,11 @@ def load_case(path, *, for_update: bool = False) -> GoldenCase:
         if key not in data:
             if for_update and key not in NEW_CASE_KEYS:
                 continue
-            hint = ("" if key in NEW_CASE_KEYS else
+            hint = (f" (a hand-written case starts with {{\"schema_version\": "
+                    f"{GOLDEN_SCHEMA_VERSION}, \"id\": \"{path.stem}\", \"description\": "
+                    "\"...\", \"source\": {...}} and is completed by geomix regress --update "
+                    f"--case {path.stem}; see docs/regress.md, 'Adding your own case')"
+                    if key in NEW_CASE_KEYS else
                     " (a new case? fill it in with geomix regress --update --case "
                     f"{path.stem})")
             raise _case_error(path, "missing key" + hint, key=key)

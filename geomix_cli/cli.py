@@ -69,22 +69,120 @@ def tune_process() -> None:
 
 
 import typer  # noqa: E402
+import typer.core  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from geomix_cli.errors import EXIT_BAD_INPUT, GeomixError  # noqa: E402
 
+# ----------------------------------------------------------------------------------------------
+# Help text in the usual command-line style: option values as TEXT / INTEGER / FLOAT / PATH, no
+# type label on flags, arguments as SOURCE (required) or [SOURCE]. Recent typer releases print
+# '<bool>', '<str>' and '{source}' instead; the classes below change only geomix's own commands
+# (their parameters are re-classed when a command is built), never typer itself.
+
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "Path": "PATH"}
+
+
+def _type_word(label):
+    """'<str>' -> 'TEXT', '<list[str]>' -> 'TEXT', '<int range>' -> 'INTEGER'; None stays None."""
+    if not label:
+        return label
+    bare = str(label).strip("<>")
+    for prefix in ("list[", "tuple["):
+        if bare.startswith(prefix):
+            bare = bare[len(prefix):].rstrip("]")
+    bare = bare.replace(" range", "")
+    return _TYPE_WORDS.get(bare, bare.upper())
+
+
+class _PlainOption(typer.core.TyperOption):
+    def display_type_rich(self, ctx):
+        if self.metavar is not None:
+            return self.metavar
+        if getattr(self, "is_bool_flag", False) or getattr(self, "is_flag", False):
+            return None
+        return _type_word(super().display_type_rich(ctx))
+
+
+class _PlainArgument(typer.core.TyperArgument):
+    def display_type_rich(self, ctx):
+        return None  # the argument's name and help say what it is
+
+    @property
+    def display_name_raw(self) -> str:
+        return self.metavar if self.metavar is not None else self.name.upper()
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+
+def _plain(params):
+    for param in params:
+        if type(param) is typer.core.TyperOption:
+            param.__class__ = _PlainOption
+        elif type(param) is typer.core.TyperArgument:
+            param.__class__ = _PlainArgument
+    return params
+
+
+class _GeomixCommand(typer.core.TyperCommand):
+    def get_params(self, ctx):  # includes --help and, on the group, the completion options
+        return _plain(super().get_params(ctx))
+
+
+class _GeomixGroup(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _plain(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="geomix",
+    cls=_GeomixGroup,
     help="Solve, verify and report the KL-symmetric geometric-mean sampling distribution "
          "q* ∝ pi_theta^alpha* · pi_t^(1-alpha*).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-# Piped output gets a wide console so tables are not squeezed to 80 columns.
-stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+def _print_version(value: bool) -> None:
+    if value:
+        from geomix_cli import __version__
+
+        typer.echo(f"geomix {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_print_version,
+                                 is_eager=True, help="Print the version and exit."),
+) -> None:
+    """(the options of `geomix` itself; the help text is the app's)"""
+
+
+class _OutputConsole(Console):
+    """stdout for results. Width: COLUMNS when set, else the terminal's; piped output without
+    COLUMNS gets 160 columns, so that tables are not squeezed to 80 in files and pipes. Decided
+    at each print (not at import), so COLUMNS set later is honoured."""
+
+    @property
+    def size(self):
+        base = super().size
+        if "COLUMNS" in os.environ or self.is_terminal:
+            return base
+        return type(base)(PIPED_WIDTH, base.height)
+
+    @size.setter
+    def size(self, new_size):  # rich's own setter (fixes the width and height)
+        Console.size.fset(self, new_size)
+
+
+PIPED_WIDTH = 160
+stdout = _OutputConsole(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
@@ -128,3 +226,18 @@ def main() -> None:
 from geomix_cli.commands import register_all  # noqa: E402
 
 register_all(app)
+
+
+def _plain_help(typer_app) -> None:
+    """Every command and sub-app of geomix gets the plain help classes (see _GeomixCommand)."""
+    for info in typer_app.registered_commands:
+        if info.cls in (None, typer.core.TyperCommand):
+            info.cls = _GeomixCommand
+    for group in typer_app.registered_groups:
+        sub = group.typer_instance
+        if not isinstance(sub.info.cls, type):  # typer's default placeholder: not chosen
+            sub.info.cls = _GeomixGroup
+        _plain_help(sub)
+
+
+_plain_help(app)

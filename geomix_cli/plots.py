@@ -10,11 +10,12 @@ Stable API (the verify report calls these):
     figure_pareto_grid(fronts, titles, *, log=False)
     figure_delta_with_iterates(curve, *, title=None)
     figure_alpha_sweep(vocab_sizes, eps_values, alpha_star, *, reported=None, title=None)
-    figure_ess_scatter(ess_theta, ess_target, families, *, title=None)
     figure_four_cases(case_labels, counts, mass_q, fraction_meeting, *, title=None)
     figure_entropy_error_hist(errors_by_family, *, title=None)
+    figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point="q*")
+    figure_principles_ess(ess_theta, ess_target, principles, *, title=None)
     figure_alpha_along_sequence(positions, alpha_star, alpha_entropy=None, labels=None, *,
-                                title=None)
+                                title=None, xlabel=None)
 
 Every figure has a title, axis labels with units (KL in nats; alpha, ESS dimensionless) and a
 legend placed outside the data area (or in a corner the data cannot reach).
@@ -284,16 +285,84 @@ def figure_pareto_grid(fronts, titles, *, log: bool = False):
 # ----------------------------------------------------------------------------------------------
 # D(alpha) with solver iterates
 
-ITER_STYLE = {"newton": dict(marker="o", color=C_STAR), "halley": dict(marker="v", color="#CC79A7"),
-              "bisection": dict(marker="x", color=C_FRONT)}
+# Newton is drawn last and largest (hollow, thick edge) so that its few points, which all land
+# next to alpha*, stay visible on top of the bisection cluster there; a close-up around alpha*
+# separates them.
+ITER_STYLE = {"bisection": dict(marker="x", color=C_FRONT, s=26, zorder=4),
+              "halley": dict(marker="v", color="#CC79A7", s=70, zorder=5),
+              "newton": dict(marker="o", color=C_STAR, s=110, zorder=6)}
+ITER_ORDER = ("bisection", "halley", "newton")
+
+
+def _iterate_window(curve) -> float:
+    """Half-width of the close-up around alpha*: three times the farthest Newton (or Halley)
+    iterate within 0.05 of alpha*, at least 1e-9; None when there is nothing to zoom into."""
+    if not np.isfinite(curve.alpha_star):
+        return None
+    errs = []
+    for method in ("newton", "halley"):
+        pts = curve.iterates.get(method)
+        if pts is not None and len(pts):
+            e = np.abs(np.asarray(pts)[:, 0] - curve.alpha_star)
+            errs += [float(v) for v in e if 0 < v < 0.05]
+    return max(3.0 * max(errs), 1e-9) if errs else None
+
+
+def _draw_iterates(ax, curve, *, offset: float = 0.0, numbers: bool = True, size: float = 1.0,
+                   scale: float = 1.0):
+    """Scatter each solver's iterates ((alpha_k - offset) / scale, D_k), labelled per method."""
+    methods = [m for m in ITER_ORDER if m in curve.iterates] + \
+        [m for m in curve.iterates if m not in ITER_ORDER]
+    for method in methods:
+        pts = np.asarray(curve.iterates[method])
+        if len(pts) == 0:
+            continue
+        style = dict(ITER_STYLE.get(method, dict(marker="+", color="gray", s=30, zorder=4)))
+        color = style.pop("color")
+        area = style.pop("s") * size
+        what = "float32 objective" if method == "bisection" else "D"
+        paint = ({"facecolors": "none", "edgecolors": color, "linewidths": 1.8}
+                 if style["marker"] in ("o", "v") else {"color": color})
+        ax.scatter((pts[:, 0] - offset) / scale, pts[:, 1], s=area, clip_on=True, **style, **paint,
+                   label=f"{method}: {len(pts)} evaluations ({what})")
+        if numbers:
+            for k, (a_k, d_k) in enumerate(pts[:4]):
+                # number the first iterates, except those sitting on top of the root
+                if not np.isfinite(curve.alpha_star) or abs(a_k - curve.alpha_star) > 0.03:
+                    ax.annotate(str(k + 1), (a_k - offset, d_k), textcoords="offset points",
+                                xytext=(5, 5), fontsize=7.5, color=color)
+
+
+def _number_close_iterates(ax, curve, alpha_star: float, half: float, unit: float) -> None:
+    """Number Newton's (and Halley's) iterates in the close-up; iterates closer together than
+    2% of the window share one label ('2, 3')."""
+    for method in ("newton", "halley"):
+        pts = curve.iterates.get(method)
+        if pts is None or not len(pts):
+            continue
+        groups: list[list[int]] = []
+        for k, (a_k, _) in enumerate(np.asarray(pts)):
+            if abs(a_k - alpha_star) > half:
+                continue
+            if groups and abs(a_k - pts[groups[-1][-1]][0]) < 0.02 * half:
+                groups[-1].append(k)
+            else:
+                groups.append([k])
+        for g in groups:
+            a_k, d_k = pts[g[0]]
+            ax.annotate(", ".join(str(k + 1) for k in g), ((a_k - alpha_star) / unit, d_k),
+                        textcoords="offset points", xytext=(6, 4), fontsize=7,
+                        color=ITER_STYLE[method]["color"])
 
 
 def figure_delta_with_iterates(curve, *, title=None):
     """Left: D(alpha) = KL(q||pi_theta) - KL(q||pi_t) on the grid of a `core.front.DeltaCurve`,
-    the zero line, alpha* (vertical line) and each solver's iterates (alpha_k, D_k) numbered in
-    order. Right: |alpha_k - alpha*| per iteration (log scale), Newton vs bisection, so the
-    convergence rates can be read off. A row without a root gets a labelled panel."""
-    fig = plt.figure(figsize=(11.0, 4.4), layout="constrained")
+    the zero line, alpha* (vertical line) and each solver's iterates (alpha_k, D_k), the first
+    ones numbered; Newton's iterates are drawn last and largest, and an inset shows a close-up
+    around alpha* (x axis alpha - alpha*) where Newton's and the bisection's last iterates sit.
+    Right: |alpha_k - alpha*| per iteration (log scale), Newton vs bisection, so the convergence
+    rates can be read off. A row without a root gets a labelled panel."""
+    fig = plt.figure(figsize=(11.0, 4.6), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.35, 1.0]})
     fig.suptitle(title or "D(α) = KL(q_α‖π_θ) − KL(q_α‖π_t) and the solvers' iterates")
     if curve.alpha.size == 0:
@@ -305,30 +374,55 @@ def figure_delta_with_iterates(curve, *, title=None):
     if np.isfinite(curve.alpha_star):
         ax.axvline(curve.alpha_star, color=C_STAR, linewidth=1.0, linestyle=":",
                    label=f"α* = {curve.alpha_star:.6g}")
+    _draw_iterates(ax, curve)
     exact_notes = []
-    for method, pts in curve.iterates.items():
-        if len(pts) == 0:
+    for method in [m for m in ITER_ORDER if m in curve.iterates]:
+        pts = np.asarray(curve.iterates[method])
+        if len(pts) == 0 or not np.isfinite(curve.alpha_star):
             continue
-        style = ITER_STYLE.get(method, dict(marker="+", color="gray"))
-        what = "float32 objective" if method == "bisection" else "D"
-        paint = ({"facecolors": "none", "edgecolors": style["color"]}
-                 if style["marker"] in ("o", "v") else {"color": style["color"]})
-        ax.scatter(pts[:, 0], pts[:, 1], s=30, zorder=4, marker=style["marker"],
-                   label=f"{method}: {len(pts)} evaluations ({what})", **paint)
-        for k, (a_k, d_k) in enumerate(pts[:4]):
-            # number the first iterates, except those sitting on top of the root
-            if not np.isfinite(curve.alpha_star) or abs(a_k - curve.alpha_star) > 0.03:
-                ax.annotate(str(k + 1), (a_k, d_k), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=style["color"])
-        if np.isfinite(curve.alpha_star):
-            err = np.abs(pts[:, 0] - curve.alpha_star)
-            ax2.semilogy(np.arange(1, len(pts) + 1), np.where(err > 0, err, np.nan),
-                         marker=style["marker"], color=style["color"], linewidth=1.0,
-                         label=method)
-            exact = np.flatnonzero(err == 0)
-            if exact.size:
-                exact_notes.append(f"{method}: iterate {exact[0] + 1} is α* itself\n"
-                                   "(error 0, off the log scale)")
+        style = ITER_STYLE[method]
+        err = np.abs(pts[:, 0] - curve.alpha_star)
+        ax2.semilogy(np.arange(1, len(pts) + 1), np.where(err > 0, err, np.nan),
+                     marker=style["marker"], color=style["color"], linewidth=1.0,
+                     markersize=7 if method != "bisection" else 6, label=method,
+                     markerfacecolor="none" if style["marker"] in ("o", "v") else None,
+                     zorder=style["zorder"])
+        exact = np.flatnonzero(err == 0)
+        if exact.size:
+            exact_notes.append(f"{method}: iterate {exact[0] + 1} is α* itself\n"
+                               "(error 0, off the log scale)")
+    half = _iterate_window(curve)
+    if half is not None:
+        # close-up in the empty upper-right quadrant (D > 0 left of alpha*, < 0 right of it)
+        inset = ax.inset_axes([0.6, 0.56, 0.38, 0.4])
+        a0 = curve.alpha_star
+        near = (curve.alpha >= a0 - 4 * half) & (curve.alpha <= a0 + 4 * half)
+        idx = np.flatnonzero(near)
+        lo_i = max(int(idx[0]) - 1, 0) if idx.size else int(np.searchsorted(curve.alpha, a0)) - 1
+        hi_i = min(int(idx[-1]) + 2, curve.alpha.size) if idx.size else lo_i + 2
+        lo_i = max(lo_i, 0)
+        unit = 10.0 ** math.floor(math.log10(half))
+        inset.plot((curve.alpha[lo_i:hi_i] - a0) / unit, curve.delta[lo_i:hi_i], color="black",
+                   linewidth=1.2)
+        inset.axhline(0.0, color=C_DIAG, linewidth=0.8, linestyle="--")
+        inset.axvline(0.0, color=C_STAR, linewidth=0.8, linestyle=":")
+        _draw_iterates(inset, curve, offset=a0, numbers=False, size=0.7, scale=unit)
+        ys = [np.asarray(curve.iterates[m])[:, 1] for m in curve.iterates
+              if len(curve.iterates[m])]
+        ys = np.concatenate(ys) if ys else np.zeros(1)
+        xs = np.concatenate([np.asarray(curve.iterates[m])[:, 0] for m in curve.iterates
+                             if len(curve.iterates[m])] or [np.zeros(1)]) - a0
+        in_window = np.abs(xs) <= half
+        yspan = float(np.max(np.abs(ys[in_window]))) if in_window.any() else 1e-12
+        inset.set_xlim(-half / unit, half / unit)
+        inset.set_ylim(-1.3 * max(yspan, 1e-300), 1.3 * max(yspan, 1e-300))
+        inset.set_xlabel(f"(α − α*) / {unit:.0e}   (close-up around α*)", fontsize=7,
+                         labelpad=1)
+        _number_close_iterates(inset, curve, a0, half, unit)
+        inset.tick_params(labelsize=6.5)
+        inset.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        inset.yaxis.get_offset_text().set_fontsize(6.5)
+        inset.grid(True, linewidth=0.3, alpha=0.5)
     if curve.status != "ok":
         ax.text(0.02, 0.04, f"status '{curve.status}': no root in (0, 1)", transform=ax.transAxes,
                 fontsize=8)
@@ -337,7 +431,7 @@ def figure_delta_with_iterates(curve, *, title=None):
     ax.set_ylabel("D(α)  [nats]")
     ax.set_title("D(α) over [0, 1]")
     ax.grid(True, linewidth=0.4, alpha=0.5)
-    ax.legend(loc="best", frameon=True, framealpha=0.9)
+    ax.legend(loc="lower left", frameon=True, framealpha=0.9, fontsize=8)
     from matplotlib.ticker import MaxNLocator
 
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -423,39 +517,171 @@ def figure_alpha_sweep(vocab_sizes, eps_values, alpha_star, *, reported=None, ti
 # ESS balance (Test 3)
 
 
-def figure_ess_scatter(ess_theta, ess_target, families, *, title=None):
-    """ESS_theta(q*) against ESS_t(q*), one colour per family label, with the diagonal and the
-    +-10% band (ESS_t within 0.9x..1.1x of ESS_theta). Log axes when every value is positive and
-    some are below 0.05, else linear on [0, 1]."""
-    x = np.asarray(ess_theta, dtype=np.float64)
-    y = np.asarray(ess_target, dtype=np.float64)
-    fam = np.asarray(families, dtype=object)
-    fig, ax = _new_figure(7.6, 5.4)
-    finite = np.isfinite(x) & np.isfinite(y)
-    positive = finite & (x > 0) & (y > 0)
-    use_log = bool(finite.any() and positive[finite].all()
-                   and min(x[finite].min(), y[finite].min()) < 0.05)
-    lo = float(min(x[finite].min(), y[finite].min())) / 1.5 if use_log else 0.0
-    hi = 1.02
-    grid = np.geomspace(lo, hi, 200) if use_log else np.linspace(0.0, hi, 200)
-    ax.fill_between(grid, 0.9 * grid, 1.1 * grid, color="#DDDDDD", label="±10% band", zorder=0)
-    ax.plot(grid, grid, color=C_DIAG, linestyle="--", linewidth=1.0, label="ESS_θ = ESS_t")
-    palette = plt.get_cmap("tab10")
-    for i, name in enumerate(dict.fromkeys(fam.tolist())):
-        sel = (fam == name) & finite
-        ax.scatter(x[sel], y[sel], s=18, alpha=0.8, color=palette(i % 10),
-                   label=f"{name} ({int(sel.sum())})", zorder=3)
+ESS_BAND = 0.10  # the derivation's "within 10%"
+
+
+def _ess_limits(x: np.ndarray, y: np.ndarray) -> tuple[bool, float, float]:
+    """(log axes?, low, high) for one panel: the panel's own data range, padded so that the
+    +-10% band stays visible even when every point sits near one value; log axes when the values
+    span more than a factor 5."""
+    lo = float(min(x.min(), y.min()))
+    hi = float(max(x.max(), y.max()))
+    if lo > 0 and hi / lo > 5.0:
+        return True, lo / 1.6, min(1.0, hi) * 1.6
+    pad = max(0.25 * (hi - lo), 0.15 * hi, 1e-12)
+    return False, max(0.0, lo - pad), hi + pad
+
+
+def _ess_panel(ax, lo: float, hi: float, use_log: bool) -> None:
+    """The +-10% band, the diagonal, the scales and equal limits of an ESS_theta-vs-ESS_t panel."""
+    grid = np.geomspace(lo, hi, 200) if use_log else np.linspace(lo, hi, 200)
+    ax.fill_between(grid, (1 - ESS_BAND) * grid, (1 + ESS_BAND) * grid, color="#DDDDDD",
+                    label="±10% band", zorder=0)
+    ax.plot(grid, grid, color=C_DIAG, linestyle="--", linewidth=1.0, label="ESS_θ = ESS_t",
+            zorder=1)
     if use_log:
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set_xlim(lo if use_log else 0.0, hi)
-    ax.set_ylim(lo if use_log else 0.0, hi)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("ESS_θ(q*) = 1 / Σ π_θ²/q*  (fraction of samples)")
-    ax.set_ylabel("ESS_t(q*) = 1 / Σ π_t²/q*  (fraction of samples)")
-    ax.set_title(title or "Effective sample sizes at q*: does ESS_θ ≈ ESS_t?")
     ax.grid(True, which="both", linewidth=0.4, alpha=0.5)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+
+
+def figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point: str = "q*"):
+    """ESS_theta against ESS_t, one panel per family label (small multiples, each on its own
+    scale so that the +-10% band, ESS_t within 0.9x..1.1x of ESS_theta, is visible for every
+    family), with the diagonal, the band, and the share of the panel's rows inside the band.
+    Log axes in a panel whose values span more than a factor 5. Rows with an ESS of 0 (a
+    distribution with mass where q has none) cannot be drawn on such axes and are counted in
+    the panel's title instead. `point` names the distribution in the axis labels ("q*", or
+    e.g. "q at each principle's α")."""
+    x = np.asarray(ess_theta, dtype=np.float64)
+    y = np.asarray(ess_target, dtype=np.float64)
+    fam = np.asarray(families, dtype=object)
+    names = list(dict.fromkeys(fam.tolist())) or ["(no rows)"]
+    n = len(names)
+    ncols = 1 if n == 1 else min(4, n)
+    nrows = math.ceil(n / ncols)
+    size = 5.4 if n == 1 else 3.2
+    fig = plt.figure(figsize=(size * ncols + 1.4, size * nrows + 1.2), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    palette = plt.get_cmap("tab10")
+    for i, (ax, name) in enumerate(zip(axes, names)):
+        sel = (fam == name) & np.isfinite(x) & np.isfinite(y)
+        drawable = sel & (x > 0) & (y > 0)
+        zeros = int(sel.sum() - drawable.sum())
+        label = f"{name} ({int(sel.sum())})"
+        if not drawable.any():
+            ax.set_axis_off()
+            ax.set_title(label, fontsize=9.5)
+            ax.text(0.5, 0.5, "no row with both ESS > 0", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8.5)
+            continue
+        xs, ys = x[drawable], y[drawable]
+        use_log, lo, hi = _ess_limits(xs, ys)
+        _ess_panel(ax, lo, hi, use_log)
+        ax.scatter(xs, ys, s=16 if n > 1 else 22, alpha=0.8, color=palette(i % 10),
+                   label=label, zorder=3, linewidths=0)
+        ratio = np.maximum(xs, ys) / np.minimum(xs, ys)
+        ax.text(0.03, 0.97, f"within 10%: {np.mean(ratio <= 1 + ESS_BAND):.0%}\n"
+                            f"max/min up to {ratio.max():.3g}",
+                transform=ax.transAxes, ha="left", va="top", fontsize=8,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85,
+                      "edgecolor": "#BBBBBB"})
+        ax.set_title(label + (f"; {zeros} with an ESS of 0 not drawn" if zeros else ""),
+                     fontsize=9.5 if n > 1 else 11)
+        ax.tick_params(labelsize=8 if n > 1 else 10)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    xlabel = f"ESS_θ({point}) = 1 / Σ π_θ²/q  (fraction of samples)"
+    ylabel = f"ESS_t({point}) = 1 / Σ π_t²/q  (fraction of samples)"
+    if n == 1:
+        axes[0].set_xlabel(xlabel)
+        axes[0].set_ylabel(ylabel)
+    else:
+        fig.supxlabel(xlabel, fontsize=10)
+        fig.supylabel(ylabel, fontsize=10)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="#DDDDDD", label="±10% band:\nESS_t within 0.9–1.1 × ESS_θ"),
+               Line2D([], [], color=C_DIAG, linestyle="--", label="ESS_θ = ESS_t")]
+    if n == 1:
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    elif n < len(axes):  # an empty panel slot holds the legend
+        axes[n].legend(handles=handles, loc="center", frameon=False, fontsize=9)
+    else:  # supxlabel below, suptitle above: the legend goes to the right
+        fig.legend(handles=handles, loc="outside right upper", frameon=False)
+    fig.suptitle(title or f"Effective sample sizes at {point}: does ESS_θ ≈ ESS_t?"
+                 + (" (one panel per family, each on its own scale)" if n > 1 else ""))
+    return fig
+
+
+# principle -> marker style: drawn in this order, larger first, so that principles whose
+# points coincide (kl-symmetry and bisection; ess-balance and max-min-ess) nest visibly
+PRINCIPLE_STYLE = {
+    "kl-symmetry": dict(marker="o", s=130, facecolors="none", edgecolors=C_STAR, linewidths=1.6),
+    "ess-balance": dict(marker="s", s=120, facecolors="none", edgecolors=C_FRONT, linewidths=1.6),
+    "half": dict(marker="^", s=70, facecolors="none", edgecolors=C_HALF, linewidths=1.3),
+    "entropy": dict(marker="D", s=55, facecolors="none", edgecolors=C_ENTROPY, linewidths=1.3),
+    "bisection": dict(marker="+", s=55, color="#000000", linewidths=1.2),
+    "max-min-ess": dict(marker="x", s=40, color=C_TARGET, linewidths=1.4),
+}
+
+
+def figure_principles_ess(ess_theta, ess_target, principles, *, title=None):
+    """compare-alpha: q at each principle's alpha. Left: ESS_theta(q) against ESS_t(q), one
+    marker style per principle (PRINCIPLE_STYLE: hollow large markers drawn first, small
+    crosses last, so coinciding principles stay visible inside one another), the diagonal and
+    the +-10% band. Right: ESS_theta / ESS_t per principle (a strip per principle, log scale,
+    rows jittered deterministically) with the band [1/1.1, 1.1]. Rows with an ESS of 0 are
+    left out (counted in the legend)."""
+    x = np.asarray(ess_theta, dtype=np.float64)
+    y = np.asarray(ess_target, dtype=np.float64)
+    pr = np.asarray(principles, dtype=object)
+    names = list(dict.fromkeys(pr.tolist()))
+    order = [p for p in PRINCIPLE_STYLE if p in names] + [p for p in names
+                                                          if p not in PRINCIPLE_STYLE]
+    fig = plt.figure(figsize=(13.0, 5.8), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
+    good = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if not good.any():
+        for a in (ax, ax2):
+            a.set_axis_off()
+        ax.text(0.5, 0.5, "no row with both ESS > 0", ha="center", va="center",
+                transform=ax.transAxes)
+        return fig
+    use_log, lo, hi = _ess_limits(x[good], y[good])
+    _ess_panel(ax, lo, hi, use_log)
+    for k, name in enumerate(order):
+        sel = (pr == name) & good
+        style = PRINCIPLE_STYLE.get(name, dict(marker="o", s=30, color="gray"))
+        left = int(np.sum((pr == name) & ~good))
+        label = f"{name} ({int(sel.sum())}" + (f"; {left} with ESS 0" if left else "") + ")"
+        ax.scatter(x[sel], y[sel], label=label, zorder=2 + k, **style)
+        ratio = y[sel] / x[sel]
+        jitter = (((np.arange(ratio.size) * 0.6180339887) % 1.0) - 0.5) * 0.5
+        ax2.scatter(np.full(ratio.size, names.index(name)) + jitter, ratio, zorder=3, **{
+            **style, "s": style["s"] * 0.45})
+    ax.set_xlabel("ESS_θ(q) at each principle's α  (fraction of samples)")
+    ax.set_ylabel("ESS_t(q) at each principle's α  (fraction of samples)")
+    ax.set_title("ESS_θ vs ESS_t, q at each principle's α")
+    ax2.axhspan(1 / (1 + ESS_BAND), 1 + ESS_BAND, color="#DDDDDD", zorder=0,
+                label="within 10%")
+    ax2.axhline(1.0, color=C_DIAG, linestyle="--", linewidth=1.0)
+    ratios = y[good] / x[good]
+    r_lo, r_hi = float(ratios.min()), float(ratios.max())
+    ax2.set_yscale("log")
+    ax2.set_ylim(min(r_lo, 1 / 1.25) / 1.3, max(r_hi, 1.25) * 1.3)
+    ax2.set_xticks(range(len(names)), names, rotation=25, ha="right")
+    ax2.set_xlim(-0.6, len(names) - 0.4)
+    ax2.set_ylabel("ESS_t(q) / ESS_θ(q)  (log scale; 1 = balanced)")
+    ax2.set_title("ESS ratio per principle and row")
+    ax2.grid(True, axis="y", which="both", linewidth=0.4, alpha=0.5)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center",
+               ncols=min(4, len(order) + 2), frameon=False)
+    fig.suptitle(title or "Effective sample sizes of q at each principle's α")
     return fig
 
 
@@ -464,8 +690,9 @@ def figure_ess_scatter(ess_theta, ess_target, families, *, title=None):
 
 
 def figure_four_cases(case_labels, counts, mass_q, fraction_meeting, *, title=None):
-    """Three bar panels per behaviour case: token counts (log scale), q* mass, and the fraction
-    of tokens meeting the case's expectation (NaN = empty case, drawn as 'n/a')."""
+    """Three bar panels per behaviour case: token counts (log scale from 0.5, so an empty case
+    has no bar and is labelled 0), q* mass, and the fraction of tokens meeting the case's
+    expectation (NaN = empty case, drawn as 'n/a')."""
     labels = [str(c) for c in case_labels]
     counts = np.asarray(counts, dtype=np.float64)
     mass = np.asarray(mass_q, dtype=np.float64)
@@ -494,12 +721,14 @@ def figure_four_cases(case_labels, counts, mass_q, fraction_meeting, *, title=No
         ax.set_title(sub)
         ax.grid(True, axis="y", linewidth=0.4, alpha=0.5)
     if np.all(counts[np.isfinite(counts)] >= 0) and np.nanmax(counts) > 0:
-        axes[0].set_yscale("symlog", linthresh=1.0)
-        axes[0].set_ylim(0, np.nanmax(counts) * 4)
+        # log scale from 0.5 (an empty case has no bar, its label says 0); a symlog axis
+        # starting at 0 printed a stray '0' tick below 10^0
+        axes[0].set_yscale("log")
+        axes[0].set_ylim(0.5, np.nanmax(counts) * 4)
     axes[1].set_ylim(0, max(1e-12, float(np.nanmax(np.where(np.isfinite(mass), mass, 0)))) * 1.15)
     axes[2].set_ylim(0, 1.12)
     axes[2].axhline(1.0, color=C_DIAG, linestyle="--", linewidth=0.9)
-    fig.suptitle(title or "The seed's four behaviour cases under q*")
+    fig.suptitle(title or "The derivation's four behaviour cases under q*")
     return fig
 
 
@@ -544,30 +773,36 @@ def figure_entropy_error_hist(errors_by_family, *, title=None):
 
 
 def figure_alpha_along_sequence(positions, alpha_star, alpha_entropy=None, labels=None, *,
-                                title=None):
-    """alpha* per position (rows of a batch of real next-token pairs), with alpha_H when given,
-    and the alpha = 0.5 reference line. NaN alpha* (rows without a root) leave gaps and are
-    marked with an 'x' on the axis. labels: per-position tick labels (e.g. tokens), used when
-    there are at most 40 positions."""
+                                title=None, xlabel=None):
+    """alpha* per row (the rows of a batch: independent pairs, so the points are not joined),
+    with alpha_H when given, and the alpha = 0.5 reference line. NaN alpha* (rows without a
+    root) are marked with an 'x' on the axis. labels: per-row tick labels (e.g. tokens), used
+    when there are at most 40 rows. xlabel: the axis label (default: the row of the batch; say
+    'position t in the sequence' when the rows are one sequence's positions)."""
     pos = np.asarray(positions, dtype=np.float64)
     a = np.asarray(alpha_star, dtype=np.float64)
     fig, ax = _new_figure(max(7.0, min(14.0, 0.25 * pos.size + 4.0)), 4.4)
     ax.axhline(0.5, color=C_DIAG, linestyle="--", linewidth=0.9, label="α = 0.5")
-    ax.plot(pos, a, color=C_STAR, marker="o", markersize=4, linewidth=1.4,
-            label="α* (exact root)")
+    ax.plot(pos, a, color=C_STAR, marker="o", markersize=5, linestyle="none",
+            label="α* (exact root)", zorder=4)
     if alpha_entropy is not None:
         ax.plot(pos, np.asarray(alpha_entropy, dtype=np.float64), color=C_ENTROPY, marker="D",
-                markersize=3.5, linewidth=1.0, linestyle="-.", label="α_H (entropy formula)")
+                markersize=4, linestyle="none", markerfacecolor="none",
+                label="α_H (entropy formula)", zorder=3)
     missing = ~np.isfinite(a)
     if missing.any():
         ax.scatter(pos[missing], np.zeros(int(missing.sum())), marker="x", color="black",
                    clip_on=False, zorder=5, label="no α* (status not ok)")
     if labels is not None and len(labels) == pos.size and pos.size <= 40:
         ax.set_xticks(pos, [str(s) for s in labels], rotation=60, ha="right", fontsize=7.5)
+    elif pos.size <= 40:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("position in the sequence (row)")
+    ax.set_xlabel(xlabel or "row of the batch (independent pairs: the order means nothing)")
     ax.set_ylabel("α  (weight on π_θ; dimensionless)")
-    ax.set_title(title or "α* along a sequence of next-token pairs")
+    ax.set_title(title or "α* per row")
     ax.grid(True, linewidth=0.4, alpha=0.5)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return fig

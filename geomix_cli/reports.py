@@ -208,8 +208,9 @@ def write_suite_report(result, out_dir, *, figures: bool = True) -> Path:
 
 
 def write_compare_report(records: list[dict], summary: list[dict], max_min: dict | None, out_dir,
-                         *, principles: list[str]) -> Path:
-    """report.md, compare_alpha.csv (every row and principle), summary.csv and figures."""
+                         *, principles: list[str], verdict: dict | None = None) -> Path:
+    """report.md (the verdict first), compare_alpha.csv (every row and principle), summary.csv,
+    verdict.csv (per goal and principle) and the figure of the ESS at each principle's alpha."""
     import numpy as np
 
     from geomix_cli.io import atomic_directory, write_csv_atomic, write_text_atomic
@@ -218,27 +219,44 @@ def write_compare_report(records: list[dict], summary: list[dict], max_min: dict
     with atomic_directory(out_dir) as staging:
         write_csv_atomic(staging / "compare_alpha.csv", _frame(records))
         write_csv_atomic(staging / "summary.csv", _frame(summary))
+        if verdict is not None:
+            write_csv_atomic(staging / "verdict.csv", _frame(
+                [{"goal": g["goal"], "best": " = ".join(g["best"]), **e}
+                 for g in verdict["goals"] for e in g["per_principle"]]))
         figs = []
         usable = [r for r in records if r["ess_theta"] is not None
                   and np.isfinite(r["ess_theta"]) and np.isfinite(r["ess_target"])]
         if usable:
             from geomix_cli import plots
 
-            fig = plots.figure_ess_scatter([r["ess_theta"] for r in usable],
-                                           [r["ess_target"] for r in usable],
-                                           [r["principle"] for r in usable],
-                                           title="ESS_θ(q) vs ESS_t(q) at each principle's α")
+            fig = plots.figure_principles_ess([r["ess_theta"] for r in usable],
+                                              [r["ess_target"] for r in usable],
+                                              [r["principle"] for r in usable])
             _save(fig, staging / "ess_by_principle.png")
-            figs.append(("ess_by_principle.png", "ESS_theta(q) against ESS_t(q) at each "
-                         "principle's alpha, all rows (the 10% band around the diagonal)"))
-        lines = ["# compare-alpha: the alpha principles side by side\n",
-                 f"Principles: {', '.join(principles)}. Per row, at each principle's alpha: both "
-                 "KLs (summed over tokens), |KL gap|, the pair's Chernoff information C, both "
-                 "ESS (ESS_pi(q) = 1 / sum pi^2 / q), min ESS, the fraction of tokens meeting "
-                 "their four-case expectation, and the solve time. Every row: "
-                 "[compare_alpha.csv](compare_alpha.csv).\n",
-                 "## Medians per case and principle\n",
-                 markdown_table(summary, max_rows=200)]
+            figs.append(("ess_by_principle.png", "Left: ESS_theta(q) against ESS_t(q) with q at "
+                         "each principle's alpha, one marker per principle (drawn largest first, "
+                         "so coinciding principles nest); right: ESS_theta / ESS_t per principle "
+                         "and row, with the 10% band"))
+        lines = ["# compare-alpha: which alpha for which goal\n"]
+        if verdict is not None:
+            lines.append(f"## Verdict\n\nMeasured on {verdict['rows']} rows in "
+                         f"{len(verdict['cases'])} case(s) ({', '.join(verdict['cases'])}); per "
+                         "goal, the principle that does best here and what each other principle "
+                         "loses (median over rows, worst row). Every number per goal and "
+                         "principle: [verdict.csv](verdict.csv).\n")
+            for g in verdict["goals"]:
+                lines.append(f"- **{g['question']}** ({g['metric']}). Use **{g['answer']}**"
+                             + (f"; {g['others']}." if g["others"] else "."))
+            lines.append(f"\n**Recommendation.** {verdict['recommendation']}\n")
+        lines += [f"## The principles compared\n\n{', '.join(principles)}. Per row, at each "
+                  "principle's alpha: both KLs (summed over tokens), |KL gap|, the pair's Chernoff "
+                  "information C, both ESS (ESS_pi(q) = 1 / sum pi^2 / q), min ESS, the fraction of "
+                  "tokens meeting their four-case expectation, and the solve time. Every row: "
+                  "[compare_alpha.csv](compare_alpha.csv). The mathematics of each principle "
+                  "(why max-min ESS = ESS balance, why equal KLs do not balance the ESS): "
+                  "`docs/derivation.md` in the geomix repository.\n",
+                  "## Medians per case and principle\n",
+                  markdown_table(summary, max_rows=200)]
         if max_min is not None:
             lines.append(f"\n**max-min-ess vs ess-balance**: max |Δα| = "
                          f"{max_min['max_abs_difference']:.3g} (median "

@@ -6,7 +6,7 @@ everything `geomix regress` compares:
 
 - normalisation of the stored values (log-softmax of logits / log of probabilities over their sum),
   exactly, from the stored numbers widened without rounding (float16/bfloat16 are exact in mpmath);
-- the support rules and statuses of shared theory.md (disjoint-support, degenerate, no-root, ok),
+- the support rules and statuses of docs/derivation.md (disjoint-support, degenerate, no-root, ok),
   decided exactly on the common support S;
 - alpha*: the root of D(alpha) = E_{q_alpha}[l] on (0, 1), by bisection on the bracket
   [0, 1] (D(0+) > 0 > D(1-)) safeguarding Newton steps (D' = -Var_q(l)), iterated until the step is
@@ -409,8 +409,8 @@ def case_definitions() -> list[dict]:
     dir_theta, dir_t = _dirichlet_rows()
     same = [0.1, 0.2, 0.3, 0.4]
     return [
-        dict(id="seed-test1-two-point",
-             description="Seed Test 1: pi_theta = (0.7, 0.3), pi_t = (0.3, 0.7). Claimed alpha* = "
+        dict(id="derivation-test1-two-point",
+             description="The derivation's Test 1: pi_theta = (0.7, 0.3), pi_t = (0.3, 0.7). Claimed alpha* = "
                          "0.5, q* = (0.5, 0.5), w = 0.6; symmetric, so ESS_theta = ESS_t (Test 3 "
                          "holds here).",
              source=_inline("probs", [0.7, 0.3], [0.3, 0.7])),
@@ -418,19 +418,19 @@ def case_definitions() -> list[dict]:
              description="V = 2, not symmetric: pi_theta = (0.9, 0.1), pi_t = (0.2, 0.8); and a "
                          "nearly-deterministic pair (0.999, 0.001) vs (0.5, 0.5).",
              source=_inline("probs", [[0.9, 0.1], [0.999, 0.001]], [[0.2, 0.8], [0.5, 0.5]])),
-        dict(id="seed-test2-reproduced",
-             description="Seed Test 2 with parameters that reproduce BOTH reported numbers: "
+        dict(id="derivation-test2-reproduced",
+             description="The derivation's Test 2 with parameters that reproduce BOTH reported numbers: "
                          "pi_theta = (1-eps, eps/(V-1), ...) with V = 10, eps = 4e-4, pi_t uniform: "
-                         "alpha* ~= 0.340 and entropy formula ~= 0.0019 (seed: 0.34 and 0.002). "
-                         "The seed states neither V nor eps.",
+                         "alpha* ~= 0.340 and entropy formula ~= 0.0019 (the derivation: 0.34 and 0.002). "
+                         "The derivation states neither V nor eps.",
              source=_gen("gen:delta-uniform:V=10,eps=0.0004")),
-        dict(id="seed-test2-not-reproduced-above-half",
-             description="Seed Test 2 setting (delta vs uniform) where the seed's reading fails: "
+        dict(id="derivation-test2-not-reproduced-above-half",
+             description="The derivation's Test 2 setting (delta vs uniform) where its reading fails: "
                          "V = 1000, eps = 1e-2 gives alpha* ~= 0.565 > 0.5 (leans on pi_theta).",
              source=_gen("gen:delta-uniform:V=1000,eps=0.01")),
-        dict(id="seed-test2-not-reproduced-big-vocab",
+        dict(id="derivation-test2-not-reproduced-big-vocab",
              description="Delta vs uniform at V = 10000, eps = 1e-3: alpha* ~= 0.554 > 0.5, "
-                         "entropy formula ~= 0.0019 (matches the seed's 0.002 while alpha* does not).",
+                         "entropy formula ~= 0.0019 (matches the derivation's 0.002 while alpha* does not).",
              source=_gen("gen:delta-uniform:V=10000,eps=0.001")),
         dict(id="delta-uniform-half",
              description="Delta vs uniform with eps = 1/V (V = 1000, eps = 1e-3): alpha* = 1/2 "
@@ -461,8 +461,8 @@ def case_definitions() -> list[dict]:
         dict(id="partial-overlap",
              description="Zeros on both sides. Row 0: pi_theta = (0.4, 0.2, 0.4, 0), pi_t = "
                          "(0, 0.5, 0.2, 0.3): D changes sign on S = {1, 2}, a root exists; ESS = 0 "
-                         "on both sides (each pi has mass outside S). Row 1: theory.md's no-root "
-                         "example (0.6, 0.4, 0) vs (0.1, 0.2, 0.7): l < 0 on S. Row 2: l constant "
+                         "on both sides (each pi has mass outside S). Row 1: the no-root example of "
+                         "docs/derivation.md (0.6, 0.4, 0) vs (0.1, 0.2, 0.7): l < 0 on S. Row 2: l constant "
                          "and non-zero on S: (0.5, 0.5, 0) vs (0.25, 0.25, 0.5): no-root.",
              source=_inline("probs", [[0.4, 0.2, 0.4, 0.0], [0.6, 0.4, 0.0, 0.0],
                                       [0.5, 0.5, 0.0, 0.0]],

@@ -58,6 +58,9 @@ def test_json_against_direct_loop(runner, pairs):
             meet[c] += ok
         assert [rec["cases"][f"case{c + 1}"]["tokens"] for c in range(4)] == counts
         assert [rec["cases"][f"case{c + 1}"]["meeting"] for c in range(4)] == meet
+        # C = KL(q*||pi_theta) = KL(q*||pi_t), summed here
+        assert_allclose(rec["chernoff"], np.sum(q * np.log(q / pt[i])), rtol=1e-10)
+        assert_allclose(rec["chernoff"], np.sum(q * np.log(q / pT[i])), rtol=1e-10)
         e_th, e_t = 1 / np.sum(pt[i] ** 2 / q), 1 / np.sum(pT[i] ** 2 / q)
         assert_allclose([rec["ess_theta"], rec["ess_target"]], [e_th, e_t], rtol=1e-9)
         assert_allclose(rec["ess_ratio"], max(e_th, e_t) / min(e_th, e_t), rtol=1e-9)

@@ -115,7 +115,7 @@ def test_missing_file_is_one_line_exit_2(runner, tmp_path):
 
 def test_report_folder_and_no_root_row(runner, tmp_path):
     path = tmp_path / "partial.json"
-    # row 0: fine; row 1: the theory.md counterexample (supports differ, no alpha*)
+    # row 0: fine; row 1: the no-root example of docs/derivation.md (supports differ, no alpha*)
     path.write_text(json.dumps({"pi_theta": [[0.6, 0.3, 0.1], [0.6, 0.4, 0.0]],
                                 "pi_t": [[0.2, 0.3, 0.5], [0.1, 0.2, 0.7]]}))
     out = tmp_path / "rep"
@@ -163,3 +163,80 @@ def test_exact_on_real_vocab_scale_rows(runner, smollm2_log_probs):
             h = lambda lp: -np.sum(np.exp(lp) * lp)  # noqa: E731
             assert_allclose(a, h(lt[i]) / (h(lt[i]) + h(lT[i])), rtol=1e-10)
     assert data["max_min_ess_vs_ess_balance"]["max_abs_difference"] < 1e-6
+
+
+def test_verdict_in_json_is_measured_from_the_rows(result):
+    """The verdict names, per goal, the principle with the best median over the rows, and each
+    principle's median / worst is recomputed here from the per-row results."""
+    verdict = result["verdict"]
+    assert verdict["rows"] == 6 and verdict["cases"] == [result["results"][0]["case"]]
+    goals = {g["goal"]: g for g in verdict["goals"]}
+    assert list(goals) == ["equal-kls", "balanced-ess", "max-min-ess", "cost"]
+    rows = {}
+    for r in result["results"]:
+        rows.setdefault(r["row"], {})[r["principle"]] = r
+
+    def per_row(goal, principle):
+        out = []
+        for recs in rows.values():
+            r = recs[principle]
+            if goal == "equal-kls":
+                out.append(r["kl_gap"])
+            elif goal == "balanced-ess":
+                out.append(max(r["ess_theta"], r["ess_target"])
+                           / min(r["ess_theta"], r["ess_target"]))
+            elif goal == "max-min-ess":
+                best = max(x["min_ess"] for x in recs.values())
+                out.append(max(0.0, 1 - r["min_ess"] / best))
+            else:
+                out.append(r["solve_time_ms_per_row"])
+        return np.array(out)
+
+    for goal, g in goals.items():
+        for entry in g["per_principle"]:
+            values = per_row(goal, entry["principle"])
+            assert entry["rows"] == 6 and entry["rows_without_alpha"] == 0
+            assert_allclose(entry["median"], np.median(values), rtol=1e-12, atol=0)
+            assert_allclose(entry["worst"], values.max(), rtol=1e-12, atol=0)
+        medians = {e["principle"]: e["median"] for e in g["per_principle"]}
+        assert medians[g["best"][0]] == pytest.approx(min(medians.values()), abs=1e-6)
+        assert g["answer"].startswith(g["best"][0]) and g["text"].startswith(g["answer"])
+    assert goals["equal-kls"]["best"] == ["kl-symmetry"]
+    # ess-balance and max-min-ess reach the same alpha: they tie, the goal's own principle first
+    assert goals["balanced-ess"]["best"][:2] == ["ess-balance", "max-min-ess"]
+    assert goals["max-min-ess"]["best"][:2] == ["max-min-ess", "ess-balance"]
+    within = next(e for e in goals["balanced-ess"]["per_principle"]
+                  if e["principle"] == "kl-symmetry")["fraction_within_10pct"]
+    assert within == pytest.approx(np.mean(per_row("balanced-ess", "kl-symmetry") <= 1.1))
+    assert "use kl-symmetry" in verdict["recommendation"]
+    assert "use ess-balance" in verdict["recommendation"]
+
+
+def test_verdict_with_a_principle_subset_and_rows_without_alpha(runner, tmp_path):
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"pi_theta": [[0.6, 0.3, 0.1], [0.6, 0.4, 0.0]],
+                                "pi_t": [[0.2, 0.3, 0.5], [0.1, 0.2, 0.7]]}))
+    res = runner.invoke(app, ["compare-alpha", str(path), "-p", "half,kl-symmetry", "--json"])
+    assert res.exit_code == 0, res.output
+    goals = {g["goal"]: g for g in json.loads(res.stdout)["verdict"]["goals"]}
+    kl = {e["principle"]: e for e in goals["equal-kls"]["per_principle"]}
+    assert kl["kl-symmetry"]["rows"] == 1 and kl["kl-symmetry"]["rows_without_alpha"] == 1
+    assert kl["half"]["rows"] == 2
+    assert goals["equal-kls"]["best"] == ["kl-symmetry"]
+    human = runner.invoke(app, ["compare-alpha", str(path), "-p", "half,kl-symmetry"])
+    assert human.stdout.startswith("Verdict on 2 rows in 1 case")
+
+
+def test_report_opens_with_the_verdict(runner, pair_file, tmp_path):
+    path, _, _ = pair_file
+    out = tmp_path / "rep"
+    res = runner.invoke(app, ["compare-alpha", str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = (out / "report.md").read_text()
+    assert text.index("## Verdict") < text.index("## Medians per case and principle")
+    assert "**Recommendation.**" in text
+    import pandas as pd
+
+    table = pd.read_csv(out / "verdict.csv")
+    assert set(table["goal"]) == {"equal-kls", "balanced-ess", "max-min-ess", "cost"}
+    assert len(table) == 4 * 6

@@ -263,7 +263,7 @@ def test_rows_without_a_curve_are_not_drawable():
 
 
 def test_no_root_row_is_drawn_without_q_star():
-    # theory.md's example: on S = {0, 1}, l < 0 everywhere, D < 0 on (0, 1)
+    # docs/derivation.md's no-root example: on S = {0, 1}, l < 0 everywhere, D < 0 on (0, 1)
     lt = np.array([np.log(0.6), np.log(0.4), -np.inf])
     lT = np.log(np.array([0.1, 0.2, 0.7]))
     front = pareto_front(lt, lT)
@@ -299,7 +299,7 @@ def test_delta_curve_and_iterates(smollm2_log_probs):
     xn, yn = direct_front(lt[row], lT[row], newton[:, 0])
     assert_allclose(newton[:, 1], xn - yn, rtol=0, atol=2 * tol)
     # the reference bisection: first midpoint 0.5, about 20 passes to 1e-6, ends within its
-    # float32 / 1e-10-smoothing bias (theory.md claim 12: order 1e-5) of alpha*
+    # float32 / 1e-10-smoothing bias (docs/derivation.md#claim-reference-code-exact) of alpha*
     assert bisect[0, 0] == 0.5 and 18 <= len(bisect) <= 50
     assert abs(curve.solved["bisection"] - ref) < 1e-4
     assert abs(curve.solved["newton"] - ref) < 1e-11

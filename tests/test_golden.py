@@ -1,6 +1,6 @@
 """The golden-case library (geomix_cli/cases.py) and the 50-digit reference (scripts/make_golden.py).
 
-The reference is tested against closed forms and the symmetries of theory.md at reduced digits
+The reference is tested against closed forms and the symmetries of docs/derivation.md at reduced digits
 (fast); the shipped case files are checked for coverage, provenance and intact sources; the
 comparison is checked to catch a 1e-4 change planted in the expected alpha of every case.
 """
@@ -85,7 +85,7 @@ def test_reference_root_equalises_the_kls(ref):
 
 
 @pytest.mark.parametrize("theta,target,kind,status", [
-    ([0.6, 0.4, 0.0], [0.1, 0.2, 0.7], "probs", "no-root"),          # theory.md's example
+    ([0.6, 0.4, 0.0], [0.1, 0.2, 0.7], "probs", "no-root"),          # docs/derivation.md's no-root example
     ([0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5], "probs", "disjoint-support"),
     ([1.0, 2.0, 3.0], [11.0, 12.0, 13.0], "logits", "degenerate"),   # shifted logits: same pair
     ([0.5, 0.5, 0.0], [0.25, 0.25, 0.5], "probs", "no-root"),        # l constant, non-zero
@@ -125,7 +125,7 @@ def test_shipped_cases_cover_the_issue(shipped):
     assert {"float16", "bfloat16"} <= dtypes
     vocab = {case_inputs(c)[0].shape[1] for c in shipped}
     assert 2 in vocab and 49152 in vocab
-    for required in ("seed-test1-two-point", "seed-test2-reproduced", "identical-degenerate",
+    for required in ("derivation-test1-two-point", "derivation-test2-reproduced", "identical-degenerate",
                      "disjoint-support", "partial-overlap", "one-hot", "extreme-logit-range",
                      "near-identical", "float16-logits", "bfloat16-logits", "smollm2-real-rows"):
         assert required in ids
@@ -133,9 +133,9 @@ def test_shipped_cases_cover_the_issue(shipped):
 
 def test_seed_test2_numbers(shipped):
     by_id = {c.id: c for c in shipped}
-    row = by_id["seed-test2-reproduced"].expected[0]
+    row = by_id["derivation-test2-reproduced"].expected[0]
     assert abs(row["alpha"] - 0.34) < 0.005 and abs(row["alpha_entropy"] - 0.002) < 0.0005
-    for cid in ("seed-test2-not-reproduced-above-half", "seed-test2-not-reproduced-big-vocab"):
+    for cid in ("derivation-test2-not-reproduced-above-half", "derivation-test2-not-reproduced-big-vocab"):
         assert by_id[cid].expected[0]["alpha"] > 0.5
     assert by_id["delta-uniform-half"].expected[0]["alpha"] == 0.5  # closed form, eps = 1/V
 
@@ -146,7 +146,7 @@ def test_seed_test3_ess_balance_holds_and_fails(shipped):
     def ratio(row):
         return max(row["ess_theta"], row["ess_target"]) / min(row["ess_theta"], row["ess_target"])
 
-    assert ratio(by_id["seed-test1-two-point"].expected[0]) == 1.0
+    assert ratio(by_id["derivation-test1-two-point"].expected[0]) == 1.0
     assert all(ratio(r) < 1.1 for r in by_id["near-identical"].expected)
     assert ratio(by_id["smollm2-real-rows"].expected[2]) > 3.0  # source row 47
 
@@ -203,7 +203,7 @@ def _write(tmp_path, name, data) -> Path:
 
 @pytest.fixture
 def good_case():
-    return json.loads((CASES / "seed-test1-two-point.json").read_text())
+    return json.loads((CASES / "derivation-test1-two-point.json").read_text())
 
 
 @pytest.mark.parametrize("mutate,key,row,words", [
@@ -219,7 +219,7 @@ def good_case():
 ])
 def test_malformed_case_files(tmp_path, good_case, mutate, key, row, words):
     mutate(good_case)
-    path = _write(tmp_path, "seed-test1-two-point", good_case)
+    path = _write(tmp_path, "derivation-test1-two-point", good_case)
     with pytest.raises(InputError) as err:
         case = load_case(path)
         case_inputs(case)
@@ -235,7 +235,7 @@ def test_invalid_json_names_line(tmp_path):
 
 def test_rows_of_source_and_expected_must_agree(tmp_path, good_case):
     good_case["expected"].append(dict(good_case["expected"][0], row=1))
-    path = _write(tmp_path, "seed-test1-two-point", good_case)
+    path = _write(tmp_path, "derivation-test1-two-point", good_case)
     with pytest.raises(InputError, match="the source has 1 rows, expected lists 2"):
         case_inputs(load_case(path))
 
@@ -262,8 +262,8 @@ def test_diff_cases_lists_changed_fields(good_case):
     new["expected"][0]["alpha"] = 0.6
     new["tolerances"]["alpha"] = {"abs": 1e-12, "rel": 0.0}
     lines = diff_cases(good_case, new)
-    assert "seed-test1-two-point row 0 alpha: 0.5 -> 0.6" in lines
-    assert any(line.startswith("seed-test1-two-point tolerance alpha") for line in lines)
+    assert "derivation-test1-two-point row 0 alpha: 0.5 -> 0.6" in lines
+    assert any(line.startswith("derivation-test1-two-point tolerance alpha") for line in lines)
 
 
 def test_small_shipped_cases_are_exactly_what_the_reference_makes(shipped, ref):

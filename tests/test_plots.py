@@ -166,6 +166,19 @@ def test_delta_figure_shows_curve_iterates_and_root(smollm2_log_probs):
     zero = _line(ax, "D = 0")
     assert_array_equal(zero.get_ydata(), [0, 0])
     assert "nats" in ax.get_ylabel()
+    # Newton's iterates are drawn on top of the bisection cluster, larger, and a close-up
+    # around alpha* shows them apart (x axis: alpha - alpha*, scaled)
+    newton, bisection = _collection(ax, "newton:"), _collection(ax, "bisection:")
+    assert newton.get_zorder() > bisection.get_zorder()
+    assert newton.get_sizes()[0] > bisection.get_sizes()[0]
+    (inset,) = ax.child_axes
+    unit = float(inset.get_xlabel().split("/ ")[1].split()[0])
+    pts = np.asarray(_collection(inset, "newton:").get_offsets())
+    assert_allclose(pts[:, 0] * unit, curve.iterates["newton"][:, 0] - curve.alpha_star,
+                    rtol=1e-12, atol=1e-18)
+    lo, hi = inset.get_xlim()
+    far = np.abs(curve.iterates["newton"][:, 0] - curve.alpha_star)
+    assert hi * unit >= far[far < 0.05].max()  # every Newton iterate near alpha* is in view
 
 
 def test_delta_figure_for_a_curve_without_points():
@@ -194,22 +207,59 @@ def test_alpha_sweep_heatmap_and_contours():
         plots.figure_alpha_sweep(vocab, eps, alpha.T)
 
 
-def test_ess_scatter_points_per_family_and_band():
-    ess_t = np.array([0.9, 0.8, 0.5, 0.95])
-    ess_p = np.array([0.85, 0.81, 0.2, 0.96])
-    fig = plots.figure_ess_scatter(ess_t, ess_p, ["a", "a", "b", "a"])
-    ax = fig.axes[0]
-    assert_array_equal(_collection(ax, "a (3)").get_offsets(), [[0.9, 0.85], [0.8, 0.81],
-                                                                [0.95, 0.96]])
-    assert_array_equal(_collection(ax, "b (1)").get_offsets(), [[0.5, 0.2]])
-    band = _collection(ax, "±10% band")
-    verts = band.get_paths()[0].vertices
-    # the band is 0.9 x .. 1.1 x
-    inner = verts[(verts[:, 0] > 0.1) & (verts[:, 0] < 0.9)]
-    ratio = inner[:, 1] / inner[:, 0]
-    assert_allclose(np.sort(np.unique(np.round(ratio, 12))), [0.9, 1.1])
-    diagonal = _line(ax, "ESS_θ = ESS_t")
-    assert_array_equal(diagonal.get_xdata(), diagonal.get_ydata())
+def _band_ratios(ax):
+    verts = _collection(ax, "±10% band").get_paths()[0].vertices
+    inner = verts[(verts[:, 0] > 0)]
+    return np.sort(np.unique(np.round(inner[:, 1] / inner[:, 0], 12)))
+
+
+def test_ess_scatter_one_panel_per_family_each_with_its_visible_band():
+    ess_t = np.array([0.9, 0.8, 0.5, 0.95, 1e-12, 1e-3, 0.993, 0.995])
+    ess_p = np.array([0.85, 0.81, 0.2, 0.96, 1e-3, 1e-9, 0.994, 0.995])
+    fams = ["a", "a", "b", "a", "peaked", "peaked", "near", "near"]
+    fig = plots.figure_ess_scatter(ess_t, ess_p, fams)
+    panels = {ax.get_title().split(" (")[0]: ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"a", "b", "peaked", "near"}
+    assert_array_equal(_collection(panels["a"], "a (3)").get_offsets(),
+                       [[0.9, 0.85], [0.8, 0.81], [0.95, 0.96]])
+    assert_array_equal(_collection(panels["b"], "b (1)").get_offsets(), [[0.5, 0.2]])
+    for name, ax in panels.items():
+        assert_allclose(_band_ratios(ax), [0.9, 1.1])  # the band is 0.9 x .. 1.1 x
+        diagonal = _line(ax, "ESS_θ = ESS_t")
+        assert_array_equal(diagonal.get_xdata(), diagonal.get_ydata())
+    # each panel on its own scale: the near-identical family (all ~0.99) is not squashed by
+    # the peaked one (1e-12 .. 1e-3): its axis spans a few times the band, not 12 decades
+    lo, hi = panels["near"].get_xlim()
+    assert panels["near"].get_xscale() == "linear" and 0.5 < lo < 0.99 < hi < 1.5
+    assert panels["peaked"].get_xscale() == "log"
+    assert "within 10%: 100%" in "\n".join(t.get_text() for t in panels["near"].texts)
+
+
+def test_ess_scatter_counts_rows_with_an_ess_of_zero():
+    fig = plots.figure_ess_scatter([0.5, 0.0, 0.6], [0.55, 0.3, 0.6], ["x", "x", "x"])
+    assert "1 with an ESS of 0 not drawn" in fig.axes[0].get_title()
+    assert len(_collection(fig.axes[0], "x (3)").get_offsets()) == 2
+
+
+def test_principles_figure_keeps_every_principle_visible():
+    """kl-symmetry / bisection and ess-balance / max-min-ess land on (almost) the same points:
+    each has its own marker, the larger ones drawn first and hollow, so none hides another."""
+    principles = ["kl-symmetry", "bisection", "ess-balance", "max-min-ess", "entropy", "half"]
+    x = np.array([0.5, 0.5, 0.6, 0.6, 0.4, 0.45])
+    y = np.array([0.4, 0.4, 0.6, 0.6, 0.5, 0.42])
+    fig = plots.figure_principles_ess(x, y, principles)
+    ax, ax2 = fig.axes[:2]
+    drawn = {str(c.get_label()).split(" (")[0]: c for c in ax.collections
+             if str(c.get_label()).split(" (")[0] in principles}
+    assert set(drawn) == set(principles)
+    markers = {p: plots.PRINCIPLE_STYLE[p]["marker"] for p in principles}
+    assert len(set(markers.values())) == len(principles)
+    for big, small in (("kl-symmetry", "bisection"), ("ess-balance", "max-min-ess")):
+        assert drawn[big].get_sizes()[0] > drawn[small].get_sizes()[0]
+        assert drawn[big].get_zorder() < drawn[small].get_zorder()  # small on top
+        assert len(drawn[big].get_facecolors()) == 0 or drawn[big].get_facecolors()[0][3] == 0
+    assert "each principle's α" in ax.get_xlabel() and "q*" not in ax.get_xlabel() + ax.get_ylabel()
+    assert [t.get_text() for t in ax2.get_xticklabels()] == principles
 
 
 def test_four_cases_bars_match_the_summary():
@@ -229,6 +279,21 @@ def test_four_cases_bars_match_the_summary():
         list(s.labels)
 
 
+def test_four_cases_count_axis_has_no_stray_zero_tick():
+    counts = np.array([22652, 0, 14014, 856953])
+    fig = plots.figure_four_cases(["1", "2", "3", "4"], counts, [0.5, 0.0, 0.2, 0.3],
+                                  [0.8, np.nan, 0.9, 1.0])
+    counts_ax = fig.axes[0]
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in counts_ax.get_yticklabels() if t.get_text()]
+    lo, hi = counts_ax.get_ylim()
+    shown = [v for v in counts_ax.get_yticks() if lo <= v <= hi]
+    assert counts_ax.get_yscale() == "log" and 0 < lo < 1 and min(shown) >= 1
+    assert "0" not in ticks and "$\\mathdefault{0}$" not in ticks
+    assert "0" in [t.get_text() for t in counts_ax.texts]  # the empty case says 0
+    assert "seed" not in _all_text(fig).lower()
+
+
 def test_entropy_error_histogram_counts_every_finite_value():
     errors = {"real": np.array([0.1, -0.05, 0.02, np.nan]), "peaked": np.array([0.3, 0.31])}
     fig = plots.figure_entropy_error_hist(errors)
@@ -240,13 +305,19 @@ def test_entropy_error_histogram_counts_every_finite_value():
     assert_array_equal(zero.get_xdata(), [0, 0])
 
 
-def test_alpha_along_sequence_lines_and_gaps():
+def test_alpha_per_row_points_and_gaps():
     pos = np.arange(5)
     a = np.array([0.4, 0.5, np.nan, 0.6, 0.45])
     h = np.array([0.3, 0.5, 0.2, 0.9, 0.4])
     fig = plots.figure_alpha_along_sequence(pos, a, h, labels=list("abcde"))
     ax = fig.axes[0]
     assert_array_equal(_line(ax, "α* (exact root)").get_xydata(), np.column_stack([pos, a]))
+    # independent pairs: points, not a line through them, and no 'position in the sequence'
+    assert _line(ax, "α* (exact root)").get_linestyle() == "None"
+    assert _line(ax, "α_H (entropy formula)").get_linestyle() == "None"
+    assert "row" in ax.get_xlabel() and "sequence" not in ax.get_xlabel()
+    custom = plots.figure_alpha_along_sequence(pos, a, xlabel="position t in the sequence")
+    assert custom.axes[0].get_xlabel() == "position t in the sequence"
     assert_array_equal(_line(ax, "α_H (entropy formula)").get_ydata(), h)
     assert_array_equal(_collection(ax, "no α*").get_offsets(), [[2, 0]])
     assert [t.get_text() for t in ax.get_xticklabels()] == list("abcde")

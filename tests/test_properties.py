@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) of the identities in theory.md.
+"""Property tests (hypothesis) of the identities in docs/derivation.md ("Identities used as tests").
 
 Rows are drawn with partial supports (zeros = -inf logits), logit scales from 0.05 to 300 and
 V from 2 to ~200. Every tolerance is derived from float64 eps, the size of the logs involved

@@ -49,14 +49,14 @@ def test_values_regression_on_shipped_cases():
 
 
 def test_table_output_names_cases_and_methods():
-    result = regress("--no-verdicts", "--cases", CASES, "--case", "seed-test1-two-point",
+    result = regress("--no-verdicts", "--cases", CASES, "--case", "derivation-test1-two-point",
                      "--method", "newton")
     assert result.exit_code == 0, result.stderr
-    assert "seed-test1-two-point" in result.stdout and "newton" in result.stdout
+    assert "derivation-test1-two-point" in result.stdout and "newton" in result.stdout
     assert "everything matches" in result.stdout
 
 
-@pytest.mark.parametrize("case_id,row", [("seed-test1-two-point", 0), ("smollm2-real-rows", 2),
+@pytest.mark.parametrize("case_id,row", [("derivation-test1-two-point", 0), ("smollm2-real-rows", 2),
                                           ("near-identical", 1)])
 def test_planted_alpha_change_fails(cases_copy, case_id, row):
     path = cases_copy / f"{case_id}.json"
@@ -138,10 +138,10 @@ def test_update_rewrites_from_the_reference_only(cases_copy):
 
 
 def test_update_keeps_values_the_user_added(cases_copy):
-    path = cases_copy / "seed-test1-two-point.json"
+    path = cases_copy / "derivation-test1-two-point.json"
     _edit(path, lambda d: d.update(reviewed_by="someone", description="mine"))
     result = regress("--update", "--no-verdicts", "--cases", cases_copy, "--case",
-                     "seed-test1-two-point")
+                     "derivation-test1-two-point")
     assert result.exit_code == 0, result.stderr
     data = json.loads(path.read_text())
     assert data["reviewed_by"] == "someone" and data["description"] == "mine"
@@ -215,15 +215,15 @@ def test_new_case_is_filled_in_by_update(cases_copy):
 
 
 def test_update_accepts_a_source_with_more_rows(cases_copy):
-    path = cases_copy / "seed-test1-two-point.json"
+    path = cases_copy / "derivation-test1-two-point.json"
     _edit(path, lambda d: d["source"].update(pi_theta=[[0.7, 0.3], [0.6, 0.4]],
                                              pi_t=[[0.3, 0.7], [0.4, 0.6]]))
     result = regress("--update", "--accept-source-change", "--no-verdicts", "--cases",
-                     cases_copy, "--case", "seed-test1-two-point")
+                     cases_copy, "--case", "derivation-test1-two-point")
     assert result.exit_code == 0, result.stderr
     assert "1 -> 2 expected rows" in result.stdout
     assert regress("--no-verdicts", "--cases", cases_copy, "--case",
-                   "seed-test1-two-point").exit_code == 0
+                   "derivation-test1-two-point").exit_code == 0
 
 
 @pytest.mark.slow
@@ -235,3 +235,20 @@ def test_verdicts_of_the_real_suite_match_the_golden_file():
     report = json.loads(result.stdout)["verdicts"]["verify_alpha_theory"]
     assert report["changed"] == [] and report["golden"] == report["fresh"]
     assert len(report["golden"]) >= 10
+
+
+def test_hand_written_case_without_schema_version_gets_a_hint(cases_copy):
+    """The first error a newcomer meets names the keys a case file starts with and the recipe."""
+    path = cases_copy / "mine.json"
+    path.write_text(json.dumps({"id": "mine", "source": {"type": "inline", "kind": "probs",
+                                                         "pi_theta": [0.5, 0.5],
+                                                         "pi_t": [0.9, 0.1]}}))
+    result = regress("--no-verdicts", "--cases", cases_copy, "--case", "mine")
+    assert result.exit_code == EXIT_BAD_INPUT
+    (line,) = result.stderr.strip().splitlines()
+    assert "key 'schema_version': missing key" in line
+    for words in ('"schema_version": 1', '"id": "mine"', '"description"', '"source"',
+                  "geomix regress --update --case mine", "docs/regress.md"):
+        assert words in line
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "regress.md").read_text()
+    assert "## Adding your own case" in doc

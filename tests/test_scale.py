@@ -347,8 +347,9 @@ def test_sharded_check_gives_the_in_memory_rows_and_totals(runner, real_shards, 
         flat = [flat_record(r) for r in records_from(res, pairs.row_labels)]
         got = frame[frame["shard"] == path.name].to_dict("records")
         assert len(got) == len(flat)
+        assert list(frame.columns) == ["shard", "row", "position_b", "position_t"] + [
+            k for k in flat[0] if k != "row"]  # check.csv's columns, in its order
         for want, have in zip(flat, got):
-            assert set(want) <= set(have)
             for key, value in want.items():
                 if isinstance(value, float) and not np.isfinite(value):
                     assert have[key] is None or np.isnan(have[key]), key
@@ -537,6 +538,10 @@ def test_sharded_compare_alpha_gives_the_in_memory_records(runner, real_shards, 
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     frame = read_results(out / "compare.parquet")
+    from geomix_cli.commands.compare_alpha import RECORD_FIELDS
+
+    assert list(frame.columns) == ["shard", "row", "position_b", "position_t"] + [
+        f for f in RECORD_FIELDS if f not in ("case", "row", "solve_time_ms_per_row")]
     for path in sorted(real_shards.iterdir()):
         pairs = load_source(str(path))
         records = compare_case(path.name, pairs.log_pi_theta, pairs.log_pi_t, pairs.row_labels,

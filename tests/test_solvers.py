@@ -34,7 +34,7 @@ def solve_probs(theta, target, method=DEFAULT_METHOD):
 
 
 # ------------------------------------------------------------------------------------------------
-# the seed's Test 1 and the support examples of theory.md
+# the derivation's Test 1 and the support examples of docs/derivation.md
 
 
 @pytest.mark.parametrize("method", EXACT_METHODS)

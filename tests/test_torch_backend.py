@@ -273,7 +273,7 @@ def test_probabilities_are_accepted():
 
     sol = solve_alpha_device(np.array([[0.7, 0.3]]), np.array([[0.3, 0.7]]), kind="probs",
                              compute_dtype="float64")
-    assert_allclose(sol.alpha, [0.5], rtol=0, atol=1e-14)  # theory.md, test 1 (to rounding)
+    assert_allclose(sol.alpha, [0.5], rtol=0, atol=1e-14)  # the derivation's Test 1 (to rounding)
     bad = solve_alpha_device(np.array([[0.7, 0.3]]), np.array([[-0.3, 1.3]]), kind="probs")
     assert bad.status[0] == "invalid" and "negative" in bad.message[0]
 

@@ -61,7 +61,7 @@ def test_verdicts_are_consistent_with_their_data(run):
     # identities: the evidence numbers are below their bounds
     d = data["delta-kl-identity"]["data"]
     assert d["max_error_in_eps_scale"] <= d["bound"]
-    # boundary-values: the theory.md counterexample has no root -> not 'holds'
+    # boundary-values: the no-root example of docs/derivation.md has no root -> not 'holds'
     b = data["boundary-values"]
     assert b["data"]["counterexample"]["status"] == "no-root"
     assert b["verdict"] == "depends"

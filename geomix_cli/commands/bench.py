@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             None, "--max-memory", help="Budget for the torch backend's temporaries (e.g. 512M, 2G)."),
         whole_process: bool = typer.Option(
             False, "--whole-process", help="Also time whole processes on a temporary file: "
-            "`geomix solve FILE` against loading it and running the seed's reference."),
+            "`geomix solve FILE` against loading it and running the derivation's reference code."),
         seed: int = typer.Option(0, "--seed", help="Seed of the generated logits."),
         exact_rows: Optional[int] = typer.Option(
             None, "--exact-rows", help="Errors against float64 on the first N rows only (for "

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _shared, _sharded
+from geomix_cli.commands import _render, _shared, _sharded
 
 CASE_KEYS = ("case1", "case2", "case3", "case4")
 
@@ -24,6 +24,7 @@ def records_from(result: dict, row_labels) -> list[dict]:
         rec = {"row": int(label), "status": str(result["status"][i]),
                "alpha": float(result["alpha"][i]),
                "alpha_entropy": float(result["alpha_entropy"][i]),
+               "chernoff": float(result["chernoff"][i]),
                "threshold": float(result["threshold"][i]),
                "ess_theta": float(result["ess_theta"][i]),
                "ess_target": float(result["ess_target"][i]),
@@ -75,6 +76,8 @@ def register(app: typer.Typer) -> None:
         renormalize: bool = _shared.RenormalizeOption,
         logits: bool = _shared.LogitsOption,
         probs: bool = _shared.ProbsOption,
+        wide: bool = _render.WideOption,
+        all_rows: bool = _render.AllOption,
         resume: bool = _sharded.ResumeOption,
         scheduler: Optional[str] = _sharded.SchedulerOption,
         workers: Optional[int] = _sharded.WorkersOption,
@@ -83,6 +86,9 @@ def register(app: typer.Typer) -> None:
                                                  help=_sharded.MEMORY_HELP + "."),
     ) -> None:
         """The four behaviour cases and the ESS balance on your own pairs.
+
+        A batch opens with a summary (statuses, quantiles of alpha*, C and both ESS, the ESS
+        balance, the fraction of tokens meeting each case's expectation), then the rows.
 
         Per row at q*: the tokens in each case, their mass, the fraction meeting the case's expectation,
         ESS_theta(q*), ESS_t(q*) and their ratio, and the importance weights w = pi_theta/q*.
@@ -105,8 +111,8 @@ def register(app: typer.Typer) -> None:
         _shared.refuse_if_nothing_usable(pairs, source)
         result = check_rows(pairs.log_pi_theta, pairs.log_pi_t, threshold=threshold,
                             row_errors=pairs.row_errors)
-        records = records_from(result, pairs.row_labels)
         totals = _totals(result)
+        records = records_from(result, pairs.row_labels) if (out or json_out) else None
         if out:
             from geomix_cli.reports import write_check_report
 
@@ -121,7 +127,11 @@ def register(app: typer.Typer) -> None:
                                    "expectations": dict(zip(CASE_KEYS, CASE_EXPECTATIONS)),
                                    "rows": records, "totals": totals, "report_dir": out}))
         else:
-            _render(source, records, totals, threshold)
+            render_human(source, result, pairs, totals, threshold, wide=wide, all_rows=all_rows)
+            if out:
+                from geomix_cli.cli import stdout
+
+                stdout.print(f"report: {out}/report.md", highlight=False, markup=False)
         raise typer.Exit(_shared.exit_code_for(pairs))
 
 
@@ -138,38 +148,65 @@ def _totals(result: dict) -> dict:
             "ess_within_10pct": int(np.sum(ratio <= 1.1)) if ratio.size else 0}
 
 
-def _fmt(v, digits=4):
-    if v is None or not np.isfinite(v):
-        return "—"
-    return f"{v:.{digits}g}"
-
-
-def _render(source, records, totals, threshold) -> None:
-    from rich.table import Table
-
-    from geomix_cli.cli import stdout
-
+def render_human(source, result: dict, pairs, totals: dict, threshold, *, wide: bool = False,
+                 all_rows: bool = False) -> None:
+    """The summary (for a batch), then the rows (see commands._render), from the result arrays."""
+    fmt_a, fmt_n, pct = _render.fmt_alpha, _render.fmt_num, _render.fmt_pct
+    labels = pairs.row_labels
+    status = result["status"]
     thr = "1/V" if threshold is None else f"{threshold:g}"
-    table = Table(title=f"{source}: four cases (large = p >= {thr}) and ESS at q*",
-                  title_justify="left")
-    for h in ("row", "α*", "case tokens 1/2/3/4", "meeting 1/2/3/4", "q* mass 1/2/3/4",
-              "ESS_θ", "ESS_t", "max/min", "w min", "w q5%", "w median", "w q95%", "status"):
-        table.add_column(h, justify="left" if h in ("status",) else "right")
-    for r in records:
-        cases = r["cases"]
-        table.add_row(
-            str(r["row"]), _fmt(r["alpha"], 6),
-            "/".join(str(cases[k]["tokens"]) for k in CASE_KEYS),
-            "/".join(_fmt(cases[k]["fraction_meeting"], 3) for k in CASE_KEYS),
-            "/".join(_fmt(cases[k]["mass_q"], 2) for k in CASE_KEYS),
-            _fmt(r["ess_theta"]), _fmt(r["ess_target"]), _fmt(r["ess_ratio"]),
-            _fmt(r["weights"]["min"], 3), _fmt(r["weights"]["q0.05"], 3),
-            _fmt(r["weights"]["q0.5"], 3), _fmt(r["weights"]["q0.95"], 3), r["status"])
-    stdout.print(table)
-    frac = ", ".join(f"case {c + 1}: {_fmt(f, 4)}" for c, f in enumerate(totals["fraction_meeting"]))
-    stdout.print(f"fraction of tokens meeting the expectation over all rows: {frac}; ESS within "
-                 f"10%: {totals['ess_within_10pct']} of {totals['rows_with_alpha']} rows",
-                 highlight=False)
-    for r in records:
-        if r["message"]:
-            stdout.print(f"row {r['row']} [{r['status']}]: {r['message']}", highlight=False)
+    head = (f"{source}: {_render.fmt_count(pairs.n_rows)} row(s) × V = "
+            f"{_render.fmt_count(pairs.vocab_size)}; four cases at q*, 'large' = p ≥ {thr}")
+    cases = "; ".join(
+        f"{c + 1} {pct(f)} of {_render.fmt_count(n)}"
+        for c, (f, n) in enumerate(zip(totals["fraction_meeting"], totals["tokens"])))
+    ok = status == "ok"
+    if pairs.n_rows > 1:
+        facts = [("status", _render.status_line(status)),
+                 ("four cases", f"tokens meeting the expectation, case {cases}")]
+        balance = _render.ess_balance_fact(result["ess_theta"][ok], result["ess_target"][ok],
+                                           labels[ok])
+        if balance:
+            facts.append(("ESS balance", balance))
+        qrows = [("alpha*", _render.quantiles(result["alpha"][ok]), fmt_a),
+                 ("C [nats]", _render.quantiles(result["chernoff"][ok]), fmt_n),
+                 ("ESS_θ(q*)", _render.quantiles(result["ess_theta"][ok]), fmt_n),
+                 ("ESS_t(q*)", _render.quantiles(result["ess_target"][ok]), fmt_n),
+                 ("w min", _render.quantiles(result["weights"]["w_min"][ok]), fmt_n)]
+        _render.print_summary(head, facts, qrows if ok.sum() > 1 else (),
+                              f"over the {_render.fmt_count(ok.sum())} rows with status ok:")
+        title = None
+    else:
+        title = head
+    counts, meeting, mass = result["counts"], result["meeting"], result["mass_q"]
+    w = result["weights"]
+
+    def meeting_cell(i):
+        return "/".join(fmt_n(meeting[i, c] / counts[i, c], 3) if counts[i, c] else "—"
+                        for c in range(4))
+
+    cols = [
+        _render.Column("row", lambda i: str(int(labels[i]))),
+        _render.Column("alpha*", lambda i: fmt_a(result["alpha"][i])),
+        _render.Column("C [nats]", lambda i: fmt_n(result["chernoff"][i]), compact=False),
+        _render.Column("tokens 1/2/3/4", lambda i: "/".join(str(int(n)) for n in counts[i])
+                       if ok[i] else "—", compact=False),
+        _render.Column("meeting 1/2/3/4", meeting_cell),
+        _render.Column("q* mass 1/2/3/4", lambda i: "/".join(fmt_n(m, 2) for m in mass[i])
+                       if ok[i] else "—", compact=False),
+        _render.Column("ESS_θ", lambda i: fmt_n(result["ess_theta"][i])),
+        _render.Column("ESS_t", lambda i: fmt_n(result["ess_target"][i])),
+        _render.Column("max/min", lambda i: fmt_n(result["ess_ratio"][i], 3), compact=False),
+        _render.Column("w min", lambda i: fmt_n(w["w_min"][i], 3), compact=False),
+        _render.Column("w q5%", lambda i: fmt_n(w["w_q0.05"][i], 3), compact=False),
+        _render.Column("w median", lambda i: fmt_n(w["w_q0.5"][i], 3), compact=False),
+        _render.Column("w q95%", lambda i: fmt_n(w["w_q0.95"][i], 3), compact=False),
+        _render.Column("status", lambda i: str(status[i]), justify="left"),
+    ]
+    shown = _render.print_rows(cols, pairs.n_rows, title=title, wide=wide, all_rows=all_rows)
+    if pairs.n_rows == 1 and ok[0]:
+        from geomix_cli.cli import stdout
+
+        stdout.print(f"four cases: tokens meeting the expectation, case {cases}",
+                     highlight=False, markup=False)
+    _render.print_messages(shown, labels, status, result["message"])

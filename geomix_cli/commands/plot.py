@@ -15,7 +15,7 @@ KINDS = {
     "delta": "D(alpha) with the Newton and bisection iterates, for one row (--row, default 0)",
     "ess": "ESS_theta(q*) vs ESS_t(q*) per row, with the diagonal and the ±10% band "
            "(coloured by the first '|' field of the source's meta when it has one)",
-    "four-cases": "the seed's four behaviour cases under q*, totalled over the rows",
+    "four-cases": "the derivation's four behaviour cases under q*, totalled over the rows",
     "entropy-error": "histogram of alpha_H - alpha* over the rows (per meta family, as ess)",
     "alpha-sequence": "alpha* (and alpha_H) per row, in row order",
 }
@@ -103,7 +103,7 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
         thr = ("1/V" if threshold is None else f"{threshold:g}")
         fig = plots.figure_four_cases(
             summary.labels, summary.counts, summary.mass_q, summary.fraction_meeting,
-            title=f"The seed's four behaviour cases under q* — {name}, {summary.n_rows} row(s), "
+            title=f"The derivation's four behaviour cases under q* — {name}, {summary.n_rows} row(s), "
                   f"'large' = p ≥ {thr}")
         return fig, {"labels": list(summary.labels), "expectations": list(summary.expectations),
                      "counts": summary.counts, "mass_q": summary.mass_q,

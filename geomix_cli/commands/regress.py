@@ -183,6 +183,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device",
                                    help=f"Device of the {TORCH_METHOD} method (cpu, cuda, cuda:N)."),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+        wide: bool = typer.Option(False, "--wide", help="Every column, however wide the "
+                                  "terminal."),
     ) -> None:
         """Recompute the golden cases with every exact method and compare (exit 4 on drift)."""
         from geomix_cli.errors import InputError
@@ -225,7 +227,7 @@ def register(app: typer.Typer) -> None:
                                    "verdicts": verdict_report, "ok": not mismatches,
                                    "mismatches": [m.to_json() for m in mismatches]}))
         else:
-            _render(table, verdict_report, mismatches)
+            _render(table, verdict_report, mismatches, wide=wide)
         if mismatches:
             import sys
 
@@ -239,36 +241,44 @@ def _fmt(x) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.1e}"
 
 
-def _render(table, verdict_report, mismatches) -> None:
+def _render(table, verdict_report, mismatches, *, wide: bool = False) -> None:
     from rich.table import Table
 
     from geomix_cli.cli import stdout
 
     if table:
-        t = Table(title="golden values vs the 50-digit reference (max deviation over rows; "
-                        "ESS relative)", title_justify="left")
-        for header in ("case", "rows", "V", "statuses", "method", "|Δα|", "tol α", "|ΔC|",
-                       "|ΔKL|", "ΔESS rel", "|Δα_H|", "result"):
-            t.add_column(header, justify="left" if header in ("case", "statuses", "method",
-                                                                "result") else "right")
-        for r in table:
-            d = r["max_dev"]
-            t.add_row(r["case"], str(r["rows"]), str(r["vocab"]), r["statuses"], r["method"],
-                      _fmt(d["alpha"]), _fmt(r["tolerances"]["alpha"]["abs"]),
-                      _fmt(d["chernoff"]), _fmt(max(d["kl_q_theta"], d["kl_q_target"])),
-                      _fmt(max(d["ess_theta"], d["ess_target"])), _fmt(d["alpha_entropy"]),
-                      "ok" if r["ok"] else f"FAIL ({r['mismatches']})")
-        stdout.print(t)
-        s = Table(title="largest deviation per method over all cases (ESS relative)",
-                  title_justify="left")
-        for header in ("method", "|Δα|", "|ΔC|", "|ΔKL(q‖πθ)|", "|ΔKL(q‖πt)|", "ΔESS_θ rel",
-                       "ΔESS_t rel", "|Δα_H|"):
-            s.add_column(header, justify="right")
-        for method, d in summarize(table).items():
-            s.add_row(method, *(_fmt(d[f]) for f in ("alpha", "chernoff", "kl_q_theta",
-                                                        "kl_q_target", "ess_theta", "ess_target",
-                                                        "alpha_entropy")))
-        stdout.print(s)
+        from geomix_cli.commands._render import Column, print_rows
+
+        def dev(i, *fields):
+            return _fmt(max(table[i]["max_dev"][f] for f in fields))
+
+        print_rows([
+            Column("case", lambda i: table[i]["case"], justify="left"),
+            Column("rows", lambda i: str(table[i]["rows"]), compact=False),
+            Column("V", lambda i: str(table[i]["vocab"]), compact=False),
+            Column("statuses", lambda i: table[i]["statuses"], justify="left", compact=False),
+            Column("method", lambda i: table[i]["method"], justify="left"),
+            Column("|Δα|", lambda i: dev(i, "alpha")),
+            Column("tol α", lambda i: _fmt(table[i]["tolerances"]["alpha"]["abs"])),
+            Column("|ΔC|", lambda i: dev(i, "chernoff"), compact=False),
+            Column("|ΔKL|", lambda i: dev(i, "kl_q_theta", "kl_q_target"), compact=False),
+            Column("ΔESS rel", lambda i: dev(i, "ess_theta", "ess_target"), compact=False),
+            Column("|Δα_H|", lambda i: dev(i, "alpha_entropy"), compact=False),
+            Column("result", lambda i: "ok" if table[i]["ok"]
+                   else f"FAIL ({table[i]['mismatches']})", justify="left"),
+        ], len(table), title="golden values vs the 50-digit reference (max deviation over rows; "
+                             "ESS relative)", wide=wide, all_rows=True)
+        summary = list(summarize(table).items())
+        fields = ("alpha", "chernoff", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target",
+                  "alpha_entropy")
+        headers = ("|Δα|", "|ΔC|", "|ΔKL(q‖πθ)|", "|ΔKL(q‖πt)|", "ΔESS_θ rel", "ΔESS_t rel",
+                   "|Δα_H|")
+        print_rows([Column("method", lambda i: summary[i][0], justify="left")]
+                   + [Column(h, (lambda f: lambda i: _fmt(summary[i][1][f]))(f),
+                             compact=f in ("alpha", "chernoff", "ess_theta"))
+                      for h, f in zip(headers, fields)],
+                   len(summary), title="largest deviation per method over all cases (ESS "
+                   "relative)", wide=wide, all_rows=True, note_hidden=False)
     for suite, rep in verdict_report.items():
         golden = rep["golden"] or {}
         t = Table(title=f"verdicts of {suite} vs cases/verdicts/{suite}.json",

@@ -7,14 +7,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _device, _shared, _sharded
-
-
-def _fmt(value: float, digits: int = 6) -> str:
-    if value is None or not np.isfinite(value):
-        return "—"
-    return f"{value:.{digits}g}"
-
+from geomix_cli.commands import _device, _render, _shared, _sharded
 
 # Rows per progress-bar step: about this many [row, token] entries (32 MB of float64 per side).
 CHUNK_ELEMENTS = 4_000_000
@@ -74,6 +67,8 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = _device.DeviceOption,
         dtype: str = _device.ComputeDtypeOption,
         max_memory: Optional[str] = _device.MaxMemoryOption,
+        wide: bool = _render.WideOption,
+        all_rows: bool = _render.AllOption,
         out: Optional[str] = typer.Option(
             None, "--out", "-o", help="Write the rows to this Parquet dataset (a folder, e.g. "
             "alpha.parquet), part by part; it may replace only an earlier geomix output."),
@@ -85,8 +80,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Solve alpha* (KL(q||pi_theta) = KL(q||pi_t)) for every row, with diagnostics.
 
-        SOURCE may also be a folder or a quoted glob of pair files ('run42/*.safetensors'): it is
-        then read shard by shard in row blocks under --max-memory, optionally on Dask."""
+        A batch opens with a summary (statuses, quantiles of alpha*, C and both ESS, the ESS
+        balance), then the rows: all of a small batch, the first and last 10 of a large one
+        (--all: every row). --json prints every number of every row. SOURCE may also be a folder
+        or a quoted glob of pair files ('run42/*.safetensors'): it is then read shard by shard in
+        row blocks under --max-memory into a Parquet dataset (--out), optionally on Dask."""
         from geomix_cli.core import METHODS
         from geomix_cli.errors import InputError
 
@@ -111,38 +109,76 @@ def register(app: typer.Typer) -> None:
         _shared.refuse_if_nothing_usable(pairs, source)
         diagnostics = solve_rows(pairs, method, device=device, dtype=dtype,
                                  max_memory=max_memory)
-        records = diagnostics.records(pairs.row_labels)
-        positions = pairs.extra.get("positions")
-        if positions is not None:  # [B, T, V] input and/or a padding mask: where each row came from
-            for rec in records:
-                rec["position"] = [int(v) for v in positions[rec["row"]]]
         if json_out:
             from geomix_cli.io import dumps_json
 
+            records = diagnostics.records(pairs.row_labels)
+            positions = pairs.extra.get("positions")
+            if positions is not None:  # [B, T, V] input and/or a padding mask: where each row came from
+                for rec in records:
+                    rec["position"] = [int(v) for v in positions[rec["row"]]]
             typer.echo(dumps_json({"schema_version": 1, "source": source, "method": method,
                                    "vocab_size": pairs.vocab_size, "input_kind": pairs.kind,
                                    "input_dtype": pairs.storage_dtype, "rows": records}))
         else:
-            render_table(source, method, records, pairs)
+            render_human(source, method, diagnostics, pairs, wide=wide, all_rows=all_rows)
         raise typer.Exit(_shared.exit_code_for(pairs))
 
 
-def render_table(source: str, method: str, records: list[dict], pairs) -> None:
-    from rich.table import Table
+def render_human(source: str, method: str, diagnostics, pairs, *, wide: bool = False,
+                 all_rows: bool = False) -> None:
+    """The summary (batches of more than one row), then the rows table (see commands._render);
+    built from the diagnostics arrays, so a million-row batch costs only the rows shown."""
+    from geomix_cli.core.solvers import EXACT_METHODS
 
-    from geomix_cli.cli import stdout
-
-    table = Table(title=f"{source} — method {method} — {pairs.n_rows} row(s) x V={pairs.vocab_size}",
-                  title_justify="left")
-    for header in ("row", "alpha*", "C (nats)", "KL(q‖πθ)", "KL(q‖πt)", "ESS_θ(q)", "ESS_t(q)",
-                   "α entropy", "iters", "status"):
-        table.add_column(header, justify="right" if header not in ("status",) else "left")
-    for rec in records:
-        table.add_row(str(rec["row"]), _fmt(rec["alpha"], 10), _fmt(rec["chernoff"]),
-                      _fmt(rec["kl_q_theta"]), _fmt(rec["kl_q_target"]), _fmt(rec["ess_theta"], 4),
-                      _fmt(rec["ess_target"], 4), _fmt(rec["alpha_entropy"], 4),
-                      str(rec["iterations"]), rec["status"])
-    stdout.print(table)
-    for rec in records:
-        if rec["message"]:
-            stdout.print(f"row {rec['row']} [{rec['status']}]: {rec['message']}", highlight=False)
+    sol = diagnostics.solution
+    labels = pairs.row_labels
+    status = sol.status
+    fmt_a, fmt_n = _render.fmt_alpha, _render.fmt_num
+    exact = method in EXACT_METHODS
+    what = "alpha*" if exact else "alpha"
+    head = (f"{source}: {_render.fmt_count(pairs.n_rows)} row(s) × V = "
+            f"{_render.fmt_count(pairs.vocab_size)}, method {method}")
+    if pairs.n_rows > 1:
+        ok = status == "ok"
+        facts = [("status", _render.status_line(status))]
+        balance = _render.ess_balance_fact(diagnostics.ess_theta[ok], diagnostics.ess_target[ok],
+                                           labels[ok])
+        if balance:
+            facts.append(("ESS balance", balance))
+        if ok.any():
+            gap = np.abs(diagnostics.alpha_entropy[ok] - sol.alpha[ok])
+            if exact:
+                facts.append(("entropy formula", f"|α_H − α*| median {fmt_n(np.median(gap), 3)}, "
+                              f"95% {fmt_n(np.quantile(gap, 0.95), 3)}, max {fmt_n(gap.max(), 3)}"))
+            its = sol.iterations[ok]
+            facts.append(("passes", f"median {fmt_n(np.median(its), 3)}, max {int(its.max())}"))
+        qrows = [(what, _render.quantiles(sol.alpha[ok]), fmt_a)]
+        if exact:
+            qrows.append(("C [nats]", _render.quantiles(diagnostics.chernoff[ok]), fmt_n))
+        else:
+            qrows += [("KL(q‖π_θ)", _render.quantiles(diagnostics.kl_q_theta[ok]), fmt_n),
+                      ("KL(q‖π_t)", _render.quantiles(diagnostics.kl_q_target[ok]), fmt_n)]
+        qrows += [("ESS_θ(q)", _render.quantiles(diagnostics.ess_theta[ok]), fmt_n),
+                  ("ESS_t(q)", _render.quantiles(diagnostics.ess_target[ok]), fmt_n)]
+        note = f"over the {_render.fmt_count(ok.sum())} rows with status ok:"
+        _render.print_summary(head, facts, qrows if ok.sum() > 1 else (), note)
+        title = None
+    else:
+        title = head
+    cols = [
+        _render.array_column("row", labels, lambda v: str(int(v))),
+        _render.array_column(what, sol.alpha, fmt_a),
+        *([_render.array_column("C [nats]", diagnostics.chernoff)] if exact else []),
+        # at alpha* both KLs equal C: the compact view keeps C alone
+        _render.array_column("KL(q‖πθ)", diagnostics.kl_q_theta, compact=not exact),
+        _render.array_column("KL(q‖πt)", diagnostics.kl_q_target, compact=not exact),
+        _render.array_column("ESS_θ(q)", diagnostics.ess_theta),
+        _render.array_column("ESS_t(q)", diagnostics.ess_target),
+        _render.array_column("α_H", diagnostics.alpha_entropy, fmt_a, compact=False),
+        _render.array_column("passes", sol.iterations, lambda v: str(int(v)), compact=False),
+        _render.Column("status", lambda i: str(status[i]), justify="left",
+                       cells=lambda idx: [str(status[i]) for i in idx]),
+    ]
+    shown = _render.print_rows(cols, pairs.n_rows, title=title, wide=wide, all_rows=all_rows)
+    _render.print_messages(shown, labels, status, sol.message)

@@ -17,8 +17,9 @@ def register(app: typer.Typer) -> None:
     def verify(
         suite: Optional[str] = typer.Argument(None, help="The suite to run (see --list)."),
         list_suites: bool = typer.Option(False, "--list", help="List the suites and exit."),
-        out: Optional[str] = typer.Option(None, "--out", "-o",
-                                          help="Report folder (default outputs/SUITE/)."),
+        out: Optional[str] = typer.Option(
+            None, "--out", "-o", help="Report folder (default outputs/SUITE/ for the default "
+            "settings; other settings get their own, e.g. outputs/SUITE_thorough/)."),
         json_out: bool = _shared.JsonOption,
         thorough: bool = typer.Option(False, "--thorough",
                                       help="Larger sweeps and more cases (several minutes)."),
@@ -40,7 +41,8 @@ def register(app: typer.Typer) -> None:
         """Check every claim of the derivation by computation and write the report.
 
         Writes report.md, results.json, CSV tables and figures into --out (default
-        outputs/SUITE/). Exit 0 when the suite ran (refuted claims are findings), 1 if a
+        outputs/SUITE/; a run with other settings writes outputs/SUITE_thorough/,
+        outputs/SUITE_seed3/, ... so it never replaces the default report). Exit 0 when the suite ran (refuted claims are findings), 1 if a
         mathematical identity failed (a bug in geomix)."""
         from geomix_cli.checks import SUITES
         from geomix_cli.errors import EXIT_BUG, InputError
@@ -68,7 +70,8 @@ def register(app: typer.Typer) -> None:
 
             from geomix_cli.reports import write_suite_report
 
-            out_dir = Path(out) if out else Path("outputs") / suite
+            out_dir = Path(out) if out else default_report_dir(
+                suite, thorough=thorough, seed=seed, threshold=threshold, device=device)
             if out_dir.exists() and not out_dir.is_dir():
                 raise InputError("exists and is not a folder", file=str(out_dir))
             write_suite_report(result, out_dir)
@@ -86,6 +89,25 @@ def register(app: typer.Typer) -> None:
             error_line("a mathematical identity failed (" + ", ".join(result.identity_failures)
                        + "): this is a bug in geomix; the report says where")
             raise typer.Exit(EXIT_BUG)
+
+
+def default_report_dir(suite: str, *, thorough: bool = False, seed: int = 0,
+                       threshold: Optional[float] = None, device: Optional[str] = None):
+    """outputs/SUITE for the default settings; every other setting is named in the folder
+    (outputs/SUITE_thorough, outputs/SUITE_thorough_seed3, ...), so that no run with other
+    settings replaces the default report (the one committed to the repository)."""
+    from pathlib import Path
+
+    parts = [suite]
+    if thorough:
+        parts.append("thorough")
+    if seed != 0:
+        parts.append(f"seed{seed}")
+    if threshold is not None:
+        parts.append(f"threshold{threshold:g}")
+    if device is not None:
+        parts.append(f"device-{device.replace(':', '')}")
+    return Path("outputs") / "_".join(parts)
 
 
 def _run_with_progress(suite: str, **options):

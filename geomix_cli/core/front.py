@@ -4,7 +4,7 @@ other distributions, D(alpha) with solver iterates, and a four-case summary.
 Everything here is numpy/scipy only and works on ONE row (`[V]` float64 log-probabilities, -inf
 where a probability is 0), except `four_case_summary`, which also accepts a batch.
 
-The Pareto front (theory.md claim 1) is the curve
+The Pareto front (docs/derivation.md#claim-theorem1-pareto) is the curve
     alpha -> (KL(q_alpha||pi_theta), KL(q_alpha||pi_t)),  alpha in [0, 1],
 with KL(q||pi_theta) = (1-alpha) D - log Z and KL(q||pi_t) = -alpha D - log Z. Along it
     d KL(q||pi_theta)/d alpha = -(1-alpha) Var_q(l) <= 0,
@@ -157,7 +157,7 @@ class DeltaCurve:
 
 @dataclass(frozen=True)
 class FourCaseSummary:
-    """Per behaviour case (theory.md claim 10), totalled over the rows given; the cases and
+    """Per behaviour case (docs/derivation.md#claim-four-cases), totalled over the rows given; the cases and
     their expectations are those of core.principles (CASE_NAMES, CASE_EXPECTATIONS).
 
     counts: tokens per case (summed over rows); mass_q: q mass per case, averaged over rows;
@@ -555,5 +555,5 @@ def four_case_summary(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha, *,
 
 def entropy_formula_error(alpha_entropy, alpha_star) -> np.ndarray:
     """alpha_H - alpha* per row (NaN where either is missing): how far the derivation's entropy
-    heuristic lands from the exact root (theory.md claim 6)."""
+    heuristic lands from the exact root (docs/derivation.md#claim-entropy-formula)."""
     return np.asarray(alpha_entropy, dtype=np.float64) - np.asarray(alpha_star, dtype=np.float64)

@@ -521,8 +521,9 @@ def principle_metrics(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, sol: Princ
 def check_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *,
                threshold: float | None = None, row_errors=None) -> dict:
     """What `geomix check` reports per row, at q* (the exact alpha*): status, alpha*, alpha_H,
-    the four-case counts / q-mass / fraction meeting, ESS_theta(q*), ESS_t(q*), their ratio
-    max/min, and the importance weights w = pi_theta / q*. Rows without alpha* carry NaN."""
+    the Chernoff information C = KL(q*||pi_theta), the four-case counts / q-mass / fraction
+    meeting, ESS_theta(q*), ESS_t(q*), their ratio max/min, and the importance weights
+    w = pi_theta / q*. Rows without alpha* carry NaN."""
     log_pi_theta = np.atleast_2d(log_pi_theta)
     log_pi_t = np.atleast_2d(log_pi_t)
     n = log_pi_theta.shape[0]
@@ -531,6 +532,7 @@ def check_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *,
     nan = np.full(n, np.nan)
     out = {"status": sol.status, "message": sol.message, "alpha": sol.alpha,
            "alpha_entropy": np.where(ok, entropy_formula_alpha(log_pi_theta, log_pi_t), np.nan),
+           "chernoff": nan.copy(),
            "ess_theta": nan.copy(), "ess_target": nan.copy(), "ess_ratio": nan.copy(),
            "counts": np.zeros((n, 4), dtype=np.int64), "mass_q": np.full((n, 4), np.nan),
            "mass_theta": np.full((n, 4), np.nan), "mass_t": np.full((n, 4), np.nan),
@@ -541,6 +543,7 @@ def check_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *,
         log_q = log_q_alpha(lt, lT, sol.alpha[ok])
         e_t = effective_sample_size(lt, log_q)
         e_T = effective_sample_size(lT, log_q)
+        out["chernoff"][ok] = np.maximum(kl_divergence(log_q, lt), 0.0)  # = KL(q*||pi_t)
         out["ess_theta"][ok] = e_t
         out["ess_target"][ok] = e_T
         out["ess_ratio"][ok] = np.maximum(e_t, e_T) / np.minimum(e_t, e_T)

@@ -1,6 +1,6 @@
 """Solvers for alpha*: the root of D(alpha) = E_{q_alpha}[l] on (0, 1), one result type for all.
 
-Per row, before any solve, `classify_rows` decides whether a root exists (theory.md, support rules):
+Per row, before any solve, `classify_rows` decides whether a root exists (docs/derivation.md, "Support rules"):
 
 - `disjoint-support`: S is empty, Z = 0, there is no q at all;
 - `degenerate`: l is 0 on S, every alpha gives the same q and equal KLs: alpha* is not unique;

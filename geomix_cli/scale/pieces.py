@@ -245,7 +245,7 @@ def check_columns(log_theta, log_t, errors, threshold) -> dict:
     ratio = r["ess_ratio"]
     within = np.where(np.isfinite(ratio), ratio <= 1.1, False)
     cols = {"status": r["status"], "alpha": r["alpha"], "alpha_entropy": r["alpha_entropy"],
-            "threshold": r["threshold"], "ess_theta": r["ess_theta"],
+            "chernoff": r["chernoff"], "threshold": r["threshold"], "ess_theta": r["ess_theta"],
             "ess_target": r["ess_target"], "ess_ratio": ratio,
             "ess_within_10pct": np.ma.masked_array(within, mask=~np.isfinite(ratio)),
             "message": r["message"]}

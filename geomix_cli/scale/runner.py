@@ -24,7 +24,8 @@ EXAMPLES_PER_PIECE = 200
 SUMMARY_COLUMNS = {
     "solve": ("alpha", "chernoff", "kl_q_theta", "ess_theta", "ess_target", "alpha_entropy",
               "iterations"),
-    "check": ("alpha", "alpha_entropy", "ess_theta", "ess_target", "ess_ratio", "w_q0.5",
+    "check": ("alpha", "alpha_entropy", "chernoff", "ess_theta", "ess_target", "ess_ratio",
+              "w_q0.5",
               "case1_mass_q", "case2_mass_q", "case3_mass_q", "case4_mass_q"),
 }
 COMPARE_COLUMNS = ("alpha", "kl_gap", "min_ess", "ess_ratio", "four_case_fraction")
