@@ -102,7 +102,8 @@ def _run(source: str, options, *, out: Optional[str], dataset_subdir: str, resum
         if store.discarded_partial:
             warning_line(f"{out}: discarded the parts of an interrupted run (use --resume to "
                          "keep them)")
-    progress = _progress(len(plan.pieces), f"{options.command}: {len(plan.shards)} shard(s)")
+    progress = _progress(len(plan.pieces), f"{options.command}: {len(plan.pieces)} piece(s) of "
+                         f"{len(plan.shards)} shard(s)")
 
     def on_piece(piece, table, reused):
         if on_table is not None:
