@@ -142,15 +142,28 @@ GENERATORS: dict[str, Generator] = {
 }
 COMMON_DEFAULTS = {"seed": 0, "rows": 1}
 
+# Parameters that count things, and the smallest value each may take (V: at least two tokens).
+WHOLE_PARAMS = {"V": 2, "rows": 1, "seed": 0, "zeros": 0}
+MAX_SEED = 2**63 - 1
+# Bytes per generated value while a batch is made and validated: the generator's float64 draws
+# (up to 3 arrays of rows x V for llm-like) plus validation's float64 log-probabilities of both
+# sides and their temporaries.
+GENERATOR_BYTES_PER_VALUE = 64
+
 
 def parse_generator_spec(spec: str) -> tuple[Generator, dict]:
-    """'gen:NAME:key=value,...' -> (generator, parameters with defaults filled in)."""
+    """'gen:NAME:key=value,...' -> (generator, parameters with defaults filled in).
+
+    Every value must be a finite number; counts (V, rows, seed, zeros) whole numbers in range;
+    a parameter given twice is refused (not last-one-wins); a batch that would not fit in the
+    memory available is refused with its estimated size."""
     body = spec[len(GENERATOR_PREFIX):]
     name, _, params_text = body.partition(":")
     if name not in GENERATORS:
         raise InputError(f"unknown generator '{name}'; known: {', '.join(GENERATORS)}", file=spec)
     gen = GENERATORS[name]
     params = {**gen.defaults, **COMMON_DEFAULTS}
+    given: set[str] = set()
     for item in filter(None, (s.strip() for s in params_text.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip()
@@ -159,27 +172,50 @@ def parse_generator_spec(spec: str) -> tuple[Generator, dict]:
         if key not in params:
             raise InputError(f"unknown parameter '{key}' for generator '{name}'; known: "
                              f"{', '.join(params)}", file=spec)
+        if key in given:
+            raise InputError(f"parameter '{key}' is given more than once", file=spec)
+        given.add(key)
         try:
             number = float(value)
         except ValueError:
             raise InputError(f"parameter {key}={value!r} is not a number", file=spec) from None
-        if key in ("V", "rows", "seed", "zeros") and number != int(number):
-            raise InputError(f"parameter {key}={value} must be a whole number", file=spec)
+        if not math.isfinite(number):
+            raise InputError(f"parameter {key}={value.strip()} must be a finite number", file=spec)
+        if key in WHOLE_PARAMS:
+            if number != int(number):
+                raise InputError(f"parameter {key}={value.strip()} must be a whole number",
+                                 file=spec)
+            if number < WHOLE_PARAMS[key]:
+                raise InputError(f"parameter {key}={value.strip()}: {key} must be at least "
+                                 f"{WHOLE_PARAMS[key]}", file=spec)
+            if key == "seed" and number > MAX_SEED:
+                raise InputError(f"parameter seed={value.strip()} must be at most 2**63 - 1",
+                                 file=spec)
+            number = int(number)
         params[key] = number
-    if params["rows"] < 1:
-        raise InputError("rows must be at least 1", file=spec)
+    _check_generator_memory(spec, params)
     return gen, params
 
 
+def _check_generator_memory(spec: str, params: dict) -> None:
+    from geomix_cli.io import check_memory
+
+    rows, vocab = int(params["rows"]), int(params.get("V", 2))
+    check_memory(GENERATOR_BYTES_PER_VALUE * rows * vocab,
+                 what=f"{rows:,} row(s) x V = {vocab:,}", file=spec,
+                 hint="ask for fewer rows or a smaller V")
 def generate(spec: str) -> RawPair:
     """Run a generator spec; deterministic given its `seed`."""
     gen, params = parse_generator_spec(spec)
-    rng = np.random.default_rng(int(params["seed"]))
+    rng = np.random.default_rng(params["seed"])
     try:
-        theta, target, kind = gen.make(params, rng, int(params["rows"]))
+        # extreme parameters (tau=1e-320, s=1e308) overflow to inf: validation then names the
+        # rows; numpy's overflow warnings would only repeat that
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+            theta, target, kind = gen.make(params, rng, params["rows"])
     except ValueError as exc:
         raise InputError(str(exc), file=spec) from None
-    if int(params["rows"]) == 1:
+    if params["rows"] == 1:
         theta, target = theta[0], target[0]
     return RawPair(theta, target, kind, KEY_PAIRS[kind], storage_dtype="float64")
 
@@ -267,14 +303,11 @@ def _show(value) -> str:
 # reading and validating case files
 
 
-def _read_text(path: Path) -> str:
-    """Text of a case or verdict file (io.py reads it)."""
-    from geomix_cli import io
+def _read_json(path: Path, what: str):
+    """A case or verdict file's JSON (geomix_cli.io reads it; duplicate keys are refused)."""
+    from geomix_cli.io import loads_json, read_text
 
-    try:
-        return io.read_text(path)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text: {exc.reason}", file=str(path)) from None
+    return loads_json(read_text(path, what=what), file=str(path))
 
 
 def _case_error(path, message, key=None, row=None) -> InputError:
@@ -290,11 +323,7 @@ def load_case(path, *, for_update: bool = False) -> GoldenCase:
     for_update: a new case may hold only schema_version, id, description and source;
     `geomix regress --update` fills in the rest from the reference."""
     path = Path(path)
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise _case_error(path, f"invalid JSON at line {exc.lineno} column {exc.colno}: "
-                                f"{exc.msg}") from None
+    data = _read_json(path, "case file")
     if not isinstance(data, dict):
         raise _case_error(path, "a case file holds one JSON object")
     for key in CASE_KEYS:
@@ -388,9 +417,10 @@ def _validate_source(path: Path, src) -> None:
             raise _case_error(path, "generator source needs spec 'gen:NAME:k=v,...'",
                               key="source.spec")
     else:
-        if not isinstance(src.get("path"), str):
+        if not isinstance(src.get("path"), str) or not src["path"]:
             raise _case_error(path, "file source needs a path relative to the cases folder",
                               key="source.path")
+        case_file_path(path.parent, src["path"], path)
         rows = src.get("rows")
         if rows is not None and (not isinstance(rows, list) or not all(
                 isinstance(r, int) and not isinstance(r, bool) for r in rows)):
@@ -447,6 +477,20 @@ def _inline_array(value, path: str, key: str) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
+def case_file_path(cases_dir, relative: str, case_path) -> Path:
+    """The data file a case's source names, which must lie inside the cases folder (a case file
+    is shared and reviewed: it may not read arbitrary files such as ../../secret.npz)."""
+    folder = Path(cases_dir).resolve()
+    if Path(relative).is_absolute():
+        raise _case_error(case_path, f"source path '{relative}' is absolute; give it relative to "
+                                     "the cases folder", key="source.path")
+    target = (folder / relative).resolve()
+    if folder not in target.parents:
+        raise _case_error(case_path, f"source path '{relative}' points outside the cases folder "
+                                     f"{folder}", key="source.path")
+    return target
+
+
 def case_raw_pair(case, cases_dir=None) -> RawPair:
     """The stored values of a case's source, as geomix reads them (shape [B, V])."""
     from geomix_cli.io import read_pair_file
@@ -463,7 +507,8 @@ def case_raw_pair(case, cases_dir=None) -> RawPair:
     if src["type"] == "generator":
         raw = generate(src["spec"])
     else:
-        raw = read_pair_file(str(cases_dir / src["path"]), kind=src.get("kind"))
+        raw = read_pair_file(str(case_file_path(cases_dir, src["path"], path)),
+                             kind=src.get("kind"))
         if src.get("kind") and raw.kind != src["kind"]:
             raw = RawPair(raw.theta, raw.target, src["kind"], raw.keys, raw.meta,
                           raw.storage_dtype)
@@ -553,16 +598,22 @@ def verdicts_path(cases_dir, suite: str) -> Path:
     return Path(cases_dir) / VERDICTS_DIR / f"{suite}.json"
 
 
+# The verdicts a claim can get (as checks.VERDICTS; repeated here so that reading a verdict file
+# does not import the verify suite).
+VERDICT_VALUES = ("holds", "refuted", "depends", "untested")
+
+
 def load_verdicts(path) -> dict[str, str]:
+    """{claim id: verdict} from a golden verdict file; an unknown verdict is bad input."""
     path = Path(path)
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
-                         file=str(path)) from None
+    data = _read_json(path, "verdict file")
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise InputError("a verdict file maps claim id -> verdict (strings)", file=str(path))
+    for claim, verdict in data.items():
+        if verdict not in VERDICT_VALUES:
+            raise InputError(f"verdict {verdict!r} is not one of {', '.join(VERDICT_VALUES)}",
+                             file=str(path), key=claim)
     return data
 
 

@@ -132,7 +132,7 @@ def real_pairs_path() -> Path | None:
 
 
 def _from_spec(name: str, description: str, spec: str) -> Family:
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     src = load_source(spec)
     ok = src.valid_rows
@@ -162,7 +162,7 @@ def build_families(seed: int, thorough: bool) -> list[Family]:
                    f"gen:zipf:V={v_llm},s=1.1,noise=0.5,rows={60 * k},seed={seed + 7}"),
     ]
     # the derivation's Test 2 shape: a near point mass against the uniform distribution
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     eps = np.array([1e-9, 1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.3])
     lt, lT = delta_uniform_log_probs(1000, eps)
@@ -170,7 +170,7 @@ def build_families(seed: int, thorough: bool) -> list[Family]:
                        "V = 1000, eps in {1e-9, 1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.3}", lt, lT))
     path = real_pairs_path()
     if path is not None:
-        from geomix_cli.io import load_source
+        from geomix_cli.sources import load_source
 
         src = load_source(str(path))
         fams.append(Family("real-smollm2", "12 real SmolLM2-135M next-token pairs (float16 "
@@ -396,7 +396,7 @@ def _theory_counterexample():
 def claim_boundary(fams, rng, thorough, seed) -> ClaimResult:
     statement = ("D(0) = KL(pi_t||pi_theta) > 0 and D(1) = -KL(pi_theta||pi_t) < 0 (the two "
                  "distributions differ), so D changes sign on (0, 1).")
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     rows = []
     worst_rel = 0.0
@@ -1264,7 +1264,7 @@ def compare_families(seed: int = 0) -> list[Family]:
     ]
     path = real_pairs_path()
     if path is not None:
-        from geomix_cli.io import load_source
+        from geomix_cli.sources import load_source
 
         src = load_source(str(path))
         fams.append(Family("real-smollm2", "12 real SmolLM2-135M next-token pairs",

@@ -195,9 +195,46 @@ def warning_line(text: str) -> None:
     sys.stderr.write(f"geomix: warning: {text}\n")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the process is, like Ctrl-C: cleanup code (the report
+    swap, temporary files) runs, then the command exits 130 with one line."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _raise_interrupted(signum, _frame):
+    import signal
+
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def handle_termination_signals() -> None:
+    """SIGTERM (and SIGHUP) handled like SIGINT. Only in a geomix process (main() calls it)."""
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _raise_interrupted)
+
+
+def _stdout_closed() -> None:
+    """stdout's reader went away (`geomix solve x --json | head`): stop quietly, and keep
+    Python from complaining when it flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def guarded(func):
-    """Turn GeomixError into one line on stderr and its exit code; anything else is a bug and
-    keeps its traceback (exit 1)."""
+    """Turn GeomixError into one line on stderr and its exit code. Interrupts (Ctrl-C, SIGTERM),
+    a closed stdout, memory exhaustion and operating-system errors (a full disk, a permission)
+    are also one line with a documented exit code; anything else is a bug and keeps its
+    traceback (exit 1)."""
+    from geomix_cli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -206,20 +243,82 @@ def guarded(func):
         except GeomixError as exc:
             error_line(exc.one_line())
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            error_line("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            error_line(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); nothing was left "
+                       "half-written")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except MemoryError as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
+            error_line(f"out of memory: {detail}; use fewer rows (--rows) or a smaller input")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except BrokenPipeError:
+            _stdout_closed()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        except OSError as exc:
+            from geomix_cli.io import os_error_text
+
+            where = f"{exc.filename}: " if exc.filename else ""
+            error_line(f"{where}{os_error_text(exc)}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper
 
 
+def _warning_as_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (numpy's RuntimeWarning on values near the float64 limits, a library's
+    DeprecationWarning) as one geomix warning line each, without the source line echoed."""
+    text = " ".join(str(message).split())
+    warning_line(f"{category.__name__}: {text}")
+
+
+def _usage_error_line(exc) -> str:
+    """One line for a click usage error (a bad option value, an unknown option, a missing
+    argument), naming where to look."""
+    text = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        text += f" (see '{ctx.command_path} --help')"
+    return text
+
+
 def main() -> None:
+    """The `geomix` program: a one-line error for every refusal, usage errors included."""
+    import importlib
+    import warnings
+
+    from geomix_cli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
+
+    # click's exceptions, wherever this typer takes click from (recent typer vendors it)
+    click_exceptions = importlib.import_module(typer.BadParameter.__module__)
     tune_process()
+    handle_termination_signals()
+    warnings.showwarning = _warning_as_one_line
     try:
-        app()
+        code = app(prog_name="geomix", standalone_mode=False)
+    except click_exceptions.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed already
+            code = exc.exit_code
+        else:
+            error_line(_usage_error_line(exc))
+            code = exc.exit_code
+    except typer.Abort:
+        error_line("aborted")
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # outside a command (while parsing, importing)
+        error_line(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')})")
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _stdout_closed()
+        code = EXIT_BROKEN_PIPE
     except GeomixError as exc:  # pragma: no cover - guarded() catches these first
         error_line(exc.one_line())
-        sys.exit(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+        code = exc.exit_code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
+        code = EXIT_BROKEN_PIPE
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # Registration happens after `app` and `guarded` exist (the command modules import them).

@@ -6,10 +6,13 @@ from __future__ import annotations
 # user-facing refusals never use it.
 EXIT_OK = 0
 EXIT_BUG = 1
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # bad input or option, an output geomix may not replace or cannot write, or
+#                     a request larger than this machine's memory
 EXIT_PARTIAL = 3  # batch ran, but some rows were invalid (their status says why)
 EXIT_REGRESSION = 4  # golden values or verdicts changed
 EXIT_UNAVAILABLE = 5  # asked-for backend/device is not installed or not present
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: cleaned up (no partial output), then stopped
+EXIT_BROKEN_PIPE = 141  # stdout was closed early (e.g. piped into `head`): 128 + SIGPIPE
 
 
 class GeomixError(Exception):
@@ -39,6 +42,12 @@ class GeomixError(Exception):
 
 class InputError(GeomixError):
     """The input (file, generator spec, array) cannot be used as a pair of distributions."""
+
+
+class OutputError(GeomixError):
+    """An output path that geomix may not replace (a user's file or folder, an input) or cannot
+    write (permissions, full disk, a name too long): refused before any work where possible, and
+    never leaving anything partial behind."""
 
 
 class UnavailableError(GeomixError):

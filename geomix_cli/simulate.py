@@ -908,7 +908,7 @@ def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
 
     config: EvidenceConfig.small() by default (the verify default run), .thorough() for --thorough.
     sources: optional {case name: (log_pi_theta [K, V], log_pi_t [K, V])} to use instead of
-    loading `config.cases` (which are loaded through `geomix_cli.io.load_source`; 'real' is the
+    loading `config.cases` (which are loaded through `geomix_cli.sources.load_source`; 'real' is the
     shipped SmolLM2 sample, skipped with a note in `skipped` if it is not installed).
     progress(n): learner steps done; `evidence_total_steps(config)` bounds the total."""
     config = config or EvidenceConfig.small()
@@ -919,7 +919,7 @@ def sample_efficiency_evidence(config: EvidenceConfig | None = None, *,
     if sources is not None:
         loaded = {str(k): v for k, v in sources.items()}
     else:
-        from geomix_cli.io import load_source
+        from geomix_cli.sources import load_source
 
         for case in config.cases:
             if case == REAL_CASE:

@@ -274,7 +274,7 @@ def _bad_inputs():
                              "pi_t": {"dtype": "F64", "shape": [2], "data_offsets": [16, 32]}})
         f = tmp / "trunc.safetensors"
         f.write_bytes(len(header).to_bytes(8, "little") + header.encode() + b"\0" * 20)
-        return [str(f)], [str(f), "cannot read as safetensors"]
+        return [str(f)], [str(f), "key 'pi_t'", "do not lie within the 20 data bytes"]
 
     @case
     def safetensors_unsupported_dtype(tmp):

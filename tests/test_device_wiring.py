@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from geomix_cli.checks import Family, SuiteResult, backend_agreement
 from geomix_cli.cli import app
 from geomix_cli.core import solve_alpha
-from geomix_cli.io import load_source
+from geomix_cli.sources import load_source
 
 torch = pytest.importorskip("torch")
 runner = CliRunner()

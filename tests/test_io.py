@@ -16,8 +16,8 @@ from scipy.special import log_softmax
 
 from geomix_cli.core.validation import sum_tolerance, validate_pair, validate_rows
 from geomix_cli.errors import InputError
-from geomix_cli.io import (dumps_json, load_source, parse_row_selection, write_json_atomic,
-                           write_pairs_npz)
+from geomix_cli.io import dumps_json, write_json_atomic, write_pairs_npz
+from geomix_cli.sources import load_source, parse_row_selection
 
 from conftest import EPS64, SMOLLM2_SAMPLE
 
@@ -369,3 +369,71 @@ def test_cases_export_refusals(argv, message, tmp_path, runner, monkeypatch):
     assert result.exit_code == 2 and message in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# layers, and JSON written row by row
+
+
+def test_io_imports_no_layer_above_it():
+    """sources -> cases -> io -> core: importing io loads neither cases nor sources; the old name
+    io.load_source still works (resolved on use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, geomix_cli.io as io; "
+            "assert 'geomix_cli.cases' not in sys.modules, 'io imported cases'; "
+            "assert 'geomix_cli.sources' not in sys.modules, 'io imported sources'; "
+            "from geomix_cli.sources import load_source; assert io.load_source is load_source")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_json_rows_are_the_text_json_dumps_writes():
+    from geomix_cli.io import json_rows
+
+    rng = np.random.default_rng(0)
+    floats = rng.normal(size=50) * 10.0 ** rng.integers(-300, 300, size=50)
+    floats[[3, 7, 11]] = [np.nan, np.inf, -np.inf]
+    with np.errstate(over="ignore"):  # float32 overflows to inf: written as null too
+        narrow = floats.astype(np.float32)
+    columns = {"row": np.arange(50), "x": floats, "f32": narrow,
+               "status": np.array(["ok", "no-root"] * 25),
+               "message": ["", 'a "quoted" \\ line\nwith ünïcode'] * 25,
+               "position": np.arange(100).reshape(50, 2), "flag": [True, None] * 25}
+    got = list(json_rows(columns, 50, chunk=7))
+    for i, text in enumerate(got):
+        expected = {k: v[i] for k, v in columns.items()}
+        assert text == json.dumps(json.loads(dumps_json(expected, indent=None)),
+                                  ensure_ascii=False)
+
+
+def test_solve_json_streams_exactly_the_records(tmp_path, runner, monkeypatch):
+    """The streamed `solve --json` holds what diagnose(...).records() says for every kind of row
+    (ok, invalid, no-root, disjoint support, degenerate), with positions of a masked [B, T, V]
+    input, and the chunk size changes no byte."""
+    from geomix_cli.cli import app
+    from geomix_cli.commands import solve as solve_module
+    from geomix_cli.core import diagnose, solve_alpha
+
+    theta = np.array([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.1, 0.2, 0.7],
+                      [np.nan, 0.5, 0.5], [0.3, 0.3, 0.4]])
+    target = np.array([[0.25, 0.25, 0.5], [0.2, 0.3, 0.5], [0.0, 0.5, 0.5], [0.6, 0.3, 0.1],
+                       [0.2, 0.3, 0.5], [0.5, 0.2, 0.3]])
+    np.savez(tmp_path / "mixed.npz", pi_theta=theta.reshape(2, 3, 3),
+             pi_t=target.reshape(2, 3, 3), mask=np.array([[1, 1, 1], [1, 1, 0]]))
+    first = runner.invoke(app, ["solve", str(tmp_path / "mixed.npz"), "--json"])
+    assert first.exit_code == 3, first.stderr
+    monkeypatch.setattr(solve_module, "JSON_CHUNK_ROWS", 2)
+    second = runner.invoke(app, ["solve", str(tmp_path / "mixed.npz"), "--json"])
+    assert second.stdout == first.stdout
+    pairs = load_source(str(tmp_path / "mixed.npz"))
+    records = diagnose(pairs.log_pi_theta, pairs.log_pi_t,
+                       solve_alpha(pairs.log_pi_theta, pairs.log_pi_t, "newton",
+                                   row_errors=pairs.row_errors)).records(pairs.row_labels)
+    for rec in records:
+        rec["position"] = [int(v) for v in pairs.extra["positions"][rec["row"]]]
+    payload = json.loads(first.stdout)
+    assert payload["rows"] == json.loads(dumps_json(records))
+    assert {r["status"] for r in payload["rows"]} >= {"ok", "invalid", "degenerate",
+                                                      "disjoint-support"}

@@ -114,7 +114,7 @@ def test_pareto_figure_log_axes_and_existing_axes(small_front):
 
 def test_pareto_figure_without_close_up_when_the_marks_are_far_apart():
     # sharp temperature pair: alpha_H ~ 1 sits at pi_theta, far from q*; nothing to zoom on
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     pairs = load_source("gen:temperature:V=500,scale=5,tau=0.05")
     front = pareto_front(pairs.log_pi_theta[0], pairs.log_pi_t[0], cloud=False)
@@ -447,7 +447,7 @@ def test_plot_four_cases_json_matches_core(runner, tmp_path):
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout)
     from geomix_cli.core import solve_alpha
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     pairs = load_source(spec)
     alpha = solve_alpha(pairs.log_pi_theta, pairs.log_pi_t).alpha

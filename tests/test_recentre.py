@@ -9,7 +9,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from geomix_cli.core import solve_alpha
 from geomix_cli.core.family import RECENTRE_MAX_ABS_L, common_support, recentre_log_ratio
-from geomix_cli.io import load_source
+from geomix_cli.sources import load_source
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
 EPS = np.finfo(np.float64).eps

@@ -153,7 +153,7 @@ def test_update_keeps_values_the_user_added(cases_copy):
 
 @pytest.fixture
 def fake_suite(monkeypatch):
-    verdicts = {"test1-symmetric": "true", "test2-extreme": "conditional"}
+    verdicts = {"test1-symmetric": "holds", "test2-extreme": "depends"}
 
     def run_suite(name, *, thorough=False, seed=0, progress=None):
         claims = [types.SimpleNamespace(id=k, claim="", verdict=v, evidence="", data={})
@@ -169,12 +169,12 @@ def fake_suite(monkeypatch):
 def test_changed_verdict_fails(cases_copy, fake_suite):
     (cases_copy / "verdicts").mkdir(exist_ok=True)
     golden = cases_copy / "verdicts" / "verify_alpha_theory.json"
-    golden.write_text(json.dumps({"test1-symmetric": "true", "test2-extreme": "false"}))
+    golden.write_text(json.dumps({"test1-symmetric": "holds", "test2-extreme": "refuted"}))
     result = regress("--no-values", "--cases", cases_copy)
     assert result.exit_code == EXIT_REGRESSION
-    assert ("claim test2-extreme (verify): expected false, got conditional (verdict changed)"
+    assert ("claim test2-extreme (verify): expected refuted, got depends (verdict changed)"
             in result.stderr)
-    fake_suite["test2-extreme"] = "false"
+    fake_suite["test2-extreme"] = "refuted"
     assert regress("--no-values", "--cases", cases_copy).exit_code == 0
 
 
@@ -184,7 +184,7 @@ def test_missing_golden_verdicts_fail_then_update_writes_them(cases_copy, fake_s
     assert result.exit_code == EXIT_REGRESSION and "no golden verdict file" in result.stderr
     updated = regress("--update", "--no-values", "--cases", cases_copy)
     assert updated.exit_code == 0, updated.stderr
-    assert "claim test2-extreme: null -> conditional" in updated.stdout
+    assert "claim test2-extreme: null -> depends" in updated.stdout
     written = json.loads((cases_copy / "verdicts" / "verify_alpha_theory.json").read_text())
     assert written == fake_suite
     assert regress("--no-values", "--cases", cases_copy).exit_code == 0

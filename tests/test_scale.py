@@ -132,7 +132,7 @@ def test_globs_are_expanded_recursively_and_refuse_files_that_are_not_pairs(tmp_
 
 def test_row_blocks_read_the_same_values_as_the_whole_file_readers(real_shards):
     """Every streamed layout, read in blocks of 1 row, gives exactly what io.load_source reads."""
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
     from geomix_cli.scale.shards import ShardBlockReader, ShardRef, describe_shard
 
     for path in sorted(real_shards.iterdir()):
@@ -244,7 +244,7 @@ def test_a_shard_larger_than_the_budget_is_never_read_whole(monkeypatch, tmp_pat
     """With --max-memory below a shard's size, every read asks for a block that fits, and the
     results are those of the in-memory solve."""
     from geomix_cli.core import diagnose, solve_alpha
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
     from geomix_cli.scale import shards
     from geomix_cli.scale.pieces import RunOptions, plan_pieces
     from geomix_cli.scale.runner import run_piece_streaming
@@ -333,7 +333,7 @@ def test_sharded_check_gives_the_in_memory_rows_and_totals(runner, real_shards, 
     the same rows."""
     from geomix_cli.commands.check import _totals, flat_record, records_from
     from geomix_cli.core.principles import check_rows
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     out = tmp_path / "report"
     result = runner.invoke(app, ["check", str(real_shards), "--out", str(out), "--json"])
@@ -529,7 +529,7 @@ def test_in_memory_options_are_refused_on_sharded_runs(runner, real_shards):
 
 def test_sharded_compare_alpha_gives_the_in_memory_records(runner, real_shards, tmp_path):
     from geomix_cli.commands.compare_alpha import compare_case
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     out = tmp_path / "cmp"
     principles = ["kl-symmetry", "half", "ess-balance"]

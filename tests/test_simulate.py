@@ -381,7 +381,7 @@ def test_cli_bad_input_is_one_line_exit_2(args):
 def test_vectorised_ess_balance_agrees_with_the_exact_per_row_solve():
     # the simulation's batched Illinois solver against core.principles' per-row brentq
     from geomix_cli.core.principles import ess_balance_alpha as exact_ess_balance
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     src = load_source("gen:llm-like:V=64,scale=2,noise=1,rows=12,seed=9")
     alpha, ok = ess_balance_alpha(src.log_pi_theta, src.log_pi_t)

@@ -232,7 +232,7 @@ def test_real_rows_brentq_newton_halley_agree_to_1e12_and_match_the_independent_
     "gen:delta-uniform:V=50000,eps=1e-6",
 ])
 def test_exact_methods_agree_on_synthetic_families(spec):
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     pairs = load_source(spec)
     lt, lT = pairs.log_pi_theta, pairs.log_pi_t
@@ -251,7 +251,7 @@ def test_exact_methods_agree_on_synthetic_families(spec):
 
 
 def test_batched_solve_equals_a_loop_of_single_row_solves():
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     pairs = load_source("gen:dirichlet:V=40,rows=30,conc=0.7,zeros=4,seed=9")
     lt, lT = pairs.log_pi_theta, pairs.log_pi_t

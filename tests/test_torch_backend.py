@@ -290,8 +290,13 @@ def test_bad_arguments_are_input_errors():
         solve_alpha_device(x, x, compute_dtype="bfloat16")
     with pytest.raises(InputError):
         solve_alpha_device(x, x, method="brentq")
-    with pytest.raises(UnavailableError):
-        solve_alpha_device(x, x, device="tpu")
+    with pytest.raises(InputError, match="not a device geomix knows"):
+        solve_alpha_device(x, x, device="tpu")  # a bad option (exit 2), not a missing device
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UnavailableError):
+            solve_alpha_device(x, x, device="cuda")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,7 +375,7 @@ def _btv_file(tmp_path, mask=None, name="btv.npz"):
 
 def test_btv_rows_are_flattened_with_positions_and_the_mask_drops_padding(tmp_path, runner):
     from geomix_cli.cli import app
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     path, theta, target = _btv_file(tmp_path, mask=[[1, 1, 0], [1, 0, 0]])
     src = load_source(str(path))

@@ -6,7 +6,8 @@ Public entry points (import this package freely: it never imports torch at impor
   max_memory_bytes=..., row_errors=None, kind="logits")` -> `core.solvers.AlphaSolution`
   (the same result type, statuses and messages as the numpy solvers; numpy arrays inside).
 - `torch_available()` / `resolve_device(device)`: raise `errors.UnavailableError` (exit 5) when
-  torch is not installed or the device (e.g. cuda) is not present.
+  torch is not installed or the device (e.g. cuda) is not present; a device name that is not
+  cpu, cuda or cuda:N is `errors.InputError` (a bad option, exit 2).
 - `reference_bisection_torch(...)`: the derivation's section-6.2 solver, verbatim, for `bench`.
 
 One algorithm, arrays never named: the torch backend computes exactly what
@@ -43,9 +44,15 @@ def torch_available() -> bool:
 
 def resolve_device(device: str):
     """torch.device for 'cpu', 'cuda' or 'cuda:N'; UnavailableError if it is not usable here."""
+    import re
+
+    from geomix_cli.errors import InputError
+
     name = str(device).strip().lower()
-    if not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
-        raise UnavailableError(f"unknown device '{device}'; choose cpu or cuda (cuda:N)")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        # a name geomix does not know is a bad option (exit 2), not a missing device (exit 5)
+        raise InputError(f"--device '{device}' is not a device geomix knows; choose cpu, cuda or "
+                         "cuda:N")
     torch = import_torch()
     if name.startswith("cuda"):
         if not torch.cuda.is_available():

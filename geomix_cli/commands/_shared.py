@@ -1,4 +1,12 @@
-"""Options and helpers shared by commands that read a source of pairs."""
+"""Options and helpers shared by commands: reading a source of pairs, and the output rules.
+
+Output rules (one for every command; see `geomix_cli.io.outputs`):
+- `report_dir(out, command=..., sources=...)`: a report folder `--out` is checked (and an
+  interrupted earlier write recovered) before any work; it may replace only an earlier geomix
+  report or an empty folder, never a user's folder, a file, or a folder holding an input.
+- `output_file(path, sources=..., force=...)`: a file output replaces an existing file only with
+  `--force`, and never an input, a folder or a non-regular file.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +25,20 @@ LogitsOption = typer.Option(False, "--logits",
                             help="Read the arrays as logits / log-probabilities whatever their keys.")
 ProbsOption = typer.Option(False, "--probs", help="Read the arrays as probabilities.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object to stdout.")
+ForceOption = typer.Option(False, "--force",
+                           help="Replace an output file that already exists (never an input of "
+                                "the command, a folder or a non-regular file).")
+
+REPLACE_HELP = ("It may be a new path, an empty folder or an earlier geomix report (a folder with "
+                "a .geomix-report marker, holding only the files it lists); anything else (a "
+                "folder of yours, a file, a folder holding the input) is refused before any "
+                "work.")
+FILE_HELP = "An existing file is replaced only with --force, and never an input."
+
+
+def report_option(what: str, default: Optional[str] = None):
+    """--out/-o for a report folder, with the replacement rule in its help."""
+    return typer.Option(default, "--out", "-o", help=f"{what} {REPLACE_HELP}")
 
 
 def forced_kind(logits: bool, probs: bool) -> Optional[str]:
@@ -25,11 +47,43 @@ def forced_kind(logits: bool, probs: bool) -> Optional[str]:
     return LOGITS if logits else PROBS if probs else None
 
 
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """Seeds are whole numbers from 0 to 2**63 - 1 (numpy's generators refuse negative seeds)."""
+    if not 0 <= seed <= 2**63 - 1:
+        raise InputError(f"{option} {seed} must be a whole number from 0 to 2**63 - 1")
+    return seed
+
+
+def input_paths(*sources) -> list[str]:
+    """The file paths among sources (generator specs and None are not files)."""
+    return [s for s in sources if s is not None and not str(s).startswith("gen:")]
+
+
+def report_dir(out, *, command: str, sources=()):
+    """Check a report folder before any work (one line, exit 2, if it may not be replaced);
+    restore a report that an interrupted run left aside. None stays None."""
+    if out is None:
+        return None
+    from geomix_cli.cli import warning_line
+    from geomix_cli.io import prepare_report_dir
+
+    prepare_report_dir(out, command=command, inputs=input_paths(*sources), notify=warning_line)
+    return out
+
+
+def output_file(path, *, sources=(), force: bool = False, option: str = "--out"):
+    """Check a file output before any work (one line, exit 2, if it may not be replaced)."""
+    from geomix_cli.io import check_output_file
+
+    check_output_file(path, inputs=input_paths(*sources), force=force, option=option)
+    return path
+
+
 def load(source: str, *, rows: Optional[str] = None, renormalize: bool = False,
          logits: bool = False, probs: bool = False):
     """Load a source the way every command does, printing a warning per invalid row."""
     from geomix_cli.cli import warning_line
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     pairs = load_source(source, kind=forced_kind(logits, probs), renormalize=renormalize,
                         rows=rows)

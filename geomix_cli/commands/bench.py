@@ -63,6 +63,14 @@ def register(app: typer.Typer) -> None:
         restore_numpy_hugepage()
         from geomix_cli.commands._device import parse_memory
 
+        _shared.check_seed(seed)
+        if rows >= 1 and vocab >= 2:
+            from geomix_cli.io import check_memory
+
+            # stored logits of both sides, their float64 log-probabilities and the solvers'
+            # temporaries: ~64 bytes per (row, token)
+            check_memory(64 * rows * vocab, what=f"a bench batch of {rows:,} rows x "
+                         f"{vocab:,} tokens", hint="use a smaller --rows or --vocab")
         known = {"reference", "bisection", "brentq", "newton", "halley", "torch"}
         unknown = [m for m in (method or []) if m not in known]
         if unknown:

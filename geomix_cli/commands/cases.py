@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from geomix_cli.commands import _shared
+
 
 def register(app: typer.Typer) -> None:
     from geomix_cli.cli import guarded
@@ -14,13 +16,10 @@ def register(app: typer.Typer) -> None:
     @cases_app.command("export")
     @guarded
     def export(spec: str = typer.Argument(..., help="Generator spec gen:NAME:key=value,..."),
-               out: str = typer.Argument(..., help="Output .npz file."),
-               force: bool = typer.Option(False, "--force",
-                                          help="Replace OUT if it already exists.")) -> None:
+               out: str = typer.Argument(..., help="Output .npz file. " + _shared.FILE_HELP),
+               force: bool = _shared.ForceOption) -> None:
         """Write what a generator produces to an .npz file that every command reads."""
-        from pathlib import Path
-
-        from geomix_cli.cases import generate
+        from geomix_cli.cases import generate, parse_generator_spec
         from geomix_cli.errors import InputError
         from geomix_cli.io import write_pairs_npz
 
@@ -28,8 +27,8 @@ def register(app: typer.Typer) -> None:
             raise InputError("expected a generator spec gen:NAME:key=value,...", file=spec)
         if not out.lower().endswith(".npz"):
             raise InputError("output must end in .npz", file=out)
-        if Path(out).exists() and not force:  # never overwrite a user's file unasked
-            raise InputError("already exists; pass --force to replace it", file=out)
+        parse_generator_spec(spec)  # a bad spec is named before the output is looked at
+        _shared.output_file(out, force=force, option="OUT")
         raw = generate(spec)
         write_pairs_npz(out, theta=raw.theta, target=raw.target, kind=raw.kind)
         typer.echo(out)

@@ -14,9 +14,13 @@ CASE_KEYS = ("case1", "case2", "case3", "case4")
 
 def records_from(result: dict, row_labels) -> list[dict]:
     """One JSON-ready dict per row (NaN kept; the JSON writer turns it into null)."""
+    return list(iter_records(result, row_labels))
+
+
+def iter_records(result: dict, row_labels):
+    """The rows of `records_from`, one at a time (the --json output streams them)."""
     from geomix_cli.core.principles import WEIGHT_QUANTILES
 
-    out = []
     w = result["weights"]
     for i, label in enumerate(row_labels):
         counts = result["counts"][i]
@@ -43,8 +47,7 @@ def records_from(result: dict, row_labels) -> list[dict]:
                           "mean_under_q": float(w["w_mean_q"][i]),
                           "second_moment_under_q": float(w["w_second_moment_q"][i]),
                           **{f"q{q:g}": float(w[f"w_q{q:g}"][i]) for q in WEIGHT_QUANTILES}}
-        out.append(rec)
-    return out
+        yield rec
 
 
 def flat_record(rec: dict) -> dict:
@@ -69,8 +72,8 @@ def register(app: typer.Typer) -> None:
         threshold: Optional[float] = typer.Option(
             None, "--threshold", help="A probability is 'large' when >= this (default 1/V, the "
             "uniform level, V = tokens where pi_theta or pi_t is positive)."),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="Write report.md, "
-                                          "check.csv and figures into this folder."),
+        out: Optional[str] = _shared.report_option("Write report.md, check.csv and figures "
+                                                   "into this folder."),
         rows: Optional[str] = _shared.RowsOption,
         json_out: bool = _shared.JsonOption,
         renormalize: bool = _shared.RenormalizeOption,
@@ -106,26 +109,31 @@ def register(app: typer.Typer) -> None:
                 source, threshold=threshold, out=out, resume=resume, scheduler=scheduler,
                 workers=workers, max_memory=max_memory, retries=retries, json_out=json_out,
                 renormalize=renormalize, logits=logits, probs=probs, rows=rows))
+        _shared.report_dir(out, command="check", sources=[source])
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)
         result = check_rows(pairs.log_pi_theta, pairs.log_pi_t, threshold=threshold,
                             row_errors=pairs.row_errors)
         totals = _totals(result)
-        records = records_from(result, pairs.row_labels) if (out or json_out) else None
+        # the report needs every record; --json alone streams them one at a time
+        records = records_from(result, pairs.row_labels) if out else None
         if out:
             from geomix_cli.reports import write_check_report
 
             write_check_report(source, records, [flat_record(r) for r in records], totals,
                                result, out, threshold=threshold)
         if json_out:
-            from geomix_cli.io import dumps_json
+            import sys
 
-            typer.echo(dumps_json({"schema_version": 1, "source": source,
-                                   "vocab_size": pairs.vocab_size,
-                                   "threshold": "1/V" if threshold is None else threshold,
-                                   "expectations": dict(zip(CASE_KEYS, CASE_EXPECTATIONS)),
-                                   "rows": records, "totals": totals, "report_dir": out}))
+            from geomix_cli.io import write_json_document
+
+            write_json_document(sys.stdout, {
+                "schema_version": 1, "source": source, "vocab_size": pairs.vocab_size,
+                "threshold": "1/V" if threshold is None else threshold,
+                "expectations": dict(zip(CASE_KEYS, CASE_EXPECTATIONS))},
+                records if records is not None else iter_records(result, pairs.row_labels),
+                tail={"totals": totals, "report_dir": out})
         else:
             render_human(source, result, pairs, totals, threshold, wide=wide, all_rows=all_rows)
             if out:

@@ -305,8 +305,8 @@ def register(app: typer.Typer) -> None:
         principles: Optional[List[str]] = typer.Option(
             None, "--principles", "-p", help="Comma-separated (or repeated): kl-symmetry, "
             "entropy, bisection, half, ess-balance, max-min-ess (default: all)."),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="Write report.md, CSV and "
-                                          "figures into this folder."),
+        out: Optional[str] = _shared.report_option("Write report.md, CSV and figures into this "
+                                                   "folder."),
         json_out: bool = _shared.JsonOption,
         rows: Optional[str] = _shared.RowsOption,
         threshold: Optional[float] = typer.Option(
@@ -334,6 +334,13 @@ def register(app: typer.Typer) -> None:
         from geomix_cli.errors import EXIT_OK, InputError
 
         names = parse_principles(principles)
+        _shared.check_seed(seed)
+        if sources:
+            _shared.report_dir(out, command="compare-alpha", sources=sources)
+        else:
+            from geomix_cli.cases import real_sample_path
+
+            _shared.report_dir(out, command="compare-alpha", sources=[real_sample_path()])
         kl_solver = None
         if device is not None:
             kl_solver = _device.suite_solver(device=device, dtype=dtype,
@@ -381,12 +388,15 @@ def register(app: typer.Typer) -> None:
 
             write_compare_report(records, summary, mm, out, principles=names, verdict=answer)
         if json_out:
-            from geomix_cli.io import dumps_json
+            import sys
 
-            typer.echo(dumps_json({"schema_version": 1, "principles": names,
-                                   "threshold": threshold, "verdict": answer,
-                                   "results": records, "summary": summary,
-                                   "max_min_ess_vs_ess_balance": mm, "report_dir": out}))
+            from geomix_cli.io import write_json_document
+
+            write_json_document(sys.stdout, {"schema_version": 1, "principles": names,
+                                             "threshold": threshold, "verdict": answer},
+                                records, rows_key="results",
+                                tail={"summary": summary, "max_min_ess_vs_ess_balance": mm,
+                                      "report_dir": out})
         else:
             render_human(answer, summary, mm, out, wide=wide)
         raise typer.Exit(exit_code)

@@ -146,7 +146,8 @@ def register(app: typer.Typer) -> None:
         rows: Optional[str] = _shared.RowsOption,
         out: Optional[Path] = typer.Option(None, "--out", "-o",
                                            help="Figure file (.png, .svg, .pdf); default "
-                                                "outputs/<KIND>.png."),
+                                                "outputs/<KIND>.png. " + _shared.FILE_HELP),
+        force: bool = _shared.ForceOption,
         threshold: Optional[float] = typer.Option(
             None, "--threshold", help="four-cases: 'large' means p >= threshold "
                                       "(default 1/V)."),
@@ -166,7 +167,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"unknown plot kind '{kind}'; choose from {', '.join(KINDS)}")
         if threshold is not None and not 0.0 < threshold <= 1.0:
             raise InputError(f"--threshold {threshold:g} must lie in (0, 1]")
-        out = check_figure_path(out if out is not None else Path("outputs") / f"{kind}.png")
+        out = check_figure_path(out if out is not None else Path("outputs") / f"{kind}.png",
+                                sources=[source], force=force)
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)

@@ -15,16 +15,16 @@ MAX_PANELS = 24
 DEFAULT_DPI = 150
 
 
-def check_figure_path(out: Path) -> Path:
-    """The output path must end in a format matplotlib writes here (PNG, SVG, PDF)."""
+def check_figure_path(out: Path, *, sources=(), force: bool = False) -> Path:
+    """The output path must end in a format matplotlib writes here (PNG, SVG, PDF), and may
+    replace an existing file only with --force (never an input, a folder or a device)."""
     from geomix_cli.errors import InputError
 
     suffix = out.suffix.lower()
     if suffix not in FIGURE_FORMATS:
         raise InputError(f"unknown figure extension '{out.suffix or '(none)'}'; use one of "
                          f"{', '.join(FIGURE_FORMATS)}", file=str(out))
-    if out.exists() and out.is_dir():
-        raise InputError("is a folder; give a file name like outputs/pareto.png", file=str(out))
+    _shared.output_file(out, sources=sources, force=force)
     return out
 
 
@@ -124,11 +124,13 @@ def register(app: typer.Typer) -> None:
         rows: Optional[str] = _shared.RowsOption,
         out: Path = typer.Option(Path("outputs/pareto.png"), "--out", "-o",
                                  help="Figure file; the format follows the extension "
-                                      "(.png, .svg, .pdf)."),
+                                      "(.png, .svg, .pdf). " + _shared.FILE_HELP),
         data: Optional[Path] = typer.Option(None, "--data",
                                             help="Also write the plotted curve as CSV (alpha, "
                                                  "kl_q_theta, kl_q_target, log_z, delta, "
-                                                 "ess_theta, ess_target; plus row)."),
+                                                 "ess_theta, ess_target; plus row). "
+                                                 + _shared.FILE_HELP),
+        force: bool = _shared.ForceOption,
         log: bool = typer.Option(False, "--log", help="Symmetric-log axes (linear near 0)."),
         no_cloud: bool = typer.Option(False, "--no-cloud",
                                       help="Leave out the cloud of other distributions."),
@@ -148,10 +150,12 @@ def register(app: typer.Typer) -> None:
         from geomix_cli.errors import InputError
         from geomix_cli.io import save_figure_atomic, write_csv_atomic
 
-        out = check_figure_path(out)
-        if data is not None and data.suffix.lower() != ".csv":
-            raise InputError(f"--data must be a .csv file, got '{data.suffix or '(none)'}'",
-                             file=str(data))
+        out = check_figure_path(out, sources=[source], force=force)
+        if data is not None:
+            if data.suffix.lower() != ".csv":
+                raise InputError(f"--data must be a .csv file, got '{data.suffix or '(none)'}'",
+                                 file=str(data))
+            _shared.output_file(data, sources=[source], force=force, option="--data")
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)

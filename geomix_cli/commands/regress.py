@@ -11,6 +11,7 @@ test) and verdicts from a fresh suite run, printing what changed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -64,15 +65,19 @@ def compute_records(log_theta, log_t, errors, method: str, device: str = "cpu") 
     return diagnose(log_theta, log_t, sol).records()
 
 
-def run_values(cases, methods: list[str], progress=None, device: str = "cpu"):
-    """Compare every case with every method. Returns (table rows, mismatches)."""
+def run_values(cases, methods: list[str], progress=None, device: str = "cpu", inputs=None):
+    """Compare every case with every method. Returns (table rows, mismatches).
+
+    inputs: `case_inputs(case)` per case, in order, when the caller read them already (so that a
+    bad case is refused before any progress line is printed)."""
     from geomix_cli.cases import Mismatch, case_inputs, compare_records
 
     table, mismatches = [], []
     for n, case in enumerate(cases):
         if progress:
             progress(case.id, n, len(cases))
-        log_theta, log_t, errors, fingerprint = case_inputs(case)
+        log_theta, log_t, errors, fingerprint = (inputs[n] if inputs is not None
+                                                 else case_inputs(case))
         if fingerprint != case.data["source_sha256"]:
             mismatches.append(Mismatch(case.id, "source", None, "source_sha256",
                                        case.data["source_sha256"], fingerprint,
@@ -124,17 +129,27 @@ def run_suite_verdicts(suite: str, progress=None) -> dict[str, str]:
     return verdict_map(run_suite(suite, thorough=False, seed=0, progress=callback))
 
 
-def run_verdicts(cases_dir: Path, suite: str, progress=None):
-    """(golden, fresh, mismatches) for one suite."""
-    from geomix_cli.cases import Mismatch, compare_verdicts, load_verdicts, verdicts_path
+def golden_verdicts(cases_dir: Path, suite: str) -> dict[str, str] | None:
+    """The golden verdict file of a suite (None when there is none); a corrupt one is refused
+    here, before the suite runs."""
+    from geomix_cli.cases import load_verdicts, verdicts_path
 
     path = verdicts_path(cases_dir, suite)
+    return load_verdicts(path) if os.path.lexists(path) else None
+
+
+def run_verdicts(cases_dir: Path, suite: str, progress=None, golden=...):
+    """(golden, fresh, mismatches) for one suite (golden: as `golden_verdicts` read it)."""
+    from geomix_cli.cases import Mismatch, compare_verdicts, verdicts_path
+
+    if golden is ...:
+        golden = golden_verdicts(cases_dir, suite)
+    path = verdicts_path(cases_dir, suite)
     fresh = run_suite_verdicts(suite, progress)
-    if not path.is_file():
+    if golden is None:
         return None, fresh, [Mismatch(f"verdicts/{suite}", "verify", None, "file", str(path),
                                       None, "no golden verdict file: write it on purpose with "
                                             "geomix regress --update")]
-    golden = load_verdicts(path)
     return golden, fresh, compare_verdicts(golden, fresh, suite)
 
 
@@ -204,16 +219,27 @@ def register(app: typer.Typer) -> None:
             if m not in known:
                 raise InputError(f"unknown or unavailable method '{m}'; choose from "
                                  f"{', '.join(known)}")
-        from geomix_cli.cases import load_cases
+        if values and TORCH_METHOD in chosen:
+            from geomix_cli.backends import resolve_device
 
-        table, mismatches, verdict_report = [], [], {}
+            resolve_device(device)  # a bad or missing device is one line before any work
+        from geomix_cli.cases import case_inputs, load_cases
+
+        # Every input is read and checked before the first progress line: a bad case or verdict
+        # file is refused with its one line and nothing else.
+        cases, inputs, goldens = [], [], {}
         if values:
             cases = load_cases(cases_dir, case_ids)
-            table, found = run_values(cases, chosen, progress, device)
+            inputs = [case_inputs(case) for case in cases]
+        if verdicts:
+            goldens = {suite: golden_verdicts(cases_dir, suite) for suite in VERDICT_SUITES}
+        table, mismatches, verdict_report = [], [], {}
+        if values:
+            table, found = run_values(cases, chosen, progress, device, inputs=inputs)
             mismatches.extend(found)
         if verdicts:
             for suite in VERDICT_SUITES:
-                golden, fresh, found = run_verdicts(cases_dir, suite, progress)
+                golden, fresh, found = run_verdicts(cases_dir, suite, progress, goldens[suite])
                 mismatches.extend(found)
                 verdict_report[suite] = {"golden": golden, "fresh": fresh,
                                          "changed": [m.to_json() for m in found]}
@@ -301,13 +327,16 @@ def _update(cases_dir: Path, case_ids, values: bool, verdicts: bool, accept_sour
             reference, json_out: bool, progress) -> None:
     """Rewrite golden files from the reference / a fresh suite run; print the diff."""
     from geomix_cli.cases import (case_raw_pair, case_to_text, diff_cases, diff_verdicts,
-                                  load_cases, load_reference, load_verdicts, source_fingerprint,
+                                  load_cases, load_reference, source_fingerprint,
                                   verdicts_path)
     from geomix_cli.errors import InputError
     from geomix_cli.io import dumps_json, write_text_atomic
 
     changes: list[str] = []
     written: list[str] = []
+    # the current verdict files are read (and a corrupt one refused) before anything runs
+    old_verdicts = {suite: golden_verdicts(cases_dir, suite) or {} for suite in VERDICT_SUITES
+                    } if verdicts else {}
     if values:
         cases = load_cases(cases_dir, case_ids, for_update=True)
         changed_sources = []
@@ -342,10 +371,10 @@ def _update(cases_dir: Path, case_ids, values: bool, verdicts: bool, accept_sour
 
         for suite in VERDICT_SUITES:
             path = verdicts_path(cases_dir, suite)
-            old = load_verdicts(path) if path.is_file() else {}
+            old = old_verdicts[suite]
             fresh = run_suite_verdicts(suite, progress)
             lines = diff_verdicts(old, fresh, suite)
-            if lines or not path.is_file():
+            if lines or not os.path.lexists(path):
                 write_text_atomic(path, dumps_json(dict(sorted(fresh.items()))) + "\n")
                 written.append(str(path))
             changes.extend(lines)

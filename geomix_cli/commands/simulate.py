@@ -110,8 +110,8 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples."),
         rows: Optional[str] = _shared.RowsOption,
         json_out: bool = _shared.JsonOption,
-        out: Optional[str] = typer.Option(None, "--out", "-o",
-                                          help="Write report.md, CSVs, JSON and figures here."),
+        out: Optional[str] = _shared.report_option("Write report.md, CSVs, JSON and figures "
+                                                   "into this folder."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         renormalize: bool = _shared.RenormalizeOption,
         logits: bool = _shared.LogitsOption,
@@ -130,11 +130,13 @@ def register(app: typer.Typer) -> None:
             lr_grid=_floats(lr_grid, "--lr-grid") if lr_grid else None, optimizer=optimizer,
             self_normalized=self_normalized, clip=clip, target_fraction=target_fraction,
             top_k=top_k, seed=seed, bootstrap=bootstrap).checked()
+        _shared.check_seed(seed)
         if source is None:
             path = shipped_pairs_path()
             if path is None:
                 raise InputError("no SOURCE given and the shipped real pairs are not installed")
             source = str(path)
+        _shared.report_dir(out, command="simulate", sources=[source])
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)
@@ -142,6 +144,7 @@ def register(app: typer.Typer) -> None:
         if not valid.all():
             warning_line(f"simulating the {int(valid.sum())} valid row(s) of {pairs.n_rows}")
         log_theta, log_t = pairs.log_pi_theta[valid], pairs.log_pi_t[valid]
+        check_simulation_memory(config, *log_theta.shape)
 
         if no_progress:
             result = run(log_theta, log_t, config, source=source)
@@ -168,6 +171,29 @@ def register(app: typer.Typer) -> None:
                 from geomix_cli.cli import stdout
 
                 stdout.print(f"report written to {out}", highlight=False)
+
+
+def check_simulation_memory(config, prompts: int, vocab: int) -> None:
+    """Refuse up front a simulation that would not fit in memory: every learner curve keeps one
+    value per step (steps = budget // samples-per-step) for every run, and each step holds a few
+    [runs, prompts, tokens] arrays."""
+    from geomix_cli.io import check_memory
+
+    tokens = min(vocab, config.top_k + 1)
+    tuning_runs = len(config.samplers) * len(config.grid) * config.tuning_seeds
+    eval_runs = len(config.samplers) * config.seeds
+    runs = max(tuning_runs, eval_runs)
+    curves = (tuning_runs + eval_runs) * (config.steps + 1) * 8
+    # the report's per-sampler curves (median and quartiles, and the CSV rows of curves.csv)
+    report = len(config.objectives) * len(config.samplers) * (config.steps + 1) * 8 * 40
+    per_step = 16 * runs * prompts * tokens * 8
+    bootstrap = 4 * config.bootstrap * config.seeds * 8  # resampled seed indices and medians
+    check_memory(curves + report + per_step + bootstrap,
+                 what=f"the simulation (--budget {config.budget}: {config.steps:,} steps of "
+                      f"{config.samples_per_step} samples; {runs:,} runs at once; "
+                      f"{config.bootstrap:,} bootstrap resamples of {config.seeds:,} seeds)",
+                 hint="use a smaller --budget, --seeds or --bootstrap, or a larger "
+                      "--samples-per-step")
 
 
 def _header(result) -> str:

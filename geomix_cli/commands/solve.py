@@ -47,6 +47,65 @@ def solve_rows(pairs, method: str, *, progress: bool = True, device: Optional[st
     return diagnose(pairs.log_pi_theta, pairs.log_pi_t, AlphaSolution.concatenate(parts))
 
 
+# Rows solved, diagnosed and written at a time by `solve --json` (memory bounded by the chunk).
+JSON_CHUNK_ROWS = 16_384
+
+
+def stream_json_rows(pairs, method: str, *, device: Optional[str] = None, dtype: str = "float32",
+                     max_memory: Optional[str] = None):
+    """Encoded JSON rows of a solve, made a row chunk at a time: solve, diagnose, encode, write,
+    next chunk, so the memory beyond the input does not grow with the number of rows (each row
+    is solved on its own: chunking changes no number). With `device` the torch backend solves
+    the whole batch first (it chunks under its own memory budget)."""
+    positions = pairs.extra.get("positions")
+    if device is not None:
+        diagnostics = solve_rows(pairs, method, device=device, dtype=dtype, max_memory=max_memory)
+        yield from json_records(diagnostics, pairs.row_labels, positions)
+        return
+    from geomix_cli.core import diagnose, solve_alpha
+
+    n_rows, vocab = pairs.n_rows, pairs.vocab_size
+    chunk = max(1, min(JSON_CHUNK_ROWS, int(CHUNK_ELEMENTS // max(vocab, 1))))
+
+    def rows(advance=None):
+        for start in range(0, n_rows, chunk):
+            part = slice(start, min(n_rows, start + chunk))
+            theta, target = pairs.log_pi_theta[part], pairs.log_pi_t[part]
+            sol = solve_alpha(theta, target, method, row_errors=pairs.row_errors[part])
+            yield from json_records(diagnose(theta, target, sol), pairs.row_labels[part],
+                                    positions)
+            if advance is not None:
+                advance(part.stop - part.start)
+
+    if n_rows * vocab <= CHUNK_ELEMENTS:
+        yield from rows()
+        return
+    from rich.progress import Progress
+
+    from geomix_cli.cli import stderr
+
+    with Progress(console=stderr, transient=True) as bar:
+        task = bar.add_task(f"solving {n_rows} rows x {vocab} tokens", total=n_rows)
+        yield from rows(lambda n: bar.update(task, advance=n))
+
+
+def json_records(diagnostics, row_labels, positions=None):
+    """The rows of `diagnostics.records(row_labels)` (plus "position" when the input had one),
+    as encoded JSON objects, made a chunk of rows at a time: `solve --json` on a million rows
+    never holds a million dicts (see io.json_rows)."""
+    from geomix_cli.core.diagnostics import ROW_FIELDS
+    from geomix_cli.io import json_rows
+
+    sol = diagnostics.solution
+    own = {"row": np.asarray(row_labels), "status": sol.status, "alpha": sol.alpha,
+           "iterations": sol.iterations, "residual": sol.residual, "message": sol.message}
+    columns = {name: own[name] if name in own else getattr(diagnostics, name)
+               for name in ROW_FIELDS}
+    if positions is not None:
+        columns["position"] = np.asarray(positions)[np.asarray(row_labels)]
+    return json_rows(columns, sol.n_rows)
+
+
 def register(app: typer.Typer) -> None:
     from geomix_cli.cli import guarded
 
@@ -107,20 +166,19 @@ def register(app: typer.Typer) -> None:
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)
         _shared.refuse_if_nothing_usable(pairs, source)
-        diagnostics = solve_rows(pairs, method, device=device, dtype=dtype,
-                                 max_memory=max_memory)
         if json_out:
-            from geomix_cli.io import dumps_json
+            import sys
 
-            records = diagnostics.records(pairs.row_labels)
-            positions = pairs.extra.get("positions")
-            if positions is not None:  # [B, T, V] input and/or a padding mask: where each row came from
-                for rec in records:
-                    rec["position"] = [int(v) for v in positions[rec["row"]]]
-            typer.echo(dumps_json({"schema_version": 1, "source": source, "method": method,
-                                   "vocab_size": pairs.vocab_size, "input_kind": pairs.kind,
-                                   "input_dtype": pairs.storage_dtype, "rows": records}))
+            from geomix_cli.io import write_json_document
+
+            write_json_document(sys.stdout, {
+                "schema_version": 1, "source": source, "method": method,
+                "vocab_size": pairs.vocab_size, "input_kind": pairs.kind,
+                "input_dtype": pairs.storage_dtype},
+                stream_json_rows(pairs, method, device=device, dtype=dtype, max_memory=max_memory))
         else:
+            diagnostics = solve_rows(pairs, method, device=device, dtype=dtype,
+                                     max_memory=max_memory)
             render_human(source, method, diagnostics, pairs, wide=wide, all_rows=all_rows)
         raise typer.Exit(_shared.exit_code_for(pairs))
 

@@ -17,9 +17,9 @@ def register(app: typer.Typer) -> None:
     def verify(
         suite: Optional[str] = typer.Argument(None, help="The suite to run (see --list)."),
         list_suites: bool = typer.Option(False, "--list", help="List the suites and exit."),
-        out: Optional[str] = typer.Option(
-            None, "--out", "-o", help="Report folder (default outputs/SUITE/ for the default "
-            "settings; other settings get their own, e.g. outputs/SUITE_thorough/)."),
+        out: Optional[str] = _shared.report_option(
+            "Report folder (default outputs/SUITE/ for the default settings; other settings get "
+            "their own, e.g. outputs/SUITE_thorough/)."),
         json_out: bool = _shared.JsonOption,
         thorough: bool = typer.Option(False, "--thorough",
                                       help="Larger sweeps and more cases (several minutes)."),
@@ -42,8 +42,9 @@ def register(app: typer.Typer) -> None:
 
         Writes report.md, results.json, CSV tables and figures into --out (default
         outputs/SUITE/; a run with other settings writes outputs/SUITE_thorough/,
-        outputs/SUITE_seed3/, ... so it never replaces the default report). Exit 0 when the suite ran (refuted claims are findings), 1 if a
-        mathematical identity failed (a bug in geomix)."""
+        outputs/SUITE_seed3/, ... so it never replaces the default report). Exit 0 when the
+        suite ran (refuted claims are findings), 1 if a mathematical identity failed (a bug in
+        geomix)."""
         from geomix_cli.checks import SUITES
         from geomix_cli.errors import EXIT_BUG, InputError
 
@@ -58,22 +59,25 @@ def register(app: typer.Typer) -> None:
                              "(geomix verify --list)")
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+        _shared.check_seed(seed)
+        out_dir = None
+        if not no_report:  # checked before the suite runs: a refusal costs nothing
+            from pathlib import Path
+
+            from geomix_cli.cases import real_sample_path
+
+            out_dir = Path(out) if out else default_report_dir(
+                suite, thorough=thorough, seed=seed, threshold=threshold, device=device)
+            _shared.report_dir(out_dir, command="verify", sources=[real_sample_path()])
         device_options = {}
         if device is not None:
             device_options = _device.suite_solver(device=device, dtype=dtype,
                                                   max_memory=max_memory)
         result = _run_with_progress(suite, thorough=thorough, seed=seed, threshold=threshold,
                                     **device_options)
-        out_dir = None
-        if not no_report:
-            from pathlib import Path
-
+        if out_dir is not None:
             from geomix_cli.reports import write_suite_report
 
-            out_dir = Path(out) if out else default_report_dir(
-                suite, thorough=thorough, seed=seed, threshold=threshold, device=device)
-            if out_dir.exists() and not out_dir.is_dir():
-                raise InputError("exists and is not a folder", file=str(out_dir))
             write_suite_report(result, out_dir)
         if json_out:
             from geomix_cli.io import dumps_json

@@ -146,7 +146,7 @@ def iter_piece(piece: Piece, options: RunOptions, budget: int, *, fail_once: str
 
 def _whole_shard_batches(piece: Piece, options: RunOptions, budget: int, fail_once):
     """A shard read whole (json, csv, parquet, pt, generator, Fortran-order npz)."""
-    from geomix_cli.io import load_source
+    from geomix_cli.sources import load_source
 
     ref = piece.shard
     if not ref.path.startswith("gen:"):

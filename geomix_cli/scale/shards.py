@@ -220,7 +220,8 @@ class ShardLayout:
 def describe_shard(ref: ShardRef, *, kind: str | None = None) -> ShardLayout:
     """The shard's layout from its header (data is not read); InputError when the header, the
     keys, the shapes or the mask make the shard unusable."""
-    from geomix_cli.io import RawPair, _pick_pair, _positions_and_mask
+    from geomix_cli.io.readers import MASK_KEYS, RawPair, _pick_pair
+    from geomix_cli.sources import _positions_and_mask
 
     suffix = Path(ref.path).suffix.lower()
     if ref.path.startswith("gen:") or suffix not in STREAMED_FORMATS:
@@ -238,6 +239,9 @@ def describe_shard(ref: ShardRef, *, kind: str | None = None) -> ShardLayout:
     if any(a.fortran for a in arrays.values()):
         return _whole_layout(ref)
     storage = {key: a.dtype_name for key, a in arrays.items()}
+    for key in MASK_KEYS:  # masks are small ([B] or [B, T]): io checks their values
+        if key in arrays:
+            arrays[key] = arrays[key].read_all()
     raw = _pick_pair(arrays, ref.path, kind, None, storage)
     if kind is not None and raw.kind != kind:
         raw.kind = kind
@@ -258,7 +262,7 @@ def describe_shard(ref: ShardRef, *, kind: str | None = None) -> ShardLayout:
     kept_flat = positions = None
     mask = raw.mask
     if mask is not None or len(shape) == 3:
-        mask_values = mask.read_all() if isinstance(mask, ArrayRef) else mask
+        mask_values = mask
         # io's own position/mask rules on a stand-in of shape [..., 1] (no data is read)
         stand_in = np.zeros(shape[:-1] + (1,), dtype=np.float32)
         _, _, _, extra = _positions_and_mask(

@@ -1,0 +1,462 @@
+"""Nothing a user has is lost to a geomix command: the output rules, through the real program.
+
+Every refusal is checked byte for byte: the whole working folder is fingerprinted before and after
+(`snapshot`), so a refusal that removed, replaced or added anything fails. Then the cases that must
+succeed (an earlier report, an empty folder, --force), the permissions (umask), a full disk, two
+writers racing, SIGKILL between the two renames of the folder swap (the next run restores the
+previous report) and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from hostile_helpers import (assert_refused, popen_geomix, run_geomix, snapshot, write_csv,
+                             write_npz)
+
+PAUSE_ENV = "GEOMIX_TEST_PAUSE_BETWEEN_RENAMES"
+
+
+@pytest.fixture(scope="module")
+def earlier_report(tmp_path_factory):
+    """An earlier geomix report (made once): `check` of rows whose two sides are equal
+    ('degenerate': a report without figures, quick to write)."""
+    folder = tmp_path_factory.mktemp("template")
+    write_npz(folder / "in.npz", identical=True)
+    result = run_geomix("check", "in.npz", "--out", "rep", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.fixture
+def work(tmp_path, earlier_report):
+    """A working folder with an input pair file `in.npz` and an earlier geomix report `rep/`."""
+    import shutil
+
+    for name in ("in.npz", "rep"):
+        source = earlier_report / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp_path / name)
+    return tmp_path
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(e for e in os.listdir(folder) if e.startswith(".tmp-") or e.endswith(".tmp"))
+
+
+# ----------------------------------------------------------------------------------------------
+# refusals: nothing changes anywhere
+
+
+def _folder_with_thesis(tmp):
+    (tmp / "mydata").mkdir()
+    (tmp / "mydata" / "thesis.tex").write_text("\\chapter{years of work}\n")
+    return ["check", "in.npz", "--out", "mydata"], "not a geomix report"
+
+
+def _folder_holding_the_input(tmp):
+    (tmp / "data").mkdir()
+    write_npz(tmp / "data" / "x.npz")
+    return ["check", "data/x.npz", "--out", "data"], "holds the input"
+
+
+def _ancestor_of_the_input(tmp):
+    (tmp / "data" / "sub").mkdir(parents=True)
+    write_npz(tmp / "data" / "sub" / "x.npz")
+    return ["check", "data/sub/x.npz", "--out", "data"], "holds the input"
+
+
+def _report_holding_the_input(tmp):
+    os.replace(tmp / "in.npz", tmp / "rep" / "in.npz")
+    marker = json.loads((tmp / "rep" / ".geomix-report").read_text())
+    marker["files"].append("in.npz")  # even a report whose marker lists it: it is the input
+    (tmp / "rep" / ".geomix-report").write_text(json.dumps(marker))
+    return ["check", "rep/in.npz", "--out", "rep"], "holds the input"
+
+
+def _regular_file(tmp):
+    (tmp / "some_file.txt").write_text("notes\n")
+    return ["check", "in.npz", "--out", "some_file.txt"], "is a regular file"
+
+
+def _fifo(tmp):
+    os.mkfifo(tmp / "pipe")
+    return ["check", "in.npz", "--out", "pipe"], "is a FIFO"
+
+
+def _socket(tmp):
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp / "sock"))
+    server.close()
+    return ["compare-alpha", "in.npz", "--out", "sock"], "is a socket"
+
+
+def _link_to_a_report(tmp):
+    os.symlink("rep", tmp / "link")
+    return ["check", "in.npz", "--out", "link"], "symbolic link"
+
+
+def _current_folder(tmp):
+    return ["check", "in.npz", "--out", "."], "is the current folder"
+
+
+def _holding_the_current_folder(tmp):
+    (tmp / "inner").mkdir()
+    write_npz(tmp / "inner" / "x.npz")
+    return ["check", "x.npz", "--out", ".."], "is the current folder or holds it"
+
+
+def _name_too_long(tmp):
+    return ["check", "in.npz", "--out", "r" * 300], "name too long"
+
+
+def _report_with_a_file_added(tmp):
+    (tmp / "rep" / "notes.txt").write_text("my reading of the report\n")
+    return ["check", "in.npz", "--out", "rep"], "files geomix did not write (notes.txt)"
+
+
+def _report_with_a_folder_added(tmp):
+    (tmp / "rep" / "drafts").mkdir()
+    (tmp / "rep" / "drafts" / "v1.md").write_text("draft\n")
+    return ["check", "in.npz", "--out", "rep"], "drafts/"
+
+
+def _parent_is_a_file(tmp):
+    (tmp / "afile").write_text("x\n")
+    return ["check", "in.npz", "--out", "afile/rep"], "not a folder"
+
+
+def _simulate_into_a_folder(tmp):
+    (tmp / "results").mkdir()
+    (tmp / "results" / "paper.pdf").write_bytes(b"%PDF-1.4 mine")
+    return ["simulate", "in.npz", "--out", "results"], "not a geomix report"
+
+
+def _verify_into_a_file(tmp):
+    (tmp / "report.txt").write_text("mine\n")
+    # refused before the ~1 minute suite runs (the timeout of run_geomix would catch a run)
+    return ["verify", "verify_alpha_theory", "--out", "report.txt"], "is a regular file"
+
+
+def _export_onto_a_folder(tmp):
+    (tmp / "d.npz").mkdir()
+    return ["cases", "export", "gen:two-point", "d.npz"], "is a folder"
+
+
+def _export_onto_a_file(tmp):
+    return ["cases", "export", "gen:two-point", "in.npz"], "already exists; pass --force"
+
+
+def _figure_onto_a_file(tmp):
+    (tmp / "fig.png").write_bytes(b"\x89PNG my figure")
+    return ["plot-pareto", "in.npz", "--row", "0", "--out", "fig.png"], "already exists"
+
+
+def _csv_data_onto_the_input(tmp):
+    write_csv(tmp / "pairs.csv")
+    return (["plot-pareto", "pairs.csv", "--row", "0", "--out", "f.png", "--data", "pairs.csv",
+             "--force"], "is an input of this command")
+
+
+def _csv_data_onto_a_hard_link_of_the_input(tmp):
+    write_csv(tmp / "pairs.csv")
+    os.link(tmp / "pairs.csv", tmp / "same.csv")
+    return (["plot-pareto", "pairs.csv", "--row", "0", "--out", "f.png", "--data", "same.csv",
+             "--force"], "is an input of this command")
+
+
+def _figure_onto_a_folder(tmp):
+    (tmp / "figs.png").mkdir()
+    return ["plot", "ess", "in.npz", "--out", "figs.png", "--force"], "is a folder"
+
+
+REFUSALS = [_folder_with_thesis, _folder_holding_the_input, _ancestor_of_the_input,
+            _report_holding_the_input, _regular_file, _fifo, _socket, _link_to_a_report,
+            _current_folder, _holding_the_current_folder, _name_too_long,
+            _report_with_a_file_added, _report_with_a_folder_added, _parent_is_a_file,
+            _simulate_into_a_folder, _verify_into_a_file, _export_onto_a_folder,
+            _export_onto_a_file, _figure_onto_a_file, _csv_data_onto_the_input,
+            _csv_data_onto_a_hard_link_of_the_input, _figure_onto_a_folder]
+
+
+@pytest.mark.parametrize("setup", REFUSALS, ids=[f.__name__.strip("_") for f in REFUSALS])
+def test_an_output_that_may_not_be_replaced_is_refused_and_nothing_changes(setup, work):
+    argv, *fragments = setup(work)
+    cwd = work / "inner" if setup is _holding_the_current_folder else work
+    before = snapshot(work)
+    assert_refused(run_geomix(*argv, cwd=cwd, timeout=60), 2, *fragments)
+    assert snapshot(work) == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null") or not stat.S_ISCHR(
+    os.stat("/dev/null").st_mode), reason="needs /dev/null")
+@pytest.mark.parametrize("argv", [["check", "in.npz", "--out", "/dev/null"],
+                                  ["plot-pareto", "in.npz", "--row", "0", "--out", "/dev/null",
+                                   "--force"]])
+def test_a_device_is_never_replaced(argv, work):
+    """(As root, geomix 0.1 turned /dev/null into a folder.)"""
+    before = snapshot(work)
+    line = assert_refused(run_geomix(*argv, cwd=work), 2, "/dev/null")
+    assert "character device" in line or "unknown figure extension" in line
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert snapshot(work) == before
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_an_output_under_proc_is_one_line(work):
+    assert_refused(run_geomix("check", "in.npz", "--out", "/proc/geomix-report", cwd=work), 2,
+                   "--out /proc/geomix-report", "cannot write in /proc")
+
+
+# ----------------------------------------------------------------------------------------------
+# what may be replaced, and how it is written
+
+
+def test_an_earlier_report_and_an_empty_folder_are_replaced(work):
+    marker = json.loads((work / "rep" / ".geomix-report").read_text())
+    assert marker["command"] == "check" and marker["geomix_report"] == 1
+    assert sorted(marker["files"]) == sorted(p.name for p in (work / "rep").iterdir()
+                                             if p.name != ".geomix-report")
+    old = snapshot(work / "rep")
+    write_npz(work / "other.npz", seed=5, identical=True)
+    result = run_geomix("check", "other.npz", "--out", "rep", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(work / "rep") != old and (work / "rep" / "check.csv").is_file()
+    (work / "empty").mkdir()
+    assert run_geomix("compare-alpha", "in.npz", "--out", "empty", cwd=work).returncode == 0
+    assert json.loads((work / "empty" / ".geomix-report").read_text())["command"] == \
+        "compare-alpha"
+    assert _leftovers(work) == []
+
+
+def test_force_replaces_an_output_file_that_is_not_an_input(work):
+    (work / "fig.png").write_bytes(b"old")
+    write_npz(work / "pairs.npz")
+    result = run_geomix("plot-pareto", "pairs.npz", "--row", "0", "--out", "fig.png", "--force",
+                        "--no-cloud", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert (work / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    assert _leftovers(work) == []
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755),
+                                                           (0o077, 0o600, 0o700),
+                                                           (0o002, 0o664, 0o775)])
+def test_created_files_and_folders_honour_the_umask(umask, file_mode, folder_mode, tmp_path):
+    write_npz(tmp_path / "in.npz", identical=True)
+    assert run_geomix("check", "in.npz", "--out", "new/rep", cwd=tmp_path,
+                      umask=umask).returncode == 0
+    assert run_geomix("cases", "export", "gen:two-point", "x.npz", cwd=tmp_path,
+                      umask=umask).returncode == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "x.npz").st_mode) == file_mode
+    for folder in (tmp_path / "new", tmp_path / "new" / "rep"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == folder_mode, folder
+    for path in (tmp_path / "new" / "rep").iterdir():
+        assert stat.S_IMODE(os.stat(path).st_mode) == file_mode, path
+
+
+def test_a_file_too_large_for_the_limit_leaves_nothing_partial(tmp_path):
+    """A write that fails midway (here the file-size limit, EFBIG, like a full disk) is one line
+    and leaves neither a partial file nor a temporary one."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    (tmp_path / "pairs.npz").write_bytes(b"an older export")
+    before = snapshot(tmp_path)
+    result = run_geomix("cases", "export", "gen:dirichlet:V=50000,rows=4", "pairs.npz", "--force",
+                        cwd=tmp_path, preexec_fn=limit)
+    assert_refused(result, 2, "pairs.npz", "too large", "nothing was written")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_full_disk_while_writing_a_report_changes_nothing(work, monkeypatch, runner):
+    """ENOSPC on the third file of the report: the earlier report stays byte for byte, the
+    half-built folder is removed, one line, exit 2."""
+    from geomix_cli.cli import app
+    from geomix_cli.io import writers
+
+    calls = {"n": 0}
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    monkeypatch.setattr(writers.os, "fsync", fsync)
+    result = runner.invoke(app, ["check", "in.npz", "--out", "rep"])
+    assert result.exit_code == 2, result.output
+    assert "no space left on device" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert snapshot(work) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# killed, interrupted, racing
+
+
+def _wait_for(path: Path, process, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the writer never reached the pause"
+        time.sleep(0.05)
+
+
+def test_sigkill_between_the_two_renames_then_the_next_run_restores_the_report(work):
+    previous = snapshot(work / "rep")
+    flag = work / "paused.flag"
+    writer = popen_geomix("check", "in.npz", "--out", "rep", cwd=work,
+                          env={PAUSE_ENV: str(flag)})
+    try:
+        _wait_for(flag, writer)
+        # between the renames: the old report is aside, the new one not yet in place
+        assert not (work / "rep").exists()
+        assert len(_leftovers(work)) == 2
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        flag.unlink(missing_ok=True)
+    # the next run that writes rep (here it then fails on its input) restores the report first
+    result = run_geomix("check", "missing.npz", "--out", "rep", cwd=work)
+    assert result.returncode == 2
+    assert "restored the previous report" in result.stderr
+    assert snapshot(work / "rep") == previous
+    assert _leftovers(work) == []
+    assert run_geomix("check", "in.npz", "--out", "rep", cwd=work).returncode == 0
+    assert _leftovers(work) == []
+
+
+def test_two_writers_racing_for_the_same_report_both_finish_cleanly(work):
+    """Writer A is paused between its renames; writer B writes the report meanwhile; A then
+    finds B's report where its own should go (ENOTEMPTY), goes round again and wins. Both
+    exit 0, the folder is one complete report, nothing is left behind."""
+    flag = work / "paused.flag"
+    first = popen_geomix("check", "in.npz", "--out", "rep", cwd=work,
+                         env={PAUSE_ENV: str(flag)})
+    try:
+        _wait_for(flag, first)
+        second = run_geomix("check", "in.npz", "--out", "rep", cwd=work)
+        assert second.returncode == 0, second.stderr
+        flag.unlink()
+        out, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    marker = json.loads((work / "rep" / ".geomix-report").read_text())
+    assert sorted(marker["files"]) == sorted(p.name for p in (work / "rep").iterdir()
+                                             if p.name != ".geomix-report")
+    assert _leftovers(work) == []
+
+
+def test_sigterm_between_the_renames_is_held_until_the_report_is_in_place(work):
+    flag = work / "paused.flag"
+    writer = popen_geomix("check", "in.npz", "--out", "rep", cwd=work,
+                          env={PAUSE_ENV: str(flag)})
+    try:
+        _wait_for(flag, writer)
+        writer.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        assert writer.poll() is None  # held: the swap is not cut in half
+        flag.unlink()
+        out, err = writer.communicate(timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 130, err
+    assert err.strip().splitlines() == ["geomix: error: interrupted (SIGTERM); nothing was left "
+                                        "half-written"]
+    assert (work / "rep" / ".geomix-report").is_file() and _leftovers(work) == []
+
+
+def test_sigterm_during_the_work_exits_130_and_changes_nothing(work):
+    before = snapshot(work)
+    writer = popen_geomix("verify", "verify_alpha_theory", "--out", "rep", cwd=work)
+    try:
+        time.sleep(4)  # well into the suite (or still starting: either way it must stop cleanly)
+        writer.send_signal(signal.SIGTERM)
+        out, err = writer.communicate(timeout=60)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "interrupted (SIGTERM)" in err
+    assert snapshot(work) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# the library functions behind the rule
+
+
+def test_recovery_touches_only_leftovers_of_dead_processes(tmp_path):
+    from geomix_cli.io import outputs
+
+    final = tmp_path / "rep"
+    live_backup = tmp_path / f".tmp-old-rep-{outputs.HOST_TAG}.{os.getpid()}"
+    live_backup.mkdir()
+    (live_backup / "report.md").write_text("being swapped by a live writer")
+    done = outputs.recover_interrupted(final)
+    assert done == [] and live_backup.is_dir() and not final.exists()
+    dead = _dead_pid()
+    os.rename(live_backup, tmp_path / f".tmp-old-rep-{outputs.HOST_TAG}.{dead}")
+    (tmp_path / f".tmp-rep-{outputs.HOST_TAG}.{dead}-abcdefgh").mkdir()
+    (tmp_path / ".tmp-rep-someone-elses").mkdir()
+    done = outputs.recover_interrupted(final)
+    assert len(done) == 1 and (final / "report.md").read_text() == "being swapped by a live writer"
+    assert sorted(os.listdir(tmp_path)) == [".tmp-rep-someone-elses", "rep"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_marker_that_is_not_geomix_s_is_not_trusted(tmp_path):
+    from geomix_cli.io import check_report_dir, read_report_marker
+
+    folder = tmp_path / "looks"
+    folder.mkdir()
+    (folder / "data.csv").write_text("1,2\n")
+    for text in ("", "{}", "[]", '{"geomix_report": 1, "command": "check"}',
+                 '{"geomix_report": 2, "command": "check", "files": []}'):
+        (folder / ".geomix-report").write_text(text)
+        assert read_report_marker(folder) is None
+        with pytest.raises(Exception, match="not a geomix report"):
+            check_report_dir(folder)
+    os.remove(folder / ".geomix-report")
+    os.symlink(tmp_path / "elsewhere", folder / ".geomix-report")
+    assert read_report_marker(folder) is None
+
+
+def test_the_committed_verify_report_is_a_replaceable_geomix_report():
+    """`geomix verify verify_alpha_theory` (the quick start) rewrites outputs/verify_alpha_theory:
+    its marker must list exactly the files that are there."""
+    from geomix_cli.io import check_report_dir, read_report_marker
+    from hostile_helpers import REPO_ROOT
+
+    folder = REPO_ROOT / "outputs" / "verify_alpha_theory"
+    marker = read_report_marker(folder)
+    assert marker is not None and marker["command"] == "verify"
+    assert sorted(marker["files"]) == sorted(p.name for p in folder.iterdir()
+                                             if p.name != ".geomix-report")
+    check_report_dir(folder)
