@@ -126,14 +126,14 @@ def test_globs_are_expanded_recursively_and_refuse_files_that_are_not_pairs(tmp_
     with pytest.raises(InputError, match="matches no file"):
         discover_shards(str(tmp_path / "nothing" / "*.npz"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no pair file"):
+    with pytest.raises(InputError, match="is a folder with no pair file in it"):
         discover_shards(str(tmp_path / "empty"))
 
 
 def test_row_blocks_read_the_same_values_as_the_whole_file_readers(real_shards):
     """Every streamed layout, read in blocks of 1 row, gives exactly what io.load_source reads."""
     from geomix_cli.sources import load_source
-    from geomix_cli.scale.shards import ShardBlockReader, ShardRef, describe_shard
+    from geomix_cli.scale.shards import ShardRef, describe_shard
 
     for path in sorted(real_shards.iterdir()):
         layout = describe_shard(ShardRef.of(path, path.name))
@@ -147,7 +147,7 @@ def test_row_blocks_read_the_same_values_as_the_whole_file_readers(real_shards):
             assert_array_equal(b, whole.extra["positions"][:, 0])
             if t is not None:
                 assert_array_equal(t, whole.extra["positions"][:, 1])
-        with ShardBlockReader(layout) as reader:
+        with layout.block_reader() as reader:
             rows = [reader.read(f, f + 1)[0][0] for f in flat]
         from geomix_cli.core.validation import validate_rows
 
@@ -158,7 +158,7 @@ def test_row_blocks_read_the_same_values_as_the_whole_file_readers(real_shards):
 
 
 def test_bfloat16_is_widened_exactly(tmp_path):
-    from geomix_cli.scale.shards import ShardBlockReader, ShardRef, describe_shard
+    from geomix_cli.scale.shards import ShardRef, describe_shard
 
     rng = np.random.default_rng(0)
     theta = rng.normal(0, 3, (4, 33)).astype(np.float32)
@@ -167,19 +167,23 @@ def test_bfloat16_is_widened_exactly(tmp_path):
                              bf16=("logits_theta", "logits_t"))
     layout = describe_shard(ShardRef.of(__import__("pathlib").Path(path), "b"))
     assert layout.storage_dtype == "bfloat16"
-    with ShardBlockReader(layout) as reader:
+    with layout.block_reader() as reader:
         block = reader.read(1, 3)[0]
     assert_array_equal(block, bf16_round(theta[1:3]))
 
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda h: h["logits_t"].update(data_offsets=[8, 24]), "overlap"),
-    (lambda h: h["logits_t"].update(data_offsets=[8, 10**9]), "outside the file"),
-    (lambda h: h["logits_t"].update(shape=[2, -1]), "shape / data_offsets"),
+    (lambda h: h["logits_t"].update(data_offsets=[8, 10**9]), "do not lie within"),
+    (lambda h: h["logits_t"].update(shape=[2, -1]), "whole numbers >= 0"),
+    (lambda h: h["logits_t"].update(shape=[2, True]), "whole numbers >= 0"),
     (lambda h: h["logits_t"].update(dtype="C64"), "unsupported safetensors dtype"),
     (lambda h: h["logits_t"].update(shape=[3, 2]), "needs 24 bytes"),
 ])
 def test_corrupt_safetensors_headers_are_refused_before_any_mapping(tmp_path, mutate, message):
+    """A shard's header is checked by io's own safetensors checks: the same line as a
+    single-file run, before anything is mapped."""
+    from geomix_cli.io import read_pair_file
     from geomix_cli.scale.shards import ShardRef, describe_shard
 
     x = np.ones((2, 2), dtype=np.float32)
@@ -191,8 +195,46 @@ def test_corrupt_safetensors_headers_are_refused_before_any_mapping(tmp_path, mu
     import struct
 
     path.write_bytes(struct.pack("<Q", len(text)) + text + x.tobytes() * 2)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as sharded:
         describe_shard(ShardRef.of(path, "bad"))
+    with pytest.raises(InputError) as whole:
+        read_pair_file(str(path))
+    assert sharded.value.one_line() == whole.value.one_line()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\x93NUMPY\x01\x00", "saved under an .npz name"),
+    (b"hello", "not an .npz archive"),
+])
+def test_npz_shards_are_refused_like_single_files(tmp_path, content, message):
+    from geomix_cli.io import read_pair_file
+    from geomix_cli.scale.shards import ShardRef, describe_shard
+
+    path = tmp_path / "bad.npz"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as sharded:
+        describe_shard(ShardRef.of(path, "bad"))
+    with pytest.raises(InputError) as whole:
+        read_pair_file(str(path))
+    assert sharded.value.one_line() == whole.value.one_line()
+
+
+def test_a_pickled_npz_member_and_a_bad_mask_are_refused_like_single_files(tmp_path):
+    from geomix_cli.io import read_pair_file
+    from geomix_cli.scale.shards import ShardRef, describe_shard
+
+    theta = np.ones((2, 3), dtype=np.float32)
+    cases = {"pickled.npz": {"logits_theta": theta, "logits_t": np.array([object()] * 2)},
+             "mask.npz": {"logits_theta": theta, "logits_t": theta, "mask": np.array([1, 2])}}
+    for name, arrays in cases.items():
+        path = tmp_path / name
+        np.savez(path, **arrays)
+        with pytest.raises(InputError) as sharded:
+            describe_shard(ShardRef.of(path, name))
+        with pytest.raises(InputError) as whole:
+            read_pair_file(str(path))
+        assert sharded.value.one_line() == whole.value.one_line(), name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,7 +287,7 @@ def test_a_shard_larger_than_the_budget_is_never_read_whole(monkeypatch, tmp_pat
     results are those of the in-memory solve."""
     from geomix_cli.core import diagnose, solve_alpha
     from geomix_cli.sources import load_source
-    from geomix_cli.scale import shards
+    from geomix_cli.io import blocks
     from geomix_cli.scale.pieces import RunOptions, plan_pieces
     from geomix_cli.scale.runner import run_piece_streaming
     from geomix_cli.scale.shards import discover_shards
@@ -262,13 +304,13 @@ def test_a_shard_larger_than_the_budget_is_never_read_whole(monkeypatch, tmp_pat
     budget = (100 << 20) + memory.RESERVE + int(3.5 * per_row)  # 3 rows a block
     assert os.path.getsize(path) > 3 * 2 * vocab * 4
     reads = []
-    original = shards.ShardBlockReader.read
+    original = blocks.PairBlockReader.read
 
     def spy(self, a, b):
         reads.append(b - a)
         return original(self, a, b)
 
-    monkeypatch.setattr(shards.ShardBlockReader, "read", spy)
+    monkeypatch.setattr(blocks.PairBlockReader, "read", spy)
     (piece,), _ = plan_pieces(discover_shards(path).shards, RunOptions("solve"))
     table, error = run_piece_streaming(piece, RunOptions("solve"), budget, None)
     assert error is None and reads == [1] + [3] * 7 + [2]  # the first block: half

@@ -112,14 +112,13 @@ def iter_piece(piece: Piece, options: RunOptions, budget: int, *, fail_once: str
         yield from _whole_shard_batches(piece, options, budget, fail_once)
         return
     from geomix_cli.core.validation import validate_pair
-    from geomix_cli.scale.shards import ShardBlockReader
 
     sizer = memory.BlockSizer(budget, memory.row_bytes(
         layout.vocab, options.command, layout.kind, layout.theta.itemsize,
         bfloat16=layout.theta.dtype is None))
     stop = layout.flat_rows if piece.flat_stop is None else piece.flat_stop
     a = piece.flat_start
-    with ShardBlockReader(layout) as reader:
+    with layout.block_reader() as reader:
         while a < stop:
             b = min(stop, a + sizer.rows())
             labels, flat = layout.kept_rows(a, b)
