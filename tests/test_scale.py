@@ -538,7 +538,8 @@ def test_out_never_replaces_what_geomix_did_not_write(runner, real_shards, tmp_p
     user_folder = tmp_path / "thesis"
     user_folder.mkdir()
     (user_folder / "thesis.tex").write_text("mine too")
-    for target, fragment in ((user_file, "is not a folder"), (user_folder, "did not write"),
+    for target, fragment in ((user_file, "is a regular file, not a folder"),
+                             (user_folder, "not empty and not a geomix report"),
                              (real_shards.parent, "holds the input")):
         result = runner.invoke(app, ["solve", str(real_shards), "--out", str(target)])
         assert result.exit_code == 2, (target, result.stderr)

@@ -98,7 +98,7 @@ def _run(source: str, options, *, out: Optional[str], dataset_subdir: str, resum
         store = ResultStore(out, command=options.command, source=source, options=asdict(options),
                             options_digest=options.digest(), inputs=plan.input_paths(),
                             resume=resume, dataset_subdir=dataset_subdir)
-        store.open()
+        store.open(planned=[p.file_name for p in plan.pieces], notify=warning_line)
         if store.discarded_partial:
             warning_line(f"{out}: discarded the parts of an interrupted run (use --resume to "
                          "keep them)")
