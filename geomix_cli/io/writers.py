@@ -361,13 +361,18 @@ def write_csv_atomic(path, frame) -> Path:
     return write_text_atomic(path, frame.to_csv(index=False))
 
 
+def figure_bytes(figure, *, format: str = "png", dpi: int = 150) -> bytes:
+    """A matplotlib figure rendered to bytes (to be written with `write_bytes_atomic`)."""
+    buffer = _stdlib_io.BytesIO()
+    figure.savefig(buffer, format=format, dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
 def save_figure_atomic(figure, path, *, dpi: int = 150) -> Path:
     """Save a matplotlib figure atomically; the format follows the extension."""
     path = Path(path)
-    buffer = _stdlib_io.BytesIO()
-    figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi,
-                   bbox_inches="tight")
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, figure_bytes(
+        figure, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi))
 
 
 def write_pairs_npz(path, *, theta: np.ndarray, target: np.ndarray, kind: str,

@@ -25,6 +25,9 @@ import os
 
 from geomix_cli.core.validation import LOGITS, PROBS
 from geomix_cli.errors import InputError
+from geomix_cli.io.machine import (available_memory_bytes, format_bytes, peak_resident_bytes,
+                                   resident_set_bytes)
+from geomix_cli.io.machine import reset_peak_resident as reset_peak
 
 WORK_FACTORS = {("solve", LOGITS): 4.5, ("solve", PROBS): 10.0,
                 ("check", LOGITS): 14.0, ("check", PROBS): 19.0}
@@ -114,53 +117,20 @@ def release_free_memory() -> None:
 _MALLOC_TRIM = None
 
 
-def reset_peak() -> bool:
-    """Reset this process's peak resident memory (VmHWM); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _proc_kib(path: str, field: str) -> int | None:
-    """A 'Field:  N kB' line of a /proc file, in bytes (None where there is none)."""
-    try:
-        with open(path, encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def peak_resident_bytes() -> int | None:
-    """This process's peak resident memory since the last reset (VmHWM), or None."""
-    return _proc_kib("/proc/self/status", "VmHWM")
-
-
 def piece_rows(stored_row_bytes: int) -> int:
     """Flat rows per piece for rows of this many stored bytes."""
     return max(1, min(PIECE_MAX_ROWS, PIECE_INPUT_BYTES // max(1, stored_row_bytes)))
 
 
 def resident_bytes() -> int:
-    from geomix_cli.io import resident_set_bytes
-
     return resident_set_bytes() or 0
 
 
-def available_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (None where there is no such file)."""
-    return _proc_kib("/proc/meminfo", "MemAvailable")
-
-
 def default_budget(processes: int = 1) -> int:
-    """Without --max-memory: half of the memory available now, shared by `processes` (at least
-    256 MiB each); 2 GiB each where the available memory is unknown."""
-    available = available_bytes()
+    """Without --max-memory: half of the memory this process may still use (io.machine: the
+    kernel's MemAvailable, its cgroup's room, ulimit -v), shared by `processes` (at least
+    256 MiB each); 2 GiB each where that is unknown."""
+    available = available_memory_bytes()
     if available is None:
         return 2 << 30
     return max(256 << 20, available // 2 // max(1, processes))
@@ -171,10 +141,3 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def format_bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"

@@ -206,13 +206,11 @@ def _shard_columns(agg: dict) -> list[str]:
 
 
 def _png(fig) -> bytes:
-    import io as _io
-
     import matplotlib.pyplot as plt
 
-    buffer = _io.BytesIO()
+    from geomix_cli.io.writers import figure_bytes
+
     try:
-        fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+        return figure_bytes(fig)
     finally:
         plt.close(fig)
-    return buffer.getvalue()
