@@ -335,16 +335,6 @@ def register(app: typer.Typer) -> None:
 
         names = parse_principles(principles)
         _shared.check_seed(seed)
-        if sources:
-            _shared.report_dir(out, command="compare-alpha", sources=sources)
-        else:
-            from geomix_cli.cases import real_sample_path
-
-            _shared.report_dir(out, command="compare-alpha", sources=[real_sample_path()])
-        kl_solver = None
-        if device is not None:
-            kl_solver = _device.suite_solver(device=device, dtype=dtype,
-                                             max_memory=max_memory)["device_solver"]
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
         if sources and any(_sharded.wanted(s, scheduler=scheduler, resume=resume)
@@ -357,6 +347,16 @@ def register(app: typer.Typer) -> None:
                 scheduler=scheduler, workers=workers, max_memory=max_memory, retries=retries,
                 json_out=json_out, renormalize=renormalize, logits=logits, probs=probs,
                 rows=rows, device=device))
+        if sources:
+            _shared.report_dir(out, command="compare-alpha", sources=sources)
+        else:
+            from geomix_cli.cases import real_sample_path
+
+            _shared.report_dir(out, command="compare-alpha", sources=[real_sample_path()])
+        kl_solver = None
+        if device is not None:
+            kl_solver = _device.suite_solver(device=device, dtype=dtype,
+                                             max_memory=max_memory)["device_solver"]
         records: list[dict] = []
         exit_code = EXIT_OK
         if sources:

@@ -533,9 +533,14 @@ class FolderLock:
         import fcntl
 
         self.path = Path(folder) / LOCK_FILE
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
         try:
-            self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR | getattr(os, "O_CLOEXEC", 0),
-                              0o666)  # 0666 & ~umask
+            try:
+                self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)  # umask
+                self.created = True
+            except FileExistsError:
+                self.fd = os.open(self.path, flags)
+                self.created = False
         except OSError as exc:
             raise _refuse(f"cannot lock the working folder {folder}: {os_error_text(exc)}",
                           shown or folder, option) from None
@@ -547,8 +552,12 @@ class FolderLock:
                           "wait for it or choose another --out", shown or folder,
                           option) from None
 
-    def release(self) -> None:
+    def release(self, *, undo: bool = False) -> None:
+        """Unlock; `undo`: also remove the lock file if this lock created it (a refusal leaves
+        the folder as it was)."""
         if self.fd is not None:
+            if undo and self.created:
+                self.path.unlink(missing_ok=True)
             os.close(self.fd)
             self.fd = None
 
@@ -580,6 +589,6 @@ def take_working_dir(final, *, inputs=(), notify=None,
         check_report_dir(work, inputs=inputs, option=working_option)
     except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release(undo=True)
         raise
     return work, lock

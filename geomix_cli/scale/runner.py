@@ -196,7 +196,7 @@ def execute(plan: RunPlan, *, budget: int, store=None, scheduler: str | None = N
     command = plan.options.command
     parts: dict[int, Summary] = {}
     outcome = RunOutcome(plan, Summary())
-    fail_once = os.environ.get("GEOMIX_TEST_FAIL_ONCE")
+    fail_once = _test_hook("GEOMIX_TEST_FAIL_ONCE")
 
     def deliver(piece: Piece, table, shard_error, reused: bool) -> None:
         parts[piece.index] = summarize(table, command, piece)
@@ -291,12 +291,21 @@ def run_piece_streaming(piece: Piece, options: RunOptions, budget: int, store, *
     return pa.Table.from_batches(batches, schema=schema), shard_error
 
 
+def _test_hook(name: str) -> str | None:
+    """A test hook's value, honoured only under pytest (as io.outputs' pause hook)."""
+    return os.environ.get(name) if "PYTEST_CURRENT_TEST" in os.environ else None
+
+
 def _maybe_kill_for_test(parts_done: int) -> None:
     """Test hook: GEOMIX_TEST_KILL_AFTER_PARTS=N kills this process (SIGKILL, nothing cleaned
-    up) after it has committed N parts, as a crash or the OOM killer would."""
-    limit = os.environ.get("GEOMIX_TEST_KILL_AFTER_PARTS")
-    if limit and parts_done >= int(limit):
-        os.kill(os.getpid(), signal.SIGKILL)
+    up) after it has committed N parts, as a crash or the OOM killer would; N:SIGTERM (or
+    N:SIGINT) sends that signal instead, as a job scheduler or Ctrl-C would."""
+    spec = _test_hook("GEOMIX_TEST_KILL_AFTER_PARTS")
+    if not spec:
+        return
+    count, _, name = spec.partition(":")
+    if parts_done == int(count):
+        os.kill(os.getpid(), getattr(signal, name or "SIGKILL"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -234,9 +234,12 @@ class ResultStore:
             write_bytes_atomic(self.partial / name, data)
         self._write_manifest({"complete": True, **manifest})
         self._write_marker(final=True)
-        swap_into_place(self.partial, self.final, self.inputs)  # the lock is held throughout
-        (self.final / LOCK_FILE).unlink(missing_ok=True)
-        self._unlock()
+        try:
+            swap_into_place(self.partial, self.final, self.inputs)  # the lock held throughout
+        finally:  # (a signal held off during the swap is raised as it ends)
+            if not os.path.lexists(self.partial):  # swapped in: the lock file goes
+                (self.final / LOCK_FILE).unlink(missing_ok=True)
+            self._unlock()
         return self.final
 
     def close(self) -> None:
