@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,15 +38,19 @@ def earlier_report(tmp_path_factory):
     return folder
 
 
+def _copy_into(folder: Path, template: Path, names) -> Path:
+    import shutil
+
+    for name in names:
+        source = template / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / name)
+    return folder
+
+
 @pytest.fixture
 def work(tmp_path, earlier_report):
     """A working folder with an input pair file `in.npz` and an earlier geomix report `rep/`."""
-    import shutil
-
-    for name in ("in.npz", "rep"):
-        source = earlier_report / name
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp_path / name)
-    return tmp_path
+    return _copy_into(tmp_path, earlier_report, ("in.npz", "rep"))
 
 
 def _leftovers(folder) -> list[str]:
@@ -315,22 +320,47 @@ def _wait_for(path: Path, process, seconds: float = 90) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_between_the_two_renames_then_the_next_run_restores_the_report(work):
-    previous = snapshot(work / "rep")
-    flag = work / "paused.flag"
-    writer = popen_geomix("check", "in.npz", "--out", "rep", cwd=work,
-                          env={PAUSE_ENV: str(flag)})
+@contextmanager
+def _paused_between_the_renames(*argv, cwd: Path):
+    """A geomix writer paused between the two renames of its folder swap (the test hook):
+    yields (process, flag); removing the flag lets it go on. Killed at the end if still there."""
+    flag = cwd / "paused.flag"
+    writer = popen_geomix(*argv, cwd=cwd, env={PAUSE_ENV: str(flag)})
     try:
         _wait_for(flag, writer)
-        # between the renames: the old report is aside, the new one not yet in place
-        assert not (work / "rep").exists()
-        assert len(_leftovers(work)) == 2
-        os.kill(writer.pid, signal.SIGKILL)
-        writer.wait(timeout=30)
+        yield writer, flag
     finally:
         if writer.poll() is None:
             writer.kill()
         flag.unlink(missing_ok=True)
+
+
+def _sigkill(writer) -> None:
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+
+
+def _sigterm_is_held(writer, flag) -> tuple[str, str]:
+    """SIGTERM while paused between the renames: held (the process waits) until the swap is
+    done, then acted on. Returns (stdout, stderr)."""
+    writer.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert writer.poll() is None  # held: the swap is not cut in half
+    flag.unlink()
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("geomix: error: interrupted (SIGTERM); nothing was "
+                                            "left half-written")
+    return out, err
+
+
+def test_sigkill_between_the_two_renames_then_the_next_run_restores_the_report(work):
+    previous = snapshot(work / "rep")
+    with _paused_between_the_renames("check", "in.npz", "--out", "rep", cwd=work) as (writer, _):
+        # between the renames: the old report is aside, the new one not yet in place
+        assert not (work / "rep").exists()
+        assert len(_leftovers(work)) == 2
+        _sigkill(writer)
     # the next run that writes rep (here it then fails on its input) restores the report first
     result = run_geomix("check", "missing.npz", "--out", "rep", cwd=work)
     assert result.returncode == 2
@@ -345,18 +375,12 @@ def test_two_writers_racing_for_the_same_report_both_finish_cleanly(work):
     """Writer A is paused between its renames; writer B writes the report meanwhile; A then
     finds B's report where its own should go (ENOTEMPTY), goes round again and wins. Both
     exit 0, the folder is one complete report, nothing is left behind."""
-    flag = work / "paused.flag"
-    first = popen_geomix("check", "in.npz", "--out", "rep", cwd=work,
-                         env={PAUSE_ENV: str(flag)})
-    try:
-        _wait_for(flag, first)
+    with _paused_between_the_renames("check", "in.npz", "--out", "rep", cwd=work) as (first,
+                                                                                     flag):
         second = run_geomix("check", "in.npz", "--out", "rep", cwd=work)
         assert second.returncode == 0, second.stderr
         flag.unlink()
         out, err = first.communicate(timeout=60)
-    finally:
-        if first.poll() is None:
-            first.kill()
     assert first.returncode == 0, err
     marker = json.loads((work / "rep" / ".geomix-report").read_text())
     assert sorted(marker["files"]) == sorted(p.name for p in (work / "rep").iterdir()
@@ -365,22 +389,9 @@ def test_two_writers_racing_for_the_same_report_both_finish_cleanly(work):
 
 
 def test_sigterm_between_the_renames_is_held_until_the_report_is_in_place(work):
-    flag = work / "paused.flag"
-    writer = popen_geomix("check", "in.npz", "--out", "rep", cwd=work,
-                          env={PAUSE_ENV: str(flag)})
-    try:
-        _wait_for(flag, writer)
-        writer.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert writer.poll() is None  # held: the swap is not cut in half
-        flag.unlink()
-        out, err = writer.communicate(timeout=60)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-    assert writer.returncode == 130, err
-    assert err.strip().splitlines() == ["geomix: error: interrupted (SIGTERM); nothing was left "
-                                        "half-written"]
+    with _paused_between_the_renames("check", "in.npz", "--out", "rep", cwd=work) as paused:
+        _, err = _sigterm_is_held(*paused)
+    assert len(err.strip().splitlines()) == 1
     assert (work / "rep" / ".geomix-report").is_file() and _leftovers(work) == []
 
 
@@ -485,11 +496,7 @@ def earlier_results(tmp_path_factory):
 @pytest.fixture
 def sharded(work, earlier_results):
     """`work` (in.npz, rep/) plus shards/ and the earlier results alpha.parquet/."""
-    import shutil
-
-    for name in ("shards", "alpha.parquet"):
-        shutil.copytree(earlier_results / name, work / name)
-    return work
+    return _copy_into(work, earlier_results, ("shards", "alpha.parquet"))
 
 
 def _working_folder_copy(tmp):
@@ -653,18 +660,10 @@ def test_sharded_outputs_honour_the_umask(umask, file_mode, folder_mode, sharded
 def test_sigkill_between_the_renames_of_a_sharded_swap_then_the_next_run_restores(sharded):
     previous = snapshot(sharded / "alpha.parquet")
     write_npz(sharded / "shards" / "s3.npz", rows=2, vocab=5, seed=3)
-    flag = sharded / "paused.flag"
-    writer = popen_geomix("solve", "shards", "--out", "alpha.parquet", cwd=sharded,
-                          env={PAUSE_ENV: str(flag)})
-    try:
-        _wait_for(flag, writer)
+    with _paused_between_the_renames("solve", "shards", "--out", "alpha.parquet",
+                                     cwd=sharded) as (writer, _):
         assert not (sharded / "alpha.parquet").exists()
-        os.kill(writer.pid, signal.SIGKILL)
-        writer.wait(timeout=30)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-        flag.unlink(missing_ok=True)
+        _sigkill(writer)
     # any geomix run that writes alpha.parquet restores it first (here an in-memory check that
     # then fails on its input: one mechanism)
     result = run_geomix("check", "missing.npz", "--out", "alpha.parquet", cwd=sharded)
@@ -680,22 +679,8 @@ def test_sigkill_between_the_renames_of_a_sharded_swap_then_the_next_run_restore
 
 
 def test_sigterm_in_a_sharded_swap_is_held_until_the_results_are_in_place(sharded):
-    flag = sharded / "paused.flag"
-    writer = popen_geomix("check", "shards", "--out", "rep", cwd=sharded,
-                          env={PAUSE_ENV: str(flag)})
-    try:
-        _wait_for(flag, writer)
-        writer.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        assert writer.poll() is None
-        flag.unlink()
-        out, err = writer.communicate(timeout=60)
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-    assert writer.returncode == 130, err
-    assert err.strip().splitlines()[-1] == ("geomix: error: interrupted (SIGTERM); nothing was "
-                                            "left half-written")
+    with _paused_between_the_renames("check", "shards", "--out", "rep", cwd=sharded) as paused:
+        _sigterm_is_held(*paused)
     assert (sharded / "rep" / "check.parquet").is_dir()
     _marker_lists_what_is_there(sharded / "rep")
     _no_leftovers(sharded)

@@ -128,9 +128,9 @@ def register(app: typer.Typer) -> None:
         max_memory: Optional[str] = _device.MaxMemoryOption,
         wide: bool = _render.WideOption,
         all_rows: bool = _render.AllOption,
-        out: Optional[str] = typer.Option(
-            None, "--out", "-o", help="Write the rows to this Parquet dataset (a folder, e.g. "
-            "alpha.parquet), part by part; it may replace only an earlier geomix output."),
+        out: Optional[str] = _shared.report_option(
+            "Write the rows to this Parquet dataset (a folder, e.g. alpha.parquet), part by "
+            "part (a sharded run)."),
         resume: bool = _sharded.ResumeOption,
         scheduler: Optional[str] = _sharded.SchedulerOption,
         workers: Optional[int] = _sharded.WorkersOption,

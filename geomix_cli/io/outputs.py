@@ -22,6 +22,11 @@ The swap of a report folder is two renames (old -> aside, new -> in place), with
 held off between them. Only SIGKILL (or a power cut) can stop a run there; the next geomix run
 that writes the same path then restores the previous report if the new one is not in place,
 and removes the folders a dead process left behind.
+
+A report built over several runs (a sharded run and its --resume) is built in a working folder
+`.NAME.geomix-partial` (`working_dir`) that follows the same rule: a marker listing every file
+it holds or is about to hold, checked like --out before any work, locked while a run writes it
+(`take_working_dir`, `FolderLock`), and put in place by the same swap (`swap_into_place`).
 """
 
 from __future__ import annotations
