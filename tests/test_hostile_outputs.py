@@ -712,3 +712,18 @@ def test_sigterm_during_a_sharded_run_keeps_the_earlier_results_and_resume_finis
         pq.read_table(sharded / "clean.parquet").to_pandas().sort_values(
             ["shard", "row"]).reset_index(drop=True))
     _no_leftovers(sharded)
+
+
+def test_a_dead_writer_s_temporary_part_is_removed_and_the_run_resumes(sharded):
+    """A part half-written by a killed process (its temporary file) is not a file of the user:
+    the next run removes it (its writer is gone) and --resume goes on."""
+    from geomix_cli.io.writers import HOST_TAG
+
+    _working_folder_copy(sharded)
+    name = f".part-00001-000000000000.parquet.{HOST_TAG}.{_dead_pid()}.abcdefgh.tmp"
+    stale = sharded / WORKING / name
+    stale.write_bytes(b"PAR1 half")
+    result = run_geomix("solve", "shards", "--out", "alpha.parquet", "--resume", cwd=sharded)
+    assert result.returncode == 0, result.stderr
+    assert "3 reused" in result.stdout
+    _no_leftovers(sharded)

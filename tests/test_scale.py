@@ -610,6 +610,11 @@ def test_a_second_run_on_the_same_output_refuses_while_the_first_writes(runner, 
     first = ResultStore(out, command="solve", source=str(real_shards), options={},
                         options_digest="x", inputs=[], resume=False)
     first.open()
+    from geomix_cli.io.writers import HOST_TAG
+
+    # a part being written by the live first run: the lock speaks, not this unlisted file
+    (first.dataset / f".part-00000-000000000000.parquet.{HOST_TAG}.{os.getpid()}.abcdefgh.tmp"
+     ).write_bytes(b"PAR1")
     try:
         result = runner.invoke(app, ["solve", str(real_shards), "--out", str(out)])
         assert result.exit_code == 2 and "another geomix run is writing" in result.stderr

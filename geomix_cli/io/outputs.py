@@ -597,3 +597,33 @@ def take_working_dir(final, *, inputs=(), notify=None,
             lock.release(undo=True)
         raise
     return work, lock
+
+
+def new_working_dir(work, lock: FolderLock | None, *, command: str, will_write=(), shown=None,
+                    option: str | None = "--out", **marker) -> FolderLock:
+    """Start the working folder `work` afresh: remove an earlier one (checked and locked by
+    `take_working_dir`, or empty), create it (the umask's mode), write its marker (listing the
+    lock file and `will_write`, the files the run is about to write) and lock it."""
+    work = Path(work)
+    if os.path.lexists(work):
+        shutil.rmtree(work)
+    if lock is not None:
+        lock.release()
+    make_folders(work.parent)
+    try:
+        os.mkdir(work)
+    except FileExistsError:
+        raise _refuse("another geomix run started writing this output just now; wait for it "
+                      "or choose another --out", shown or work, option) from None
+    except OSError as exc:
+        raise _refuse(f"cannot create the working folder {work}: {os_error_text(exc)}",
+                      shown or work, option) from None
+    write_report_marker(work, command, also=[LOCK_FILE, *will_write], **marker)
+    return FolderLock(work, shown=shown, option=option)
+
+
+def discard_working_dir(work, lock: FolderLock | None) -> None:
+    """Remove a working folder this process holds (nothing of it is worth keeping)."""
+    shutil.rmtree(work, ignore_errors=True)
+    if lock is not None:
+        lock.release()

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
-from geomix_cli.errors import InputError, OutputError
-from geomix_cli.io.outputs import LOCK_FILE, FolderLock, take_working_dir
-from geomix_cli.io.readers import os_error_text
+from geomix_cli.errors import InputError
+from geomix_cli.io.outputs import LOCK_FILE, FolderLock, discard_working_dir, take_working_dir
 
 MANIFEST = "_geomix_manifest.json"
 FORMAT = "geomix-sharded-results"
@@ -95,6 +93,7 @@ class ResultStore:
             raise
 
     def _open(self, planned: list[str], notify) -> None:
+        from geomix_cli.io.outputs import new_working_dir
         from geomix_cli.io.writers import make_folders
 
         self.partial, self._lock = take_working_dir(self.out, inputs=self.inputs,
@@ -112,22 +111,18 @@ class ResultStore:
                 seed = sorted(source.glob(PART_GLOB))
                 self.resumed_from = str(self.final)
         if self._lock is None or not self.resume:
-            if os.path.lexists(self.partial):  # an earlier run's (locked) or an empty folder
-                self.discarded_partial = any(
-                    (self.partial / self.dataset_subdir).glob(PART_GLOB))
-                shutil.rmtree(self.partial)
-                self._unlock()
-            make_folders(self.partial.parent)
+            self.discarded_partial = self._lock is not None and any(
+                (self.partial / self.dataset_subdir).glob(PART_GLOB))
+            lock, self._lock = self._lock, None
             try:
-                os.mkdir(self.partial)  # the umask's mode
-            except FileExistsError:
-                raise OutputError("another geomix run started writing this output just now; "
-                                  "wait for it or choose another --out", file=self.out) from None
-            except OSError as exc:
-                raise OutputError(f"cannot create the working folder {self.partial}: "
-                                  f"{os_error_text(exc)}", file=self.out) from None
-            self._write_marker(also=[self._relative(p.name) for p in seed])
-            self._lock = FolderLock(self.partial, shown=self.out)
+                self._lock = new_working_dir(
+                    self.partial, lock, command=self.command, shown=self.out,
+                    will_write=[MANIFEST, *self._planned,
+                                *(self._relative(p.name) for p in seed)],
+                    **self._marker_fields())
+            finally:
+                if lock is not None:
+                    lock.release()  # (new_working_dir released it already when it got there)
         make_folders(self.dataset)
         self._write_marker()
         if seed:
@@ -169,8 +164,12 @@ class ResultStore:
         from geomix_cli.io.outputs import write_report_marker
 
         will_write = [LOCK_FILE] if final else [LOCK_FILE, MANIFEST, *self._planned, *also]
-        write_report_marker(self.partial, self.command, also=will_write, format=FORMAT,
-                            schema_version=SCHEMA_VERSION)
+        write_report_marker(self.partial, self.command, also=will_write,
+                            **self._marker_fields())
+
+    @staticmethod
+    def _marker_fields() -> dict:
+        return {"format": FORMAT, "schema_version": SCHEMA_VERSION}
 
     def _write_manifest(self, extra: dict) -> None:
         from geomix_cli import __version__
@@ -247,5 +246,6 @@ class ResultStore:
         parts; a fresh one without any (a refusal before the first part) is removed."""
         if self.resumed_from is None and self._lock is not None and self.partial.is_dir() \
                 and not any(self.dataset.glob(PART_GLOB)):
-            shutil.rmtree(self.partial, ignore_errors=True)
+            discard_working_dir(self.partial, self._lock)
+            self._lock = None
         self._unlock()
