@@ -303,4 +303,4 @@ def test_ci_runs_the_readme_test_command_and_it_installs_every_extra_the_tests_i
     declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))[
         "project"]["optional-dependencies"]
     assert extras <= set(declared)
-    assert {"test", "torch", "dask"} <= extras  # pytest, the torch backend, dask.distributed
+    assert {"test", "torch", "models", "dask"} <= extras  # pytest, torch, transformers, dask

@@ -8,7 +8,7 @@ import pkgutil
 from importlib import import_module
 
 ORDER = ["solve", "verify", "compare_alpha", "check", "plot_pareto", "plot", "simulate",
-         "regress", "bench", "cases"]
+         "pairs", "sample", "regress", "bench", "cases"]
 
 
 def register_all(app) -> None:

@@ -3,6 +3,7 @@
 - `readers`: pair files (.npz, .json, .csv, .parquet, .safetensors, .pt) -> `RawPair`, and small
   text files; regular files only, declared sizes checked against the memory available.
 - `writers`: atomic file writes honouring the umask, JSON (also row by row), figures, pair files.
+- `pairs_file`: `[B, T, V]` pair files streamed to disk row by row (`geomix pairs`).
 - `outputs`: what an output path may replace (report folders with a `.geomix-report` marker,
   files only with --force, never an input), the report-folder swap and its crash recovery, and
   the locked working folder of a report built over several runs (`--resume`).
@@ -20,6 +21,8 @@ from geomix_cli.io.machine import (available_memory_bytes, check_memory, cpu_mod
 from geomix_cli.io.outputs import (FILE_RULE, REPORT_MARKER, REPORT_RULE, atomic_directory,
                                    check_output_file, check_report_dir, prepare_report_dir,
                                    read_report_marker, recover_interrupted)
+from geomix_cli.io.pairs_file import (PAIRS_DTYPES, PAIRS_FORMATS, PairsFileWriter,
+                                      bfloat16_bits, check_pairs_output)
 from geomix_cli.io.readers import (FILE_FORMATS, GENERATOR_PREFIX, KEY_PAIRS, MASK_KEYS,
                                    WORKING_BYTES_PER_VALUE, RawPair, file_kind, loads_json,
                                    open_regular_file, os_error_text, read_pair_file, read_text)
