@@ -108,7 +108,8 @@ class ResultStore:
             elif self.final.is_dir() and (self.final / MANIFEST).is_file():
                 self._check_same_run(self.final)
                 source = self.final / self.dataset_subdir if self.dataset_subdir else self.final
-                seed = sorted(source.glob(PART_GLOB))
+                wanted = set(planned)  # (a part of no planned piece would be dropped anyway)
+                seed = sorted(p for p in source.glob(PART_GLOB) if p.name in wanted)
                 self.resumed_from = str(self.final)
         if self._lock is None or not self.resume:
             self.discarded_partial = self._lock is not None and any(
@@ -117,9 +118,7 @@ class ResultStore:
             try:
                 self._lock = new_working_dir(
                     self.partial, lock, command=self.command, shown=self.out,
-                    will_write=[MANIFEST, *self._planned,
-                                *(self._relative(p.name) for p in seed)],
-                    **self._marker_fields())
+                    will_write=[MANIFEST, *self._planned], **self._marker_fields())
             finally:
                 if lock is not None:
                     lock.release()  # (new_working_dir released it already when it got there)
@@ -128,7 +127,7 @@ class ResultStore:
         if seed:
             from geomix_cli.io.writers import link_or_copy
 
-            for path in seed:  # the finished result stays whole at --out until the swap
+            for path in seed:  # planned names: listed. --out itself stays whole until the swap
                 link_or_copy(path, self.dataset / path.name)
         self._write_manifest({"complete": False})
 
