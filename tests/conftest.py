@@ -45,6 +45,23 @@ def smollm2_reference_alpha(smollm2_log_probs):
     return np.array([reference_alpha_brentq(a, b) for a, b in zip(lt, lT)])
 
 
+@pytest.fixture(scope="session")
+def default_verify_run(tmp_path_factory):
+    """`geomix verify verify_alpha_theory --json --out TMP` run once, in a fresh process, the way
+    the quick start runs it: (completed process, report folder). Shared by the verify CLI tests
+    and the byte-for-byte comparison with the committed report (about a minute on 2 cores)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("verify") / "verify_alpha_theory"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOMIX_")}
+    proc = subprocess.run([sys.executable, "-m", "geomix_cli", "verify", "verify_alpha_theory",
+                           "--out", str(out), "--json"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=env, timeout=1800)
+    return proc, out
+
+
 @pytest.fixture
 def runner():
     from typer.testing import CliRunner

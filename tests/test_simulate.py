@@ -10,6 +10,8 @@ check shows the same tolerance rejects an estimator with the wrong weights.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,11 +22,14 @@ from typer.testing import CliRunner
 from geomix_cli.cli import app
 from geomix_cli.core import effective_sample_size, kl_divergence, log_q_alpha, solve_alpha
 from geomix_cli.errors import InputError
-from geomix_cli.simulate import (CaseOutcome, EvidenceConfig, SimulationConfig, exact_gradient,
-                                 ess_balance_alpha, gradient_estimate, importance_weights, judge,
-                                 parse_sampler, reduce_vocabulary, sample_efficiency_evidence,
-                                 sample_tokens, sampler_alpha, sampling_log_q,
-                                 simulate, softmax_start)
+from geomix_cli.simulate import (FINAL, EvidenceCase, EvidenceConfig, SimulationConfig,
+                                 comparison_cells, confirm, efficiency_study,
+                                 ess_balance_alpha, exact_gradient, gradient_estimate,
+                                 importance_weights, paired_comparison, parse_sampler,
+                                 reduce_vocabulary, sample_tokens, sampler_alpha, sampling_log_q,
+                                 scatter_rows, simulate, softmax_start, wilson_interval)
+from geomix_cli.simulate.evidence import outcome_of
+from geomix_cli.simulate.model import kl_symmetry_alpha_warm
 
 Z = 5.0
 
@@ -49,13 +54,15 @@ def _mc_mean(objective, log_p, log_t, alpha, n, m=40_000, seed=1, **options):
 # estimators
 
 
-@pytest.mark.parametrize("objective", ["forward-kl", "reverse-kl"])
+@pytest.mark.parametrize("objective,estimator", [("forward-kl", "unbiased"),
+                                                 ("reverse-kl", "unbiased"),
+                                                 ("reverse-kl", "sn-loo")])
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.7, 1.0])
-@pytest.mark.parametrize("n", [1, 4])
-def test_is_gradient_is_unbiased(objective, alpha, n):
+@pytest.mark.parametrize("n", [2, 4])
+def test_unbiased_estimators_are_unbiased(objective, estimator, alpha, n):
     log_p, log_t = _pair()
     exact = exact_gradient(objective, log_p, log_t)
-    mean, se = _mc_mean(objective, log_p, log_t, alpha, n)
+    mean, se = _mc_mean(objective, log_p, log_t, alpha, n, estimator=estimator)
     assert np.all(se > 0)
     assert np.all(np.abs(mean - exact) <= Z * se), (mean, exact, se)
 
@@ -69,7 +76,8 @@ def test_unbiased_at_alpha_star():
 
 
 def test_unbiasedness_check_has_power():
-    """Weights computed as if q were pi_theta, while sampling from pi_t, must be rejected."""
+    """Weights computed as if q were pi_theta, while sampling from pi_t, must be rejected; and the
+    self-normalised estimator's bias at small N is visible to the same test."""
     log_p, log_t = _pair(conc=0.5, seed=2)
     rng = np.random.default_rng(5)
     m, n = 40_000, 4
@@ -79,9 +87,24 @@ def test_unbiasedness_check_has_power():
                           np.broadcast_to(log_p, shape), tokens)  # wrong: q taken as pi_theta
     mean, se = g.mean(axis=0), g.std(axis=0, ddof=1) / np.sqrt(m)
     assert np.any(np.abs(mean - exact_gradient("reverse-kl", log_p, log_t)) > Z * se)
+    mean, se = _mc_mean("reverse-kl", log_p, log_t, 0.0, 2, estimator="sn")
+    assert np.any(np.abs(mean - exact_gradient("reverse-kl", log_p, log_t)) > Z * se)
 
 
-def test_on_policy_and_off_policy_weights_are_one():
+def test_self_normalised_estimator_is_consistent():
+    """Biased at small N, but the mean approaches the exact gradient as N grows (tolerance: a few
+    standard errors plus the O(1/N) bias, N = 512)."""
+    log_p, log_t = _pair(seed=6)
+    for objective in ("forward-kl", "reverse-kl"):
+        exact = exact_gradient(objective, log_p, log_t)
+        mean, se = _mc_mean(objective, log_p, log_t, 0.5, 512, m=400, estimator="sn")
+        assert_allclose(mean, exact, atol=Z * se.max() + 0.01)
+    clipped, _ = _mc_mean("forward-kl", log_p, log_t, 0.5, 64, m=400, clip=1e9)
+    plain, _ = _mc_mean("forward-kl", log_p, log_t, 0.5, 64, m=400)
+    assert_array_equal(clipped, plain)  # a clip above every weight changes nothing
+
+
+def test_on_policy_weights_are_one_and_give_reinforce_with_rloo():
     log_p, log_t = _pair(vocab=9, seed=4)
     log_p, log_t = log_p[None], log_t[None]
     on = sampling_log_q(log_p, log_t, np.array([1.0]))
@@ -89,36 +112,31 @@ def test_on_policy_and_off_policy_weights_are_one():
     y = np.arange(9)[None]
     assert_array_equal(importance_weights("reverse-kl", log_p, log_t, on), np.ones((1, 9)))
     assert_array_equal(importance_weights("forward-kl", log_p, log_t, off), np.ones((1, 9)))
-    # and the on-policy reverse-kl estimate is then the plain REINFORCE-with-RLOO estimate
     g = gradient_estimate("reverse-kl", log_p, log_t, on, y)
     f = (log_p - log_t)[0]
     b = (f.sum() - f) / 8
     plain = np.einsum("n,nv->v", (f - b) / 9, np.eye(9) - np.exp(log_p))
     assert_allclose(g[0], plain, rtol=1e-12, atol=1e-15)
+    # with unit weights the self-normalised leave-one-out baseline is the plain one
+    assert_allclose(gradient_estimate("reverse-kl", log_p, log_t, on, y, estimator="sn-loo"), g,
+                    rtol=1e-12, atol=1e-15)
 
 
-def test_self_normalized_and_clipped_estimates_are_consistent():
-    """Biased options still converge: with many samples per estimate the mean approaches the
-    exact gradient (tolerance: a few standard errors plus the O(1/N) bias, N = 512)."""
-    log_p, log_t = _pair(seed=6)
-    exact = exact_gradient("forward-kl", log_p, log_t)
-    mean, se = _mc_mean("forward-kl", log_p, log_t, 0.5, 512, m=400, self_normalized=True)
-    assert_allclose(mean, exact, atol=Z * se.max() + 0.01)
-    clipped, _ = _mc_mean("forward-kl", log_p, log_t, 0.5, 64, m=400, clip=1e9)
-    plain, _ = _mc_mean("forward-kl", log_p, log_t, 0.5, 64, m=400)
-    assert_array_equal(clipped, plain)  # a clip above every weight changes nothing
+def test_scatter_rows_equals_a_dense_one_hot_sum():
+    rng = np.random.default_rng(8)
+    tokens = rng.integers(0, 7, size=(3, 4, 5))
+    coef = rng.normal(size=(3, 4, 5))
+    dense = np.einsum("abn,abnv->abv", coef, tokens[..., None] == np.arange(7))
+    assert_allclose(scatter_rows(coef, tokens, 7), dense, rtol=1e-14, atol=1e-15)
 
 
-def test_sample_tokens_follow_q():
+def test_sample_tokens_follow_q_and_never_pick_zero_mass():
     log_q = np.log(np.array([0.5, 0.25, 0.125, 0.0625, 0.0625]))
     m = 200_000
     tokens = sample_tokens(log_q[None], np.random.default_rng(0).random((1, m)))[0]
     freq = np.bincount(tokens, minlength=5) / m
     sd = np.sqrt(np.exp(log_q) * (1 - np.exp(log_q)) / m)
     assert np.all(np.abs(freq - np.exp(log_q)) <= Z * sd)
-
-
-def test_zero_mass_tokens_are_never_sampled():
     with np.errstate(divide="ignore"):
         log_q = np.log(np.array([0.0, 0.5, 0.0, 0.5, 0.0]))
     tokens = sample_tokens(log_q[None], np.random.default_rng(1).random((1, 10_000)))
@@ -134,9 +152,37 @@ def test_kl_symmetry_sampler_uses_the_exact_solver_and_counts_fallbacks():
     alpha, fell = sampler_alpha("kl-symmetry", log_p[None], log_t)
     assert_allclose(alpha, solve_alpha(log_p, log_t).alpha, rtol=0, atol=0)
     assert not fell.any()
-    # identical rows: degenerate, no alpha*: fall back to on-policy and say so
-    alpha, fell = sampler_alpha("kl-symmetry", log_t[None], log_t)
+    alpha, fell = sampler_alpha("kl-symmetry", log_t[None], log_t)  # identical: degenerate
     assert fell.all() and alpha[0] == 1.0
+    assert parse_sampler("kl-symmetry") == "kl-symmetry" and parse_sampler("0.3") == "alpha=0.3"
+    for bad in ("bogus", "alpha=1.5", "alpha=nan"):
+        with pytest.raises(InputError):
+            parse_sampler(bad)
+
+
+def test_warm_started_kl_symmetry_agrees_with_the_core_solver():
+    from geomix_cli.sources import load_source
+
+    src = load_source("gen:llm-like:V=64,rows=60,noise=2,seed=3")
+    exact = solve_alpha(src.log_pi_theta, src.log_pi_t).alpha
+    start = np.clip(exact + np.random.default_rng(0).normal(0, 0.1, exact.size), 0, 1)
+    alpha, fell = kl_symmetry_alpha_warm(src.log_pi_theta, src.log_pi_t, start)
+    assert not fell.any()
+    assert_allclose(alpha, exact, rtol=0, atol=1e-12)
+    # identical rows: no alpha*, handed to the core solver, which says degenerate -> fallback
+    alpha, fell = kl_symmetry_alpha_warm(src.log_pi_t[:2], src.log_pi_t[:2], np.array([0.5, 0.5]))
+    assert fell.all() and np.all(alpha == 1.0)
+
+
+def test_vectorised_ess_balance_agrees_with_the_exact_per_row_solve():
+    from geomix_cli.core.principles import ess_balance_alpha as exact_ess_balance
+    from geomix_cli.sources import load_source
+
+    src = load_source("gen:llm-like:V=64,scale=2,noise=1,rows=12,seed=9")
+    alpha, ok = ess_balance_alpha(src.log_pi_theta, src.log_pi_t)
+    exact = exact_ess_balance(src.log_pi_theta, src.log_pi_t)
+    assert ok.all() and (exact.status == "ok").all()
+    assert_allclose(alpha, exact.alpha, rtol=0, atol=1e-8)  # the batched solver's xtol is 1e-9
 
 
 def test_ess_balance_equalises_the_two_ess():
@@ -165,47 +211,56 @@ def test_ess_balance_refuses_different_supports():
 
 def test_softmax_start_floors_zeros_below_every_real_token():
     with np.errstate(divide="ignore"):
-        log_p0 = np.log(np.array([[0.6, 0.4, 0.0, 0.0]]))
-    start, floored = softmax_start(log_p0)
-    assert floored[0] == 2 and np.all(np.isfinite(start))
-    assert_allclose(np.exp(start).sum(), 1.0, rtol=1e-14)
-    assert np.all(start[0, 2:] < start[0, :2].min())
-    full = np.log(np.array([[0.5, 0.5]]))
-    assert_array_equal(softmax_start(full)[0], full)
+        lp = np.log(np.array([[0.5, 0.3, 0.2, 0.0]]))
+    start, floored = softmax_start(lp)
+    assert floored[0] == 1 and np.all(np.isfinite(start))
+    assert start[0, 3] < start[0, :3].min()
 
 
-def test_parse_sampler():
-    assert parse_sampler("0.3") == "alpha=0.3"
-    assert parse_sampler("alpha=1") == "alpha=1"
-    assert parse_sampler("kl-symmetry") == "kl-symmetry"
-    for bad in ("bogus", "alpha=1.5", "alpha=nan"):
-        with pytest.raises(InputError):
-            parse_sampler(bad)
-
-
-# ------------------------------------------------------------------------------------------------
-# vocabulary reduction
-
-
-def test_reduce_vocabulary_keeps_mass_and_reports_it(smollm2_log_probs):
+def test_reduce_vocabulary_keeps_mass_and_breaks_ties_by_index(smollm2_log_probs):
     lp, lt = smollm2_log_probs
     red = reduce_vocabulary(lp[:3], lt[:3], 32)
     assert red.log_pi_theta.shape == (3, 33) and red.merged
     assert_allclose(np.exp(red.log_pi_theta).sum(axis=1), 1.0, rtol=1e-12)
     assert_allclose(np.exp(red.log_pi_theta[:, -1]), red.merged_mass_theta, rtol=1e-9)
-    # coarsening cannot increase a KL (data processing inequality); rounding slack 1e-12
     assert np.all(kl_divergence(red.log_pi_t, red.log_pi_theta)
-                  <= kl_divergence(lt[:3], lp[:3]) + 1e-12)
-    small = reduce_vocabulary(lp[:1, :10] - np.logaddexp.reduce(lp[:1, :10], axis=1),
-                              lt[:1, :10] - np.logaddexp.reduce(lt[:1, :10], axis=1), 32)
-    assert not small.merged and small.log_pi_theta.shape == (1, 10)
+                  <= kl_divergence(lt[:3], lp[:3]) + 1e-12)  # a coarsening (data processing)
+    # ties: all tokens equal -> the first top_k tokens by index are kept
+    flat = np.log(np.full((1, 10), 0.1))
+    red = reduce_vocabulary(flat, flat, 4)
+    assert red.merged
+    assert_allclose(np.exp(red.log_pi_theta[0, -1]), 0.6, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics
+
+
+def test_paired_comparison_censoring_ties_and_wilson():
+    cfg = SimulationConfig(seeds=4, bootstrap=200).checked()
+    boot = np.random.default_rng(0).integers(0, 4, size=(200, 4))
+    ref = np.array([80.0, 96.0, np.inf, np.inf])
+    other = np.array([40.0, 96.0, 64.0, np.inf])
+    c = paired_comparison(ref, other, boot, cfg, censored_at=cfg.budget + 8.0)
+    assert (c.wins, c.ties, c.losses) == (2, 2, 0)  # one tie by value, one both censored
+    assert c.ratio_ci[0] <= c.ratio <= c.ratio_ci[1] or np.isinf(c.ratio)
+    lo, hi = wilson_interval(0, 48, 0.95)
+    assert lo == 0.0 and 0.05 < hi < 0.1  # the exact-ish Wilson upper end for 0/48 is ~0.074
+    lo, hi = wilson_interval(48, 48, 0.95)
+    assert hi == 1.0 and 0.9 < lo < 0.95
+    assert outcome_of(3.0, (2.2, 4.0), 2.0) == "meets"
+    assert outcome_of(1.0, (0.8, 1.9), 2.0) == "contradicts"
+    assert outcome_of(2.0, (1.5, 3.0), 2.0) == "inconclusive"
+    assert outcome_of(float("nan"), (0.0, float("inf")), 2.0) == "not reached"
 
 
 # ------------------------------------------------------------------------------------------------
 # the simulation
 
-TINY = SimulationConfig(samplers=("on-policy", "off-policy", "kl-symmetry"), samples_per_step=4,
-                        budget=64, seeds=4, tuning_seeds=2, lr_grid=(0.3, 3.0), bootstrap=200)
+TINY = SimulationConfig(samplers=("on-policy", "off-policy", "kl-symmetry"),
+                        estimators=("unbiased", "sn-loo", "sn"), targets=(0.5, 0.1),
+                        samples_per_step=4, budget=64, seeds=4, tuning_seeds=2,
+                        lr_grid=(0.3, 3.0), grid_extensions=1, bootstrap=200)
 
 
 @pytest.fixture(scope="module")
@@ -222,50 +277,60 @@ def tiny_result(tiny_pairs):
 
 def test_simulation_is_deterministic_given_the_seed(tiny_pairs, tiny_result):
     again = simulate(*tiny_pairs, TINY, source="tiny")
-    for a, b in zip(tiny_result.results, again.results):
-        assert_array_equal(a.per_seed_final_kl, b.per_seed_final_kl)
-        assert a.lr == b.lr
-    other = simulate(*tiny_pairs, SimulationConfig(**{**TINY.__dict__, "seed": 1}))
-    assert any(not np.array_equal(a.per_seed_final_kl, b.per_seed_final_kl)
+    assert json.dumps(again.to_json(), default=str) == json.dumps(tiny_result.to_json(),
+                                                                  default=str)
+    other = simulate(*tiny_pairs, replace(TINY, seed=1))
+    assert any(not np.array_equal(a.metrics[FINAL].per_seed, b.metrics[FINAL].per_seed)
                for a, b in zip(tiny_result.results, other.results))
 
 
-def test_learning_rate_is_searched_per_sampler(tiny_result):
+def test_every_estimator_sampler_and_metric_is_reported(tiny_result):
+    keys = {(r.objective, r.estimator, r.sampler) for r in tiny_result.results}
+    assert ("reverse-kl", "sn-loo", "kl-symmetry") in keys
+    assert ("forward-kl", "sn-loo", "kl-symmetry") not in keys  # no reward to baseline
+    assert ("forward-kl", "sn", "off-policy") in keys
     for r in tiny_result.results:
-        assert set(r.tuning_score) == {"0.3", "3"}
-        keys = {lr: (s["samples_median"], s["final_kl_median"]) for lr, s in r.tuning_score.items()}
-        assert f"{r.lr:g}" == min(keys, key=keys.get)
-        assert r.lr_grid == (0.3, 3.0)
+        assert set(r.metrics) == {"target=0.5", "target=0.1", FINAL}
+        for m in r.metrics.values():
+            assert (m.vs_on_policy is None) == (r.sampler == "on-policy")
+            assert m.per_seed.shape == (4,)
 
 
-def test_learning_rate_choice_differs_when_samplers_need_it():
-    """On-policy forward-kl has heavy weights pi_t/pi_theta and needs a smaller step than
-    off-policy (weights 1): the per-sampler search must be able to pick different rates."""
-    rng = np.random.default_rng(3)
-    lp = log_softmax(rng.normal(0, 3, (4, 16)), axis=1)
-    lt = log_softmax(rng.normal(0, 3, (4, 16)), axis=1)
-    cfg = SimulationConfig(objectives=("forward-kl",), samplers=("on-policy", "off-policy"),
-                           samples_per_step=4, budget=128, seeds=4, tuning_seeds=3,
-                           lr_grid=(0.1, 1.0, 10.0), bootstrap=200)
-    res = simulate(lp, lt, cfg)
-    assert len({r.lr for r in res.results}) > 1
-
-
-def test_results_are_sane(tiny_result):
+def test_learning_rate_is_tuned_per_metric_and_the_grid_extended_at_its_edges(tiny_result):
     for r in tiny_result.results:
-        # off-policy reverse-kl may really get worse (weights pi_theta/pi_t are heavy-tailed)
-        if r.sampler != "off-policy":
-            assert r.final_kl_median < tiny_result.initial_kl[r.objective]
-        assert 0 <= r.reached_fraction <= 1
-        lo, hi = r.final_kl_ci
-        assert lo <= r.final_kl_median <= hi
+        for key, m in r.metrics.items():
+            scores = {lr: tuple(s[key]) for lr, s in r.tuning_score.items()}
+            assert f"{m.lr:g}" == min(sorted(scores, key=float), key=lambda k: scores[k])
+            # at an edge of the (extended) searched grid <=> flagged
+            assert m.lr_at_grid_edge == (m.lr in (min(r.lr_grid), max(r.lr_grid)))
+        picked = {m.lr for m in r.metrics.values()}
+        if {0.3, 3.0} & picked and len(r.lr_grid) == 2:
+            pytest.fail("an edge choice must have extended the grid")
+
+
+def test_final_kl_only_samplers_read_every_metric_at_the_final_kl_rate(tiny_pairs):
+    cfg = replace(TINY, objectives=("reverse-kl",), estimators=("sn",),
+                  final_kl_only=("off-policy",))
+    res = simulate(*tiny_pairs, cfg)
+    off = res.get("reverse-kl", "sn", "off-policy")
+    assert {m.lr for m in off.metrics.values()} == {off.metrics[FINAL].lr}
+    scores = {lr: tuple(s[FINAL]) for lr, s in off.tuning_score.items()}
+    assert f"{off.metrics[FINAL].lr:g}" == min(sorted(scores, key=float), key=lambda k: scores[k])
+
+
+def test_horizon_and_results_are_sane(tiny_result):
+    for r in tiny_result.results:
+        fin = r.metrics[FINAL]
+        lo, hi = fin.median_ci
+        assert lo <= fin.median <= hi
         if r.sampler == "on-policy":
             assert r.mean_alpha == 1.0
-            if np.isfinite(r.samples_to_threshold_median):
-                assert r.speedup_vs_on_policy == 1.0
         if r.sampler == "off-policy":
             assert r.mean_alpha == 0.0
         assert r.fallback_fraction == 0.0
+    for (obj, est), h in tiny_result.horizon.items():
+        assert h["lowest_target"] == "target=0.1"
+        assert (h["spare_steps"] is None) == (not h["reached"])
 
 
 def test_reverse_kl_refuses_targets_with_zeros():
@@ -274,60 +339,56 @@ def test_reverse_kl_refuses_targets_with_zeros():
         lt = np.log(np.array([[0.5, 0.5, 0.0, 0.0]]))
     with pytest.raises(InputError):
         simulate(lp, lt, SimulationConfig(objectives=("reverse-kl",)))
-    res = simulate(lp, lt, SimulationConfig(**{**TINY.__dict__, "objectives": ("forward-kl",)}))
-    assert np.all(np.isfinite([r.final_kl_median for r in res.results]))
+    res = simulate(lp, lt, replace(TINY, objectives=("forward-kl",)))
+    assert np.all(np.isfinite([r.metrics[FINAL].median for r in res.results]))
 
 
 @pytest.mark.parametrize("bad", [dict(objectives=("nope",)), dict(samplers=("bogus",)),
-                                 dict(optimizer="rmsprop"), dict(lr_grid=(-1.0,)),
-                                 dict(target_fraction=1.5), dict(seeds=1)])
+                                 dict(estimators=("biased",)), dict(optimizer="rmsprop"),
+                                 dict(lr_grid=(-1.0,)), dict(targets=(1.5,)), dict(seeds=1)])
 def test_bad_config_is_input_error(bad):
     with pytest.raises(InputError):
         SimulationConfig(**bad).checked()
 
 
 # ------------------------------------------------------------------------------------------------
-# evidence and verdict
+# evidence for the verify suite
 
 
-def _outcome(objective, outcome, lo, hi):
-    return CaseOutcome(case="c", objective=objective, speedup=(lo + hi) / 2, speedup_ci=(lo, hi),
-                       speedup_vs_off_policy=1.0, speedup_vs_off_policy_ci=(0.5, 2.0),
-                       best_sampler="kl-symmetry", outcome=outcome)
+def test_comparison_cells_come_from_the_simulation(tiny_pairs):
+    cfg = replace(TINY, objectives=("reverse-kl",), samplers=("on-policy", "kl-symmetry",
+                                                               "off-policy", "alpha=0.5"))
+    sim = simulate(*tiny_pairs, cfg, source="tiny")
+    cells = comparison_cells("tiny", sim)
+    se = {(c.estimator, c.metric): c for c in cells["sample-efficiency"]}
+    q = sim.get("reverse-kl", "sn", "kl-symmetry").metrics["target=0.5"].vs_on_policy
+    c = se[("sn", "target=0.5")]
+    assert (c.ratio, c.ratio_ci, c.wins) == (q.ratio, q.ratio_ci, q.wins)
+    assert c.outcome == outcome_of(q.ratio, q.ratio_ci, 2.0)
+    assert not se[("sn", FINAL)].judged  # the final KL is context for sample efficiency
+    refs = {c.reference for c in cells["alpha-star-best"]}
+    assert refs == {"on-policy", "off-policy", "alpha=0.5"}
 
 
-def test_judge_follows_the_definitions():
-    meets, fails, unsure = (_outcome("forward-kl", "meets", 2.5, 4.0),
-                            _outcome("reverse-kl", "fails", 0.4, 0.9),
-                            _outcome("reverse-kl", "inconclusive", 1.0, 3.0))
-    assert judge([meets, meets])[0] == "holds"
-    assert judge([meets, fails])[0] == "depends"
-    assert judge([fails, unsure])[0] == "refuted"
-    assert judge([meets, unsure])[0] == "inconclusive"
-    verdict, words = judge([meets, fails])
-    assert "forward-kl" in words and "reverse-kl" in words
+def test_efficiency_study_and_confirmation_use_fresh_seeds(monkeypatch, tiny_pairs):
+    import geomix_cli.simulate.evidence as ev
 
-
-def test_sample_efficiency_evidence_comes_from_the_simulation(tiny_pairs):
-    cfg = EvidenceConfig(cases=("tiny",), simulation=TINY)
-    res = sample_efficiency_evidence(cfg, sources={"tiny": tiny_pairs})
-    assert res.verdict in ("holds", "depends", "refuted", "inconclusive")
-    assert len(res.outcomes) == 2 and res.simulations
-    for o in res.outcomes:
-        q = res.simulations[0].get(o.objective, "kl-symmetry")
-        assert o.speedup_ci == q.speedup_ci
-        expected = ("meets" if q.speedup_ci[0] >= 2 else "fails" if q.speedup_ci[1] < 2
-                    else "inconclusive")
-        assert o.outcome == expected
-    assert res.verdict == judge(res.outcomes)[0]
-    json.dumps(res.to_json(), allow_nan=True)
+    monkeypatch.setattr(ev, "load_case", lambda case: (("tiny", *tiny_pairs), None))
+    cfg = EvidenceConfig(cases=(EvidenceCase("tiny", "tiny", 64),),
+                         simulation=replace(TINY, objectives=("reverse-kl",)))
+    study = efficiency_study(cfg)
+    assert len(study.runs) == 1 and study.runs[0].context is not None
+    cells = comparison_cells("tiny", study.runs[0].judged)["sample-efficiency"][:2]
+    again = confirm(study, cells)
+    assert [c.key for c in again] == [c.key for c in cells]
+    assert any(a.ratio_ci != c.ratio_ci or a.wins != c.wins for a, c in zip(again, cells))
 
 
 # ------------------------------------------------------------------------------------------------
 # CLI
 
 CLI_TINY = ["--seeds", "3", "--tuning-seeds", "1", "--budget", "32", "-n", "4", "--lr-grid",
-            "0.3,3", "--bootstrap", "100", "--no-progress"]
+            "0.3,3", "--bootstrap", "100", "--targets", "0.5,0.25", "--no-progress"]
 
 
 def test_cli_json_schema():
@@ -335,39 +396,41 @@ def test_cli_json_schema():
                                       "on-policy,kl-symmetry,alpha=0.25", "--json", *CLI_TINY])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["schema_version"] == 1
+    assert payload["schema_version"] == 2
     rows = payload["results"]
-    assert {(r["objective"], r["sampler"]) for r in rows} == {
-        (o, s) for o in ("forward-kl", "reverse-kl")
-        for s in ("on-policy", "kl-symmetry", "alpha=0.25")}
+    assert {(r["objective"], r["estimator"], r["sampler"]) for r in rows} == {
+        (o, e, s) for o in ("forward-kl", "reverse-kl") for e in ("unbiased", "sn-loo", "sn")
+        for s in ("on-policy", "kl-symmetry", "alpha=0.25")
+        if not (o == "forward-kl" and e == "sn-loo")}
     for r in rows:
-        for key in ("objective", "sampler", "lr", "final_kl_median", "final_kl_ci",
-                    "samples_to_threshold_median", "speedup_vs_on_policy", "speedup_ci",
-                    "reached_fraction", "lr_grid"):
-            assert key in r
-        assert r["lr"] in (0.3, 3.0)
-        assert len(r["final_kl_ci"]) == 2
+        assert set(r["metrics"]) == {"target=0.5", "target=0.25", "final-kl"}
+        for m in r["metrics"].values():
+            assert {"lr", "lr_at_grid_edge", "median", "median_ci", "vs_on_policy"} <= set(m)
     assert payload["simulation"]["lr_grid"] == [0.3, 3.0]
 
 
-def test_cli_table_and_report(tmp_path):
+def test_cli_table_prints_cis_at_a_few_digits_and_writes_the_report(tmp_path):
     out = tmp_path / "sim"
     result = CliRunner().invoke(app, ["simulate", "gen:llm-like:V=12,rows=2", "--objective",
-                                      "forward-kl", "--sampler", "on-policy,off-policy",
-                                      "--out", str(out), *CLI_TINY])
+                                      "reverse-kl", "--sampler", "on-policy,off-policy",
+                                      "--estimator", "unbiased,sn", "--out", str(out), *CLI_TINY])
     assert result.exit_code == 0, result.output
-    assert "forward-kl" in result.stdout and "off-policy" in result.stdout
+    assert "reverse-kl" in result.stdout and "off-policy" in result.stdout
+    assert not re.search(r"\d\.\d{6,}", result.stdout)  # no 16-digit CI ends
     for name in ("report.md", "results.csv", "curves.csv", "simulation.json",
                  "learning_curves.png", "speedup.png"):
         assert (out / name).stat().st_size > 0
-    assert json.loads((out / "simulation.json").read_text())["schema_version"] == 1
+    assert not re.search(r"\d\.\d{6,}", (out / "report.md").read_text())
+    assert json.loads((out / "simulation.json").read_text())["schema_version"] == 2
 
 
 @pytest.mark.parametrize("args", [
     ["gen:dirichlet:V=8", "--sampler", "bogus"],
     ["gen:dirichlet:V=8", "--objective", "cross-entropy"],
+    ["gen:dirichlet:V=8", "--estimator", "biased"],
     ["gen:dirichlet:V=8", "--optimizer", "rmsprop"],
     ["gen:dirichlet:V=8", "--lr-grid", "a,b"],
+    ["gen:dirichlet:V=8", "--targets", "2"],
     ["no/such/file.npz"],
     ["gen:nosuchgen"],
 ])
@@ -376,15 +439,3 @@ def test_cli_bad_input_is_one_line_exit_2(args):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("geomix: error:")
-
-
-def test_vectorised_ess_balance_agrees_with_the_exact_per_row_solve():
-    # the simulation's batched Illinois solver against core.principles' per-row brentq
-    from geomix_cli.core.principles import ess_balance_alpha as exact_ess_balance
-    from geomix_cli.sources import load_source
-
-    src = load_source("gen:llm-like:V=64,scale=2,noise=1,rows=12,seed=9")
-    alpha, ok = ess_balance_alpha(src.log_pi_theta, src.log_pi_t)
-    exact = exact_ess_balance(src.log_pi_theta, src.log_pi_t)
-    assert ok.all() and (exact.status == "ok").all()
-    assert_allclose(alpha, exact.alpha, rtol=0, atol=1e-8)  # the batched solver's xtol is 1e-9

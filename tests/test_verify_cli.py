@@ -1,79 +1,93 @@
-"""`geomix verify`: one default run (module-scoped, to a tmp folder), then its outputs; --list,
-bad input, exit codes, atomic report writing."""
+"""`geomix verify`: one default run (a fresh process, shared with test_report_reproducible), then
+its outputs; --list, bad input, exit codes, atomic report writing."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from geomix_cli import checks
 from geomix_cli.cli import app
 
-CLAIM_IDS = ["theorem1-pareto", "delta-kl-identity", "boundary-values", "alpha-unique",
-             "chernoff-identity", "test1-symmetric", "test2-extreme", "test3-ess-balance",
-             "entropy-formula", "four-cases", "complexity", "reference-code-exact",
-             "sample-efficiency"]
+CLAIM_IDS = ["theorem1-pareto", "delta-kl-identity", "boundary-values", "root-existence",
+             "alpha-unique", "chernoff-identity", "test1-symmetric", "test2-extreme",
+             "test3-ess-balance", "entropy-formula", "entropy-start-speedup", "four-cases",
+             "complexity", "reference-code-exact", "sample-efficiency", "off-policy-unstable",
+             "alpha-star-best", "sequence-ess-balance"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify") / "report"
-    res = CliRunner().invoke(app, ["verify", "verify_alpha_theory", "--out", str(out), "--json"])
-    return res, out
+def run(default_verify_run):
+    proc, out = default_verify_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout), out
 
 
-def test_exit_code_and_json(run):
-    res, out = run
-    assert res.exit_code == 0, res.output
-    data = json.loads(res.stdout)
-    assert data["schema_version"] == 1 and data["suite"] == "verify_alpha_theory"
+def test_json_has_every_claim_with_verdict_clause_and_control(run):
+    data, out = run
+    assert data["schema_version"] == 2 and data["suite"] == "verify_alpha_theory"
     assert [c["id"] for c in data["claims"]] == CLAIM_IDS
     for c in data["claims"]:
-        assert {"id", "claim", "verdict", "evidence", "data"} <= set(c)
         assert c["verdict"] in ("holds", "refuted", "depends", "untested")
-        assert len(c["evidence"]) > 80 and c["claim"]
-        assert c["identity_failed"] is False
-    # results.json on disk is the same document
+        assert checks.CLAUSES[c["clause"]][0] == c["verdict"]
+        assert c["identity_failed"] is False and c["claim"] and c["section"]
+        if c["verdict"] == "holds":
+            assert len(c["control"]) > 40  # how the check could have failed
+        if c["verdict"] == "refuted":
+            assert c["repaired"]["statement"] and c["repaired"]["check"]
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk["claims"] == data["claims"]
+    assert on_disk["claims"] == [{k: v for k, v in c.items()} for c in data["claims"]]
 
 
-def test_report_files(run):
+def test_summary_counts_the_derivation_and_geomix_apart(run):
+    data, _ = run
+    own = [c["id"] for c in data["claims"] if c["own"]]
+    assert own == ["chernoff-identity"]
+    assert sum(data["verdict_counts"].values()) == len(CLAIM_IDS) - 1
+    assert data["summary"].startswith(f"the derivation's {len(CLAIM_IDS) - 1} claims:")
+    assert "geomix's own claim (chernoff-identity)" in data["summary"]
+
+
+def test_report_links_sections_to_the_derivation_notes_and_states_the_rule(run):
     _, out = run
-    for name in ("report.md", "results.json", "test2_alpha_sweep.png", "test3_ess_scatter.png",
-                 "delta_iterates.png", "four_cases.png", "test2_sweep.csv",
-                 "test3_ess_balance.csv", "reference_code.csv"):
-        assert (out / name).is_file(), name
-        assert (out / name).stat().st_size > 200, name
     text = (out / "report.md").read_text()
     for cid in CLAIM_IDS:
-        assert f"## `{cid}`" in text
+        assert f"<a id=\"{cid}\"></a>" in text
+        assert f"](../../docs/derivation.md#claim-{cid})" in text
     assert text.count("**What would change the verdict.**") == len(CLAIM_IDS)
-    assert "![" in text
-    # no temporary folders left beside the report
+    assert text.count("**Rule applied.**") == len(CLAIM_IDS)
+    for clause in ("| H |", "| R1 |", "| R2 |", "| D |", "| U |"):
+        assert clause in text
+    assert "the seed" not in text.lower().replace("the seeds", "")
+    assert "shared/" not in text
+    for name in ("test2_alpha_sweep.png", "test3_ess_scatter.png", "delta_iterates.png",
+                 "four_cases.png", "sample_efficiency.png", "sample_efficiency.csv",
+                 "reference_code.csv", "complexity.csv", "entropy_start.csv"):
+        assert (out / name).stat().st_size > 200, name
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".tmp")]
 
 
-def test_verdicts_are_consistent_with_their_data(run):
-    data = {c["id"]: c for c in json.loads(run[0].stdout)["claims"]}
-    # identities: the evidence numbers are below their bounds
-    d = data["delta-kl-identity"]["data"]
-    assert d["max_error_in_eps_scale"] <= d["bound"]
-    # boundary-values: the no-root example of docs/derivation.md has no root -> not 'holds'
-    b = data["boundary-values"]
-    assert b["data"]["counterexample"]["status"] == "no-root"
-    assert b["verdict"] == "depends"
-    # reference code on the real float16 rows: error well above its 1e-6 tolerance
-    ref = {r["family"]: r for r in data["reference-code-exact"]["data"]["per_family"]}
+def test_verdicts_follow_the_issue_evidence(run):
+    data, _ = run
+    claims = {c["id"]: c for c in data["claims"]}
+    for cid in ("four-cases", "reference-code-exact", "test3-ess-balance", "root-existence"):
+        assert claims[cid]["verdict"] == "refuted", cid
+    assert claims["test3-ess-balance"]["clause"] == "R2"
+    assert claims["boundary-values"]["verdict"] == "holds"
+    assert claims["sequence-ess-balance"]["evidence"] == (
+        "needs the models extra: pip install -e '.[models]'")
+    ref = {r["family"]: r for r in claims["reference-code-exact"]["data"]["per_family"]}
     assert ref["real-smollm2"]["max_abs_error"] > 1e-4
-    assert data["reference-code-exact"]["verdict"] in ("depends", "refuted")
-    # test 3: at least one family within the band, one outside -> depends
-    t3 = data["test3-ess-balance"]["data"]
-    assert t3["holds_for"] and t3["fails_for"]
-    assert data["test3-ess-balance"]["verdict"] == "depends"
-    assert data["test1-symmetric"]["data"]["max_difference"] < 1e-12
+    se = claims["sample-efficiency"]["data"]
+    estimators = {c["estimator"] for c in se["cells"]}
+    assert estimators == {"unbiased", "sn-loo", "sn"}
+    for sim in se["simulations"]:  # per-sampler, per-estimator numbers are kept
+        assert sim["simulation"]["seeds"] >= 48
+        assert min(sim["simulation"]["targets"]) <= 0.01
+        assert {(r["estimator"], r["sampler"]) for r in sim["results"]} >= {
+            (e, s) for e in estimators for s in ("on-policy", "kl-symmetry", "off-policy")}
+    assert max(c["initial_kl"] for c in se["cells"]) > 1.0  # a far-apart pair is included
 
 
 def test_list(runner):
@@ -92,7 +106,7 @@ def test_bad_input_one_line_exit_2(runner, args, tmp_path):
 
 def _tiny_suite(identity_failed=False):
     def run_tiny(*, thorough=False, seed=0, progress=None, **_):
-        claim = checks.ClaimResult("tiny", "a claim", "holds", "evidence " * 20,
+        claim = checks.ClaimResult("tiny", "a claim", "holds", "evidence " * 20, clause="H",
                                    data={"x": 1.0}, would_change="nothing",
                                    tables={"t": [{"a": 1, "b": 2.5}]},
                                    identity_failed=identity_failed)

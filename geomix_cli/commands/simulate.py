@@ -34,37 +34,27 @@ def _num(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
-def _ci(ci) -> str:
+def _ci(ci, digits: int = 3) -> str:
+    """' [lo, hi]' at `digits` significant digits (a CI is not known to 16 digits)."""
     lo, hi = ci
     if np.isnan(lo) and np.isnan(hi):
         return ""
-    return f" [{_num(lo)}, {_num(hi) if np.isfinite(hi) else '∞'}]"
+    return f" [{_num(lo, digits)}, {_num(hi, digits) if np.isfinite(hi) else '∞'}]"
 
 
 def _samples(value: float) -> str:
     return _num(value) if not np.isfinite(value) else f"{int(value)}"
 
 
-def _samples_ci(ci) -> str:
-    lo, hi = ci
-    if np.isnan(lo) and np.isnan(hi):
-        return ""
-    return f" [{_samples(lo)}, {_samples(hi) if np.isfinite(hi) else '∞'}]"
-
-
-def _speedup(rec) -> str:
-    if rec.sampler == "on-policy":
-        return "1 (reference)"
-    value = rec.speedup_vs_on_policy
-    if np.isnan(value):
-        text = "— (neither reached)"
-    elif np.isinf(value):
-        text = f"> {_num(rec.speedup_lower_bound)} (on-policy not reached)"
-    elif rec.speedup_upper_bound is not None:
-        text = f"< {_num(rec.speedup_upper_bound)} (not reached)"
-    else:
-        text = f"{value:.3g}x"
-    return text + _ci(rec.speedup_ci)
+def _ratio(comp) -> str:
+    """A paired comparison against on-policy: 'ratio [CI] (won/seeds)'."""
+    if comp is None:
+        return "reference"
+    r = comp.ratio
+    if np.isnan(r):
+        return "— (neither reached)"
+    head = "∞ (on-policy not reached)" if np.isinf(r) else f"{r:.3g}x"
+    return f"{head}{_ci(comp.ratio_ci)} ({comp.wins}/{comp.seeds})"
 
 
 def register(app: typer.Typer) -> None:
@@ -77,33 +67,39 @@ def register(app: typer.Typer) -> None:
             None, help="Pairs file or generator spec gen:NAME:k=v,... (rows = prompts; "
                        "theta rows = initial policy, t rows = target). Default: the shipped "
                        "real SmolLM2 pairs."),
-        objective: str = typer.Option("forward-kl,reverse-kl", "--objective",
-                                      help="Comma list: forward-kl (distillation, "
-                                           "KL(pi_t||pi_theta)), reverse-kl (RL, "
-                                           "KL(pi_theta||pi_t))."),
+        objective: str = typer.Option("reverse-kl,forward-kl", "--objective",
+                                      help="Comma list: reverse-kl (RL, KL(pi_theta||pi_t), the "
+                                           "derivation's setting), forward-kl (distillation, "
+                                           "KL(pi_t||pi_theta))."),
         sampler: str = typer.Option(",".join(("on-policy", "off-policy", "kl-symmetry", "entropy",
                                               "half", "ess-balance")),
                                     "--sampler", "-s",
                                     help="Comma list of samplers: on-policy, off-policy, "
                                          "kl-symmetry, entropy, half, ess-balance, or a fixed "
                                          "alpha like alpha=0.3 (on-policy is always added)."),
-        budget: int = typer.Option(1024, "--budget", help="Samples per prompt for each run."),
+        budget: int = typer.Option(2048, "--budget", help="Samples per prompt for each run."),
         samples_per_step: int = typer.Option(8, "--samples-per-step", "-n",
                                              help="Samples per prompt per update."),
-        seeds: int = typer.Option(24, "--seeds", help="Evaluation seeds per sampler."),
+        seeds: int = typer.Option(48, "--seeds", help="Evaluation seeds per sampler."),
         tuning_seeds: int = typer.Option(4, "--tuning-seeds",
                                          help="Separate seeds for the learning-rate choice."),
         lr_grid: Optional[str] = typer.Option(None, "--lr-grid",
                                               help="Comma list of learning rates searched per "
                                                    "sampler (default depends on --optimizer)."),
+        grid_extensions: int = typer.Option(2, "--grid-extensions",
+                                            help="Times the learning-rate grid is extended when "
+                                                 "a choice lands on its edge."),
         optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adam."),
-        self_normalized: bool = typer.Option(False, "--self-normalized",
-                                             help="Self-normalised importance weights."),
+        estimator: str = typer.Option(",".join(("unbiased", "sn-loo", "sn")), "--estimator",
+                                      help="Comma list of gradient estimators: unbiased (RLOO), "
+                                           "sn-loo (unbiased, self-normalised leave-one-out "
+                                           "baseline), sn (self-normalised weights)."),
         clip: Optional[float] = typer.Option(None, "--clip",
                                              help="Truncate importance weights at this value."),
-        target_fraction: float = typer.Option(0.25, "--target-fraction",
-                                              help="Target KL = this fraction of the initial KL."),
-        top_k: int = typer.Option(64, "--top-k",
+        targets: str = typer.Option("0.5,0.25,0.1,0.05,0.02,0.01", "--targets",
+                                    help="Comma list of target KLs as fractions of the initial "
+                                         "KL (each with its own tuned learning rate)."),
+        top_k: int = typer.Option(32, "--top-k",
                                   help="Tokens kept per prompt (by max(pi_theta, pi_t)); the rest "
                                        "is merged into one token."),
         seed: int = typer.Option(0, "--seed", help="Base random seed."),
@@ -117,19 +113,22 @@ def register(app: typer.Typer) -> None:
         logits: bool = _shared.LogitsOption,
         probs: bool = _shared.ProbsOption,
     ) -> None:
-        """Race samplers in a tabular softmax learner: samples to a target KL, final KL, speed-up
-        vs on-policy with bootstrap CIs, each sampler at its own tuned learning rate."""
+        """Race samplers in a tabular softmax learner, for every gradient estimator: samples to each
+        target KL and final KL, against on-policy with paired bootstrap CIs and the seeds won;
+        every sampler at its own learning rate, tuned per metric on separate seeds."""
         from geomix_cli.cli import warning_line
         from geomix_cli.errors import InputError
         from geomix_cli.simulate import (SimulationConfig, shipped_pairs_path, simulate as run,
                                          total_steps)
 
         config = SimulationConfig(
-            objectives=tuple(_split(objective)), samplers=tuple(_split(sampler)), budget=budget,
-            samples_per_step=samples_per_step, seeds=seeds, tuning_seeds=tuning_seeds,
-            lr_grid=_floats(lr_grid, "--lr-grid") if lr_grid else None, optimizer=optimizer,
-            self_normalized=self_normalized, clip=clip, target_fraction=target_fraction,
-            top_k=top_k, seed=seed, bootstrap=bootstrap).checked()
+            objectives=tuple(_split(objective)), samplers=tuple(_split(sampler)),
+            estimators=tuple(_split(estimator)), targets=_floats(targets, "--targets"),
+            budget=budget, samples_per_step=samples_per_step, seeds=seeds,
+            tuning_seeds=tuning_seeds, lr_grid=_floats(lr_grid, "--lr-grid") if lr_grid else None,
+            grid_extensions=grid_extensions,
+            optimizer=optimizer, clip=clip, top_k=top_k, seed=seed,
+            bootstrap=bootstrap).checked()
         _shared.check_seed(seed)
         if source is None:
             path = shipped_pairs_path()
@@ -180,13 +179,16 @@ def check_simulation_memory(config, prompts: int, vocab: int) -> None:
     from geomix_cli.io import check_memory
 
     tokens = min(vocab, config.top_k + 1)
-    tuning_runs = len(config.samplers) * len(config.grid) * config.tuning_seeds
-    eval_runs = len(config.samplers) * config.seeds
+    combos = len(config.samplers) * len(config.estimators)
+    lrs = len(config.grid) + 2 * config.grid_extensions
+    tuning_runs = combos * lrs * config.tuning_seeds
+    # each (estimator, sampler) is evaluated at each learning rate some metric chose
+    eval_runs = combos * min(len(config.targets) + 1, lrs) * config.seeds
     runs = max(tuning_runs, eval_runs)
     curves = (tuning_runs + eval_runs) * (config.steps + 1) * 8
     # the report's per-sampler curves (median and quartiles, and the CSV rows of curves.csv)
-    report = len(config.objectives) * len(config.samplers) * (config.steps + 1) * 8 * 40
-    per_step = 16 * runs * prompts * tokens * 8
+    report = len(config.objectives) * combos * (config.steps + 1) * 8 * 40
+    per_step = 24 * runs * prompts * tokens * 8
     bootstrap = 4 * config.bootstrap * config.seeds * 8  # resampled seed indices and medians
     check_memory(curves + report + per_step + bootstrap,
                  what=f"the simulation (--budget {config.budget}: {config.steps:,} steps of "
@@ -208,15 +210,48 @@ def _header(result) -> str:
         lines.append(f"{result.floored_tokens} token(s) with pi_theta = 0 start just above 0 (a "
                      "softmax policy has no zeros): the row's smallest probability / V")
     lines.append(f"{cfg.optimizer}, {cfg.samples_per_step} samples per prompt per step, budget "
-                 f"{cfg.budget} per prompt, {cfg.seeds} evaluation seeds, lr grid "
-                 f"{', '.join(f'{x:g}' for x in cfg.grid)} searched per sampler on "
-                 f"{cfg.tuning_seeds} separate tuning seed(s); weights "
-                 f"{'self-normalised' if cfg.self_normalized else 'plain'}"
-                 f"{f', clipped at {cfg.clip:g}' if cfg.clip else ''}")
+                 f"{cfg.budget} per prompt ({cfg.steps} steps), {cfg.seeds} evaluation seeds; "
+                 f"learning rate per (estimator, sampler, metric) from the grid "
+                 f"{', '.join(f'{x:g}' for x in cfg.grid)} (extended at its edges up to "
+                 f"{cfg.grid_extensions} times) on {cfg.tuning_seeds} separate tuning seed(s)"
+                 f"{f'; weights clipped at {cfg.clip:g}' if cfg.clip else ''}")
     for obj in cfg.objectives:
-        lines.append(f"{obj}: initial KL {result.initial_kl[obj]:.4g}, target "
-                     f"{result.threshold[obj]:.4g} ({cfg.target_fraction:g} x initial)")
+        lines.append(f"{obj}: initial KL {result.initial_kl[obj]:.4g}; targets "
+                     f"{', '.join(f'{t:g}' for t in cfg.targets)} x initial")
+    for (obj, est), h in result.horizon.items():
+        if h["reached"]:
+            lines.append(f"{obj}/{est}: lowest target first reached by {h['fastest_sampler']} at "
+                         f"step {h['median_steps_to_lowest_target']} (median), "
+                         f"{h['spare_steps']} steps to spare")
+        else:
+            lines.append(f"{obj}/{est}: no sampler reached the lowest target (median): raise "
+                         f"--budget")
     return "\n".join(lines)
+
+
+def _table_rows(result, objective: str):
+    """(headers, rows) of one objective: per estimator and sampler, the final KL and the samples
+    to three targets, each against on-policy."""
+    targets = list(result.config.targets)
+    picks = list(dict.fromkeys([targets[0], targets[len(targets) // 2], targets[-1]]))
+    headers = ["estimator", "sampler", "final KL [CI]", "vs on-policy"]
+    for t in picks:
+        headers += [f"samples to {t:g} [CI]", "speed-up"]
+    headers += ["mean α", "edge"]
+    rows = []
+    for r in (x for x in result.results if x.objective == objective):
+        fin = r.metrics["final-kl"]
+        row = [r.estimator, r.sampler, f"{_num(fin.median, 4)}{_ci(fin.median_ci, 4)}",
+               _ratio(fin.vs_on_policy)]
+        for t in picks:
+            m = r.metrics[f"target={t:g}"]
+            ci = m.median_ci
+            row += [f"{_samples(m.median)} [{_samples(ci[0])}, {_samples(ci[1])}]",
+                    _ratio(m.vs_on_policy)]
+        edges = [k for k, m in r.metrics.items() if m.lr_at_grid_edge]
+        row += [f"{r.mean_alpha:.3f}", ", ".join(edges) or "—"]
+        rows.append(row)
+    return headers, rows
 
 
 def render(result) -> None:
@@ -226,38 +261,29 @@ def render(result) -> None:
 
     stdout.print(_header(result), highlight=False)
     for obj in result.config.objectives:
-        table = Table(title=f"{obj} (medians over seeds, 95% bootstrap CI)", title_justify="left")
-        for header in ("sampler", "lr", "samples to target", "reached", "final KL",
-                       "speed-up vs on-policy", "mean α", "fallback"):
-            table.add_column(header, justify="left" if header == "sampler" else "right")
-        for r in (x for x in result.results if x.objective == obj):
-            table.add_row(r.sampler, f"{r.lr:g}",
-                          _samples(r.samples_to_threshold_median) + _samples_ci(r.samples_to_threshold_ci),
-                          f"{100 * r.reached_fraction:.0f}%",
-                          _num(r.final_kl_median, 4) + _ci(r.final_kl_ci),
-                          _speedup(r), f"{r.mean_alpha:.3f}",
-                          f"{100 * r.fallback_fraction:.1f}%")
+        headers, rows = _table_rows(result, obj)
+        table = Table(title=f"{obj}: medians over seeds, 95% bootstrap CIs; 'vs on-policy' = "
+                            f"ratio (> 1: better) [CI] (seeds won)", title_justify="left")
+        for h in headers:
+            table.add_column(h, justify="left" if h in ("estimator", "sampler") else "right")
+        for row in rows:
+            table.add_row(*row)
         stdout.print(table)
 
 
 def report_markdown(result) -> str:
-    cfg = result.config
     out = ["# geomix simulate", "", "```", _header(result), "```", ""]
-    out.append("Each sampler runs at its own learning rate, the best of the grid on separate "
-               "tuning seeds (fewest samples to the target, then lowest final KL). 'not reached' "
-               "runs are censored: they count as +inf in medians; speed-up CIs are conservative "
-               "(see docs/simulate.md).")
+    out.append("Each (estimator, sampler) runs at its own learning rate per metric, the best of "
+               "the grid on separate tuning seeds; 'edge' lists metrics whose learning rate is "
+               "still at the edge of the (extended) grid. Runs that never reach a target are "
+               "censored: they count as +inf in medians; ratio CIs are conservative and paired by "
+               "seed (see docs/simulate.md).")
     out.append("")
-    for obj in cfg.objectives:
-        out += [f"## {obj}", "",
-                "| sampler | lr | samples to target [CI] | reached | final KL [CI] | "
-                "speed-up vs on-policy [CI] | mean alpha | fallback |",
-                "|---|---|---|---|---|---|---|---|"]
-        for r in (x for x in result.results if x.objective == obj):
-            out.append(f"| {r.sampler} | {r.lr:g} | {_samples(r.samples_to_threshold_median)}"
-                       f"{_samples_ci(r.samples_to_threshold_ci)} | {100 * r.reached_fraction:.0f}% | "
-                       f"{_num(r.final_kl_median, 4)}{_ci(r.final_kl_ci)} | {_speedup(r)} | "
-                       f"{r.mean_alpha:.3f} | {100 * r.fallback_fraction:.1f}% |")
+    for obj in result.config.objectives:
+        headers, rows = _table_rows(result, obj)
+        out += [f"## {obj}", "", "| " + " | ".join(headers) + " |",
+                "|" + "|".join("---" for _ in headers) + "|"]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
         out.append("")
     out += ["![learning curves](learning_curves.png)", "", "![speed-up](speedup.png)", ""]
     return "\n".join(out)
@@ -267,21 +293,32 @@ def write_report(result, payload: dict, out: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from geomix_cli.io import (atomic_directory, save_figure_atomic, write_csv_atomic,
+    from geomix_cli.io import (atomic_directory, write_bytes_atomic, write_csv_atomic,
                                write_json_atomic, write_text_atomic)
     from geomix_cli.plots_simulate import learning_curves_figure, speedup_figure
+    from geomix_cli.reports import figure_bytes
 
     records = []
-    for rec in payload["results"]:
-        flat = {k: v for k, v in rec.items() if k not in ("tuning_score",)}
-        for key in ("final_kl_ci", "samples_to_threshold_ci", "speedup_ci"):
-            flat[f"{key}_low"], flat[f"{key}_high"] = flat.pop(key)
-        flat["lr_grid"] = " ".join(f"{x:g}" for x in flat["lr_grid"])
-        records.append(flat)
+    for r in result.results:
+        for key, m in r.metrics.items():
+            comp = m.vs_on_policy
+            records.append({
+                "objective": r.objective, "estimator": r.estimator, "sampler": r.sampler,
+                "metric": key, "lr": m.lr, "lr_at_grid_edge": m.lr_at_grid_edge,
+                "lr_grid": " ".join(f"{x:g}" for x in r.lr_grid), "median": m.median,
+                "median_ci_low": m.median_ci[0], "median_ci_high": m.median_ci[1],
+                "reached_fraction": m.reached_fraction,
+                "ratio_vs_on_policy": comp.ratio if comp else None,
+                "ratio_ci_low": comp.ratio_ci[0] if comp else None,
+                "ratio_ci_high": comp.ratio_ci[1] if comp else None,
+                "seeds_won": comp.wins if comp else None, "seeds_tied": comp.ties if comp else None,
+                "win_ci_low": comp.win_ci[0] if comp else None,
+                "win_ci_high": comp.win_ci[1] if comp else None})
     curves = []
     for r in result.results:
         for x, med, lo, hi in zip(r.samples, r.curve_median, r.curve_low, r.curve_high):
-            curves.append({"objective": r.objective, "sampler": r.sampler, "lr": r.lr,
+            curves.append({"objective": r.objective, "estimator": r.estimator,
+                           "sampler": r.sampler, "lr": r.metrics["final-kl"].lr,
                            "samples_per_prompt": int(x), "kl_median": med, "kl_q25": lo,
                            "kl_q75": hi})
     with atomic_directory(out) as staging:
@@ -293,6 +330,6 @@ def write_report(result, payload: dict, out: str) -> None:
                            ("speedup.png", speedup_figure)):
             fig = make(result)
             try:
-                save_figure_atomic(fig, staging / name)
+                write_bytes_atomic(staging / name, figure_bytes(fig))
             finally:
                 plt.close(fig)

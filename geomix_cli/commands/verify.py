@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
                                   "backend: float64 (default here: verify is about exactness) "
                                   "or float32."),
         max_memory: Optional[str] = _device.MaxMemoryOption,
+        with_extras: Optional[list[str]] = typer.Option(
+            None, "--with", help="Also run the optional claims that need this extra (e.g. "
+            "models); without it they are reported untested."),
     ) -> None:
         """Check every claim of the derivation by computation and write the report.
 
@@ -67,14 +70,15 @@ def register(app: typer.Typer) -> None:
             from geomix_cli.cases import real_sample_path
 
             out_dir = Path(out) if out else default_report_dir(
-                suite, thorough=thorough, seed=seed, threshold=threshold, device=device)
+                suite, thorough=thorough, seed=seed, threshold=threshold, device=device,
+                extras=tuple(with_extras or ()))
             _shared.report_dir(out_dir, command="verify", sources=[real_sample_path()])
         device_options = {}
         if device is not None:
             device_options = _device.suite_solver(device=device, dtype=dtype,
                                                   max_memory=max_memory)
         result = _run_with_progress(suite, thorough=thorough, seed=seed, threshold=threshold,
-                                    **device_options)
+                                    extras=tuple(with_extras or ()), **device_options)
         if out_dir is not None:
             from geomix_cli.reports import write_suite_report
 
@@ -96,7 +100,8 @@ def register(app: typer.Typer) -> None:
 
 
 def default_report_dir(suite: str, *, thorough: bool = False, seed: int = 0,
-                       threshold: Optional[float] = None, device: Optional[str] = None):
+                       threshold: Optional[float] = None, device: Optional[str] = None,
+                       extras: tuple = ()):
     """outputs/SUITE for the default settings; every other setting is named in the folder
     (outputs/SUITE_thorough, outputs/SUITE_thorough_seed3, ...), so that no run with other
     settings replaces the default report (the one committed to the repository)."""
@@ -111,6 +116,8 @@ def default_report_dir(suite: str, *, thorough: bool = False, seed: int = 0,
         parts.append(f"threshold{threshold:g}")
     if device is not None:
         parts.append(f"device-{device.replace(':', '')}")
+    if extras:
+        parts.append("with-" + "-".join(sorted(extras)))
     return Path("outputs") / "_".join(parts)
 
 
@@ -146,12 +153,14 @@ def _render(result, out_dir) -> None:
                         f"{', thorough' if result.thorough else ''})", title_justify="left")
     table.add_column("claim")
     table.add_column("verdict")
+    table.add_column("clause")
     table.add_column("key numbers (evidence in report.md)", overflow="fold")
     for c in result.claims:
         text = c.headline or (c.evidence if len(c.evidence) <= 240 else c.evidence[:237] + "...")
-        table.add_row(c.id, f"[{colours.get(c.verdict, 'white')}]{c.verdict}[/]", escape(text))
+        table.add_row(c.id + (" (geomix)" if c.own else ""),
+                      f"[{colours.get(c.verdict, 'white')}]{c.verdict}[/]", c.clause or "—",
+                      escape(text))
     stdout.print(table)
-    counts = result.verdict_counts()
-    stdout.print(", ".join(f"{n} {v}" for v, n in counts.items() if n), highlight=False)
+    stdout.print(escape(result.summary_line()), highlight=False)
     if out_dir is not None:
         stdout.print(f"report: {out_dir}/report.md", highlight=False)
