@@ -37,9 +37,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geomix_cli.core.arrays import is_torch_tensor
+from geomix_cli.core.arrays import dtype_name, is_torch_tensor
+from geomix_cli.core.diagnostics import solve_and_diagnose
 from geomix_cli.core.kernel import (DEGENERATE, DISJOINT, INVALID, MASKED, MAX_ITER, NO_ROOT, OK)
+from geomix_cli.core.solvers import solve_alpha, solve_blocks
 from geomix_cli.core.validation import KINDS, LOGITS, LOGPROBS, PROBS  # noqa: F401
+from geomix_cli.core.validation import validate_pair
 from geomix_cli.errors import InputError, UnavailableError
 
 __all__ = ["solve", "geometric_mean", "importance_weights", "diagnostics", "SolveResult",
@@ -221,7 +224,7 @@ def _pair(theta, target, kind: str, mask, dim: int) -> _Pair:
             if value.dtype.kind not in "fiu" and value.dtype.name != "bfloat16":
                 raise InputError(f"non-numeric dtype {value.dtype.name}; expected real "
                                  "floating-point values", key=name)
-        storage = theta.dtype.name
+        storage = dtype_name(theta.dtype)
     if tuple(theta.shape) != tuple(target.shape):
         raise InputError(f"shape {tuple(theta.shape)} of theta differs from shape "
                          f"{tuple(target.shape)} of target (rows are never broadcast)",
@@ -369,10 +372,6 @@ def solve(theta, target, *, kind: str = LOGITS, mask=None, dim: int = -1,
 
 
 def _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics) -> dict:
-    from geomix_cli.core.diagnostics import solve_and_diagnose
-    from geomix_cli.core.solvers import solve_alpha, solve_blocks
-    from geomix_cli.core.validation import validate_pair
-
     theta, target = pair.rows()
     if pair.library == "torch":  # non-device methods on the host, in float64
         theta = theta.detach().cpu().double().numpy()
@@ -380,9 +379,11 @@ def _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics) -> di
     log_theta, log_t, errors = validate_pair(theta, target, kind, names=NAMES,
                                              renormalize=renormalize,
                                              storage_dtype=pair.storage_dtype, hint=API_HINT)
-    if on_invalid == "raise":
-        _raise_first_invalid(pair, errors)
-    row_errors = errors if any(e is not None for e in errors) else None
+    row_errors = None
+    if any(errors):
+        if on_invalid == "raise":
+            _raise_first_invalid(pair, errors)
+        row_errors = errors
     if method in ("newton", "halley") and not diagnostics:
         rows = solve_blocks(log_theta, log_t, order=3 if method == "halley" else 2,
                             row_errors=row_errors)
@@ -453,6 +454,18 @@ def _solve_result(pair, rows, method, kind, work, diagnostics) -> SolveResult:
                     iterations=np.zeros(n, dtype=np.int64))
         if not diagnostics:
             rows.update(ess_theta=None, ess_t=None, alpha_entropy=None)
+    if pair.library == "numpy" and pair.keep is None:
+        # numpy, nothing masked (a training step's common call): the rows as they are, reshaped
+        lead = pair.lead
+        values = {name: None if rows[name] is None
+                  else np.asarray(rows[name], dtype=np.float64).reshape(lead)
+                  for name in _FLOAT_FIELDS}
+        status = np.asarray(rows["status"]).astype(str).reshape(lead)
+        message = np.array(rows["message"], dtype=str).reshape(lead)
+        return SolveResult(**values, iterations=np.asarray(rows["iterations"], dtype=np.int64)
+                           .reshape(lead), status=status,
+                           message=message, ok=status == OK, method=method, kind=kind,
+                           compute_dtype=work)
     values = {}
     for name in _FLOAT_FIELDS:
         if rows[name] is None:

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from geomix_cli.core.arrays import host, host64, is_numpy, rmax, rmin, rsum, to_device_like
-from geomix_cli.core.passes import _device, _eps_of, _grid_alphas, moments, scratch
+from geomix_cli.core.passes import (_device, _eps_of, _grid_alphas, _grid_values, moments,
+                                     scratch)
 from geomix_cli.core.rules import (DEGENERATE, DISJOINT, GRID_ELEMENTS, INVALID,  # noqa: F401
                                    MASKED, MAX_ITER, NO_ROOT, OK, STATUSES, _STATUS_NAMES,
                                    _RowArrays, _RowScalars, constant_tolerance, family_numbers,
@@ -158,7 +159,8 @@ class Prepared:
 def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=None,
                  end_points: bool = True, grid_points: int = 2, recentre: bool = True,
                  check_tolerance=None, skip=None, names=("log_pi_theta", "log_pi_t"),
-                 row_offset: int = 0, reuse: bool = False) -> Prepared:
+                 row_offset: int = 0, reuse: bool = False,
+                 end_point_entropies: bool = True) -> Prepared:
     """l, log_base and the per-row numbers of the support rules for one block of rows.
 
     z_theta, z_t: [n, V] in the preparation dtype; lse_theta, lse_t: None for log-probabilities,
@@ -170,7 +172,9 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
     further than this from 0 on either side -- raw logits passed where log-probabilities belong
     (rows in `skip` are not checked); the end-point passes give this for free on full supports.
     reuse: l and the first pass's buffers are this thread's scratch (`scratch`): valid until the
-    next block is prepared on the thread (the solvers' own loops; never for results)."""
+    next block is prepared on the thread (the solvers' own loops; never for results).
+    end_point_entropies: keep both entropies from the end-point pass's weights (`entropies`);
+    False where they are not wanted (a solve without diagnostics, the classification)."""
     n = int(z_theta.shape[0])
     work = work_dtype if work_dtype is not None else z_theta.dtype
     eps = _eps_of(xp, work)
@@ -261,7 +265,8 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
         tmp = scratch(xp, "tmp", shape, l) if reuse else None
         lz, mean, var, _ = moments(xp, l, log_base, to_device_like(alpha, l, xp), buf=buf,
                                    tmp=tmp, supported=bool(has_support.all()), bounded=True)
-        if l.dtype == z_theta.dtype and (full_rows is None or full_rows.any()):
+        if end_point_entropies and l.dtype == z_theta.dtype and (full_rows is None
+                                                                 or full_rows.any()):
             # buf[0] and buf[-1] hold the weights at alpha = 0 and 1: pi_t and pi_theta up to a
             # constant on rows with full supports, so both entropies come with this pass:
             # H(pi) = lse - E_w[z], z the rows as given (log-probabilities: lse = 0). Rows with
@@ -270,7 +275,7 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
                                                 None if tmp is None else tmp[0])
             prep.entropy_rows = full_rows
         lz, mean, var = host64(lz, mean, var)
-        prep.grid = alpha[:, 0].astype(np.float64)
+        prep.grid = _grid_values(alpha.shape[0])
         prep.d_grid = mean - prep.shift if prep.shifted else mean
         prep.v_grid = var
         prep.d0, prep.d1, prep.v0, prep.v1 = prep.d_grid[0], prep.d_grid[-1], var[0], var[-1]
@@ -279,10 +284,11 @@ def prepare_pair(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, work_dtype=Non
         if dense and end_points:
             # log sum pi_t = log Z(0); log sum pi_theta = log sum exp(log pi_t - l) = log Z(1)
             sums = (lz1, lz0)
+            worst = float(np.abs(lz[::lz.shape[0] - 1]).max())
         else:
             sums = _full_logsumexp(xp, z_theta), _full_logsumexp(xp, z_t)
-        if skip is not None or not max(np.abs(sums[0]).max(), np.abs(sums[1]).max()) \
-                <= check_tolerance:
+            worst = max(np.abs(sums[0]).max(), np.abs(sums[1]).max())
+        if skip is not None or not worst <= check_tolerance:
             _refuse_unnormalised(sums, check_tolerance, skip, names, row_offset)
     return prep
 
@@ -502,42 +508,64 @@ def newton(prep: Prepared, rows: np.ndarray, *, order: int = 2, xtol: float | No
 
 def _newton_row(prep: Prepared, row: int, l, log_base, buf, tmp, work_np, *, order, xtol,
                 max_iter, iterates, label) -> NewtonResult:
-    """`newton` for a block's single row: the same start and steps, on Python floats."""
-    xp = prep.xp
+    """`newton` for a block's single row: `newton_one_row` on its numbers."""
+    alpha, d, log_z, iterations, converged = newton_one_row(
+        prep.xp, l, log_base, buf, tmp, work_np, prep.grid, prep.d_grid[:, row].tolist(),
+        prep.v_grid[:, row].tolist(), float(prep.shift[row]), float(prep.log_z_shift[row]),
+        prep.eps, order=order, xtol=xtol, max_iter=max_iter, iterates=iterates, label=label)
+    return NewtonResult(alpha=np.array([alpha]), delta=np.array([d]), log_z=np.array([log_z]),
+                        iterations=np.array([iterations], dtype=np.int64),
+                        converged=np.array([converged]))
+
+
+def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_grid: list,
+                   shift: float, log_z_shift: float, eps: float, *, order: int, xtol: float,
+                   max_iter: int, iterates: dict | None = None, label: int = 0,
+                   fused: bool = False):
+    """`newton` for one row [1, V], its bookkeeping on Python floats (the same rules, start and
+    steps as over arrays: `hermite_start`, `newton_update` on `_RowScalars`).
+
+    grid, d_grid, v_grid: the first pass's alphas and D, Var there (floats); shift, log_z_shift:
+    as in `Prepared`; fused: buf is `moments`' fused scratch ((order + 1, 1, V); tmp unused).
+    Returns (alpha, D, log Z, iterations, converged) as Python numbers; alpha, D and log Z are
+    NaN when the row did not converge."""
     ns = _RowScalars
-    d_grid = prep.d_grid[:, row].tolist()
     k = next(i for i in range(1, len(d_grid)) if d_grid[i] <= 0.0)
-    v_lo, v_hi = prep.v_grid[k - 1:k + 1, row].tolist()
-    lo, hi = float(prep.grid[k - 1]), float(prep.grid[k])
-    alpha = hermite_start(ns, lo, hi, d_grid[k - 1], d_grid[k], v_lo, v_hi)
+    lo, hi = float(grid[k - 1]), float(grid[k])
+    alpha = hermite_start(ns, lo, hi, d_grid[k - 1], d_grid[k], v_grid[k - 1], v_grid[k])
     last_step = step_before = 1.0
     prev_size = math.inf
-    shift, log_z_shift = float(prep.shift[row]), float(prep.log_z_shift[row])
-    eps = prep.eps
     iterations = 0
     converged = False
     a_eval = d = log_z = math.nan
+    third = None
+    point = np.empty(1, dtype=work_np)
     for _ in range(max_iter):
-        a_eval = float(work_np(alpha))
-        raw = moments(xp, l, log_base, to_device_like(np.array([a_eval], dtype=work_np), l, xp),
-                      order=order, buf=buf, tmp=tmp, supported=True, bounded=True)
-        values = [float(v[0]) for v in host64(*raw[:order + 1])]
-        log_z, d, var = values[0], values[1] - shift, values[2]
+        point[0] = alpha
+        a_eval = float(point[0])                 # alpha rounded to the work dtype
+        raw = moments(xp, l, log_base, to_device_like(point, l, xp), order=order, buf=buf,
+                      tmp=tmp, supported=True, bounded=True, fused=fused)
+        if isinstance(raw[0], np.ndarray):
+            log_z, d, var = float(raw[0][0]), float(raw[1][0]) - shift, float(raw[2][0])
+            if order == 3:
+                third = float(raw[3][0])
+        else:
+            values = [float(v[0]) for v in host64(*raw[:order + 1])]
+            log_z, d, var = values[0], values[1] - shift, values[2]
+            if order == 3:
+                third = values[3]
         iterations += 1
         if iterates is not None:
             iterates.setdefault(label, []).append((a_eval, d))
         lo, hi, alpha, converged, step, size = newton_update(
-            ns, a_eval, d, var, values[3] if order == 3 else None, lo, hi, step_before,
-            last_step, prev_size, xtol=xtol, eps=eps)
+            ns, a_eval, d, var, third, lo, hi, step_before, last_step, prev_size, xtol=xtol,
+            eps=eps)
         step_before, last_step, prev_size = last_step, step, size
         if converged:
             break
     if not converged:
-        a_eval = d = log_z = math.nan
-    return NewtonResult(alpha=np.array([a_eval]), delta=np.array([d]),
-                        log_z=np.array([log_z + log_z_shift + a_eval * shift]),
-                        iterations=np.array([iterations], dtype=np.int64),
-                        converged=np.array([bool(converged)]))
+        return math.nan, math.nan, math.nan, iterations, False
+    return a_eval, d, log_z + log_z_shift + a_eval * shift, iterations, True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -755,7 +783,8 @@ def solve_block(xp, z_theta, z_t, lse_theta=None, lse_t=None, *, invalid=None, r
         prep = prepare_pair(xp, z_theta, z_t, lse_theta, lse_t, work_dtype=work_dtype,
                             grid_points=grid_size(int(z_theta.shape[-1])),
                             check_tolerance=check_tolerance, skip=invalid, names=names,
-                            row_offset=row_offset, reuse=is_numpy(xp))
+                            row_offset=row_offset, reuse=is_numpy(xp),
+                            end_point_entropies=diagnostics)
         status = row_status(prep, invalid)
         is_ok = status == OK
         all_ok = bool(is_ok.all())

@@ -12,12 +12,23 @@ import numpy as np
 from geomix_cli.core.arrays import exp_, is_numpy, rmax, rsum
 
 # Without the max-shift a pass must not underflow: Z below this (log Z < -644, a Chernoff
-# information above 644 nats) has the pass redone with the shift.
+# information above 644 nats) or above its inverse has the pass redone with the shift.
 _SMALLEST_Z = 1e-280
+_LOG_Z_LIMIT = -math.log(_SMALLEST_Z)
+
+
+def _z_in_range(xp, log_z) -> bool:
+    """Every Z of an unshifted pass within [1e-280, 1e280] (NaN: no), judged on log Z: two array
+    calls, where the comparisons on Z took four."""
+    if isinstance(log_z, np.ndarray):
+        if log_z.size == 1:
+            return abs(log_z.item()) <= _LOG_Z_LIMIT
+        return float(np.abs(log_z).max()) <= _LOG_Z_LIMIT
+    return bool((xp.abs(log_z) <= _LOG_Z_LIMIT).all())
 
 
 def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, supported=False,
-            bounded: bool = False):
+            bounded: bool = False, fused: bool = False):
     """One pass over rows: (log_z, mean, var, third) of l under q ∝ exp(log_base - alpha l).
 
     alpha: one value per row ([n], l's dtype and device), or [k, n] for k values per row in the
@@ -29,40 +40,55 @@ def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, suppo
     buf, tmp: scratch of shape alpha.shape + (V,) (allocated when None); in place, no other
     [n, V] temporary. supported: every row has a non-empty support (skips the guard for rows
     without one, whose log_z is -inf and moments NaN).
+    fused: buf is one array of shape (order + 1,) + alpha.shape + (V,) holding w, w l, w l^2, ...
+    (tmp unused), summed in one reduction: the same products and the same pairwise row sums, so
+    the same numbers, in two to three array calls fewer (what a pass over a short row costs).
     Sums are numpy's pairwise row reductions (torch's cascade / tree sums), never BLAS products,
     whose plain accumulation was measured to lose a digit of D on peaked rows.
     bounded: exp(log_base - alpha l) cannot overflow and rarely underflows (log-probabilities or
     max-shifted logits, alpha in [0, 1], or the ESS passes just outside it): the pass skips the
     max-shift, and is redone with it if Z under- or overflows."""
     shape = tuple(alpha.shape) + (l.shape[-1],)
-    if buf is None:
-        buf = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
-    xp.multiply(l, -alpha[..., None], out=buf)
-    buf += log_base
-    if bounded:
-        exp_(xp, buf)                               # w, the unnormalised q
-        z = rsum(xp, buf)
-        if not bool(((z > _SMALLEST_Z) & (z < 1.0 / _SMALLEST_Z)).all()):
-            return moments(xp, l, log_base, alpha, order=order, buf=buf, tmp=tmp,
-                           supported=supported)
-        log_z = xp.log(z)
+    if fused:
+        if buf is None:
+            buf = xp.empty((order + 1,) + shape, dtype=l.dtype, device=_device(xp, l))
+        w = buf[0]
     else:
-        peak = rmax(xp, buf, keepdims=True)
+        if buf is None:
+            buf = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
+        w = buf
+    xp.multiply(l, -alpha[..., None], out=w)
+    w += log_base
+    peak = None
+    if not bounded:
+        peak = rmax(xp, w, keepdims=True)
         if not supported:
             peak = xp.where(xp.isfinite(peak), peak, 0.0)
-        buf -= peak
-        exp_(xp, buf)
-        z = rsum(xp, buf)
-        log_z = peak[..., 0] + xp.log(z)
+        w -= peak
+    exp_(xp, w)                                     # w, the unnormalised q
+    if fused:
+        for j in range(1, order + 1):
+            xp.multiply(buf[j - 1], l, out=buf[j])
+        sums = rsum(xp, buf)
+        z, raw = sums[0], sums[1:]
+    else:
+        z = rsum(xp, w)
+    log_z = xp.log(z)
+    if peak is not None:
+        log_z = peak[..., 0] + log_z
+    elif not _z_in_range(xp, log_z):
+        return moments(xp, l, log_base, alpha, order=order, buf=buf, tmp=tmp,
+                       supported=supported, fused=fused)
     if order == 0:
         return log_z, None, None, None
-    if tmp is None:
-        tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
-    xp.multiply(buf, l, out=tmp)
-    raw = [rsum(xp, tmp)]
-    for _ in range(1, order):
-        tmp *= l
-        raw.append(rsum(xp, tmp))
+    if not fused:
+        if tmp is None:
+            tmp = xp.empty(shape, dtype=l.dtype, device=_device(xp, l))
+        xp.multiply(w, l, out=tmp)
+        raw = [rsum(xp, tmp)]
+        for _ in range(1, order):
+            tmp *= l
+            raw.append(rsum(xp, tmp))
     mean = raw[0] / z
     if order == 1:
         return log_z, mean, None, None
@@ -83,6 +109,7 @@ def _device(xp, x):
 # 0.25 ms on a warm buffer), and a geomix call cannot tune the allocator of the caller's process
 # the way the `geomix` command does. At most SCRATCH_LIMIT bytes per thread are kept.
 SCRATCH_LIMIT = 32 << 20
+SMALL_SCRATCH = 4096        # elements: below this a fresh array costs less than the lookup
 _SCRATCH = threading.local()
 
 
@@ -92,6 +119,8 @@ def scratch(xp, name: str, shape: tuple, like):
     if not is_numpy(xp):
         return xp.empty(shape, dtype=like.dtype, device=like.device)
     size = math.prod(shape)
+    if size <= SMALL_SCRATCH:   # the allocator's small blocks are warm: cheaper than the cache
+        return np.empty(shape, dtype=like.dtype)
     cache = getattr(_SCRATCH, "buffers", None)
     if cache is None:
         cache = _SCRATCH.buffers = {}
@@ -118,6 +147,16 @@ def _grid_alphas(points: int, n: int, dtype) -> np.ndarray:
         if len(_GRIDS) > 64:
             _GRIDS.clear()
         _GRIDS[key] = grid
+    return grid
+
+
+def _grid_values(points: int) -> np.ndarray:
+    """The first pass's alphas as float64 (the grid of `_grid_alphas`, read-only, cached)."""
+    key = (points, "values")
+    grid = _GRIDS.get(key)
+    if grid is None:
+        grid = _GRIDS[key] = _grid_alphas(points, 1, np.float64)[:, 0].copy()
+        grid.flags.writeable = False
     return grid
 
 

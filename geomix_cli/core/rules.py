@@ -50,6 +50,18 @@ class _RowArrays:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.divide(a, b)
 
+    @staticmethod
+    def bisect_cubic(d, a, b, c, steps):
+        """[low, high] around the root in [0, 1] of d + u (a + u (b + u c)) (positive at 0)
+        after `steps` bisections, one per row."""
+        low, high = 0.0 * d, 0.0 * d + 1.0
+        for _ in range(steps):
+            mid = 0.5 * (low + high)
+            positive = d + mid * (a + mid * (b + mid * c)) > 0
+            low = np.where(positive, mid, low)
+            high = np.where(positive, high, mid)
+        return low, high
+
 
 class _RowScalars:
     """The same rules on one row's Python floats: a single row (the common small call) costs a
@@ -85,6 +97,19 @@ class _RowScalars:
         return a if condition else b
 
     @staticmethod
+    def bisect_cubic(d, a, b, c, steps):
+        """`_RowArrays.bisect_cubic` on one row's floats: the same operations in the same order
+        (IEEE double either way), so the same bits, at ~0.1 us a step instead of ~3 us."""
+        low, high = 0.0 * d, 0.0 * d + 1.0
+        for _ in range(steps):
+            mid = 0.5 * (low + high)
+            if d + mid * (a + mid * (b + mid * c)) > 0:
+                low = mid
+            else:
+                high = mid
+        return low, high
+
+    @staticmethod
     def divide(a, b):
         try:
             return a / b
@@ -92,6 +117,10 @@ class _RowScalars:
             if a != a or a == 0.0:
                 return math.nan
             return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+# Bisection steps on the Hermite cubic: u to 2^-48 of the bracket, far below where Newton starts.
+CUBIC_STEPS = 48
 
 
 def row_namespace(n: int):
@@ -165,12 +194,7 @@ def hermite_start(ns, lo, hi, d_lo, d_hi, v_lo, v_hi):
     r1 = d_hi - d_lo - a
     c = (-v_hi * h - a) - 2.0 * r1
     b = r1 - c
-    low, high = 0.0 * d_lo, 0.0 * d_lo + 1.0
-    for _ in range(48):
-        mid = 0.5 * (low + high)
-        positive = d_lo + mid * (a + mid * (b + mid * c)) > 0
-        low = ns.where(positive, mid, low)
-        high = ns.where(positive, high, mid)
+    low, high = ns.bisect_cubic(d_lo, a, b, c, CUBIC_STEPS)
     u = ns.where(ns.isfinite(v_lo) & ns.isfinite(v_hi), 0.5 * (low + high), secant)
     start = lo + h * u
     start = ns.where(ns.isfinite(start), start, 0.5 * (lo + hi))

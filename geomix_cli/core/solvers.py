@@ -29,7 +29,8 @@ from geomix_cli.core import kernel
 from geomix_cli.core.arrays import numpy_namespace
 from geomix_cli.core.family import (entropy_formula_alpha, log_ratio_on_support, map_row_blocks,
                                     row_blocks, tilted_moments)
-from geomix_cli.core import rules
+from geomix_cli.core import rules, single_row
+from geomix_cli.core.validation import input_logprob_tolerance
 from geomix_cli.core.kernel import (DEGENERATE, DISJOINT, INVALID, MAX_ITER, NO_ROOT, OK,  # noqa: F401
                                     STATUSES)
 
@@ -125,8 +126,6 @@ def hermite_start(d0, d1, v0, v1) -> np.ndarray:
 
 def _as_rows(log_pi_theta, log_pi_t):
     """float64 [B, V] arrays, and the normalisation tolerance of the inputs as given."""
-    from geomix_cli.core.validation import input_logprob_tolerance
-
     a = np.atleast_2d(np.asarray(log_pi_theta, dtype=np.float64))
     b = np.atleast_2d(np.asarray(log_pi_t, dtype=np.float64))
     if a.shape != b.shape:
@@ -184,7 +183,8 @@ def classify_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
     def classify(block, a, b, invalid, errors):
         with kernel.ignore_fp(xp):
             prep = kernel.prepare_pair(xp, a, b, check_tolerance=tolerance, skip=invalid,
-                                       row_offset=block.start, reuse=True)
+                                       row_offset=block.start, reuse=True,
+                                       end_point_entropies=False)
             status = kernel.row_status(prep, invalid)
             d0, d1 = prep.d0.copy(), prep.d1.copy()
             if invalid is not None:
@@ -212,6 +212,13 @@ def solve_blocks(log_pi_theta, log_pi_t, *, order: int = 2, xtol: float = 1e-14,
                  iterates: dict | None = None) -> dict:
     """`kernel.solve_block` over the batch's cache-sized row blocks: the per-row host arrays."""
     theta, target, tolerance = _as_rows(log_pi_theta, log_pi_t)
+    if theta.shape[0] == 1 and row_errors is None:
+        # one row: the small-call lane (the same numbers; None where the row needs this path)
+        rows = single_row.solve_row(theta, target, order=order, xtol=xtol, max_iter=max_iter,
+                                    check_tolerance=tolerance, diagnostics=diagnostics,
+                                    iterates=iterates)
+        if rows is not None:
+            return rows
     xp = numpy_namespace()
 
     def solve(block, a, b, invalid, errors):

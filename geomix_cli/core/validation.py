@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from geomix_cli.core.arrays import dtype_name as name_of_dtype
 from geomix_cli.core.arrays import host, host64, is_numpy, numpy_namespace, rmax, rmin, rsum
 from geomix_cli.core.family import BLOCK_ELEMENTS, row_blocks, worker_count
 from geomix_cli.errors import InputError
@@ -104,7 +105,9 @@ def check_numeric_dtype(dtype_name: str, kind_char: str, *, name: str, file: str
 
 
 def _check_structure(arr: np.ndarray, name: str, file: str | None) -> None:
-    check_numeric_dtype(arr.dtype.name, arr.dtype.kind, name=name, file=file)
+    kind_char = arr.dtype.kind
+    if kind_char != "f":  # (floats pass: no name needed, and numpy's dtype.name costs ~2 us)
+        check_numeric_dtype(name_of_dtype(arr.dtype), kind_char, name=name, file=file)
     if arr.ndim == 0 or arr.size == 0:
         raise InputError(f"empty array (shape {arr.shape})", file=file, key=name)
     if arr.ndim > 2:
@@ -115,12 +118,12 @@ def _check_structure(arr: np.ndarray, name: str, file: str | None) -> None:
 
 def _as_float64_2d(values, name: str, file: str | None) -> tuple[np.ndarray, str]:
     arr = np.asarray(values)
-    dtype_name = arr.dtype.name
+    stored = name_of_dtype(arr.dtype)
     _check_structure(arr, name, file)
     wide = arr.astype(np.float64)
     if wide.ndim == 1:
         wide = wide[None, :]
-    return np.ascontiguousarray(wide), dtype_name
+    return np.ascontiguousarray(wide), stored
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,27 +178,36 @@ def normalise_rows(xp, x, kind: str, *, tolerance: float, dtype_name: str,
                                  "normalised with kind='logits'")
     else:
         total_h, low_h = host64(rsum(xp, x, dtype=xp.float64), rmin(xp, x))
-        with np.errstate(invalid="ignore"):
-            good = (low_h >= 0.0) & (total_h > 0.0) & np.isfinite(total_h)
-            if not renormalize:
-                good &= np.abs(total_h - 1.0) <= tolerance
-            if not good.all():
-                codes = np.full(n, _GOOD)
+        if not _plainly_good(total_h, low_h, tolerance, renormalize):
+            with np.errstate(invalid="ignore"):
+                good = (low_h >= 0.0) & (total_h > 0.0) & np.isfinite(total_h)
                 if not renormalize:
-                    codes[~(np.abs(total_h - 1.0) <= tolerance)] = _OFF_SUM
-                codes[~(total_h > 0)] = _NO_MASS
-                codes[low_h < 0] = _NEGATIVE
-                codes[~np.isfinite(total_h)] = _INF_PROB   # split into NaN / inf on the host
-                errors = _messages(x, codes, kind, total_h, tolerance, dtype_name, hint)
-                bad = codes != _GOOD
-                x[_index(xp, bad, x)] = 1.0
-                total_h = np.where(bad, float(vocab), total_h)
+                    good &= np.abs(total_h - 1.0) <= tolerance
+                if not good.all():
+                    codes = np.full(n, _GOOD)
+                    if not renormalize:
+                        codes[~(np.abs(total_h - 1.0) <= tolerance)] = _OFF_SUM
+                    codes[~(total_h > 0)] = _NO_MASS
+                    codes[low_h < 0] = _NEGATIVE
+                    codes[~np.isfinite(total_h)] = _INF_PROB   # split into NaN / inf on the host
+                    errors = _messages(x, codes, kind, total_h, tolerance, dtype_name, hint)
+                    bad = codes != _GOOD
+                    x[_index(xp, bad, x)] = 1.0
+                    total_h = np.where(bad, float(vocab), total_h)
         _log_in_place(xp, x)
         lse = np.log(total_h)
     if not normalise:
         return x, lse, errors
     x -= _column(xp, lse, x)
     return x, None, errors
+
+
+def _plainly_good(total: np.ndarray, low: np.ndarray, tolerance: float, renormalize: bool) -> bool:
+    """Every probability row >= 0 with a sum within `tolerance` of 1 (< 1: so also positive and
+    finite), in two reductions: the common case, decided without the per-row flags (NaN: no)."""
+    if renormalize or not tolerance < 1.0:
+        return False
+    return float(low.min()) >= 0.0 and float(np.abs(total - 1.0).max()) <= tolerance
 
 
 def _index(xp, mask: np.ndarray, like):
@@ -259,7 +271,8 @@ def input_logprob_tolerance(values, vocab_size: int) -> float:
     solvers, family_point, diagnose): judged at float32's tolerance for float64 arrays
     (log-probabilities often come from a float32 log_softmax), at the array's own for narrower
     ones. Raw logits are off by their logsumexp, typically several units."""
-    name = getattr(getattr(values, "dtype", None), "name", "float64")
+    dtype = getattr(values, "dtype", None)
+    name = "float64" if dtype is None else name_of_dtype(dtype)
     return logprob_tolerance(name if name in ("float16", "bfloat16") else "float32", vocab_size)
 
 
@@ -317,11 +330,11 @@ def validate_pair(theta, target, kind: str, *, names: tuple[str, str] = ("pi_the
         x = np.empty((2, a.size // vocab, vocab))
         x[0] = a
         x[1] = b
-        dtype_name = storage_dtype or a.dtype.name
+        storage = storage_dtype or name_of_dtype(a.dtype)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             _, _, errors = normalise_rows(
                 numpy_namespace(), x.reshape(-1, vocab), kind,
-                tolerance=tolerance_for(kind, dtype_name, vocab), dtype_name=dtype_name,
+                tolerance=tolerance_for(kind, storage, vocab), dtype_name=storage,
                 renormalize=renormalize, hint=hint)
         n = x.shape[1]
         return x[0], x[1], pair_errors(errors[:n], errors[n:], names)

@@ -1,0 +1,109 @@
+"""The small-call lane: one row of numpy float64 log-probabilities, start to finish, with its
+per-row numbers as Python floats.
+
+A single short row costs the general path (`kernel.prepare_pair` -> `kernel.solve_block`) a few
+hundred microseconds of bookkeeping around a few dozen microseconds of arithmetic: per-row arrays
+of length 1, the `Prepared` record, support masks, status and message arrays. This lane runs the
+same computation for the common case -- one row, numpy, float64, both supports full, a root in
+(0, 1) -- and declines (returns None) everything else, which then takes the general path:
+rows with zeros, rows without a root (statuses and messages are the general path's), rows that
+fail the normalisation check, rows that do not converge.
+
+What is shared, so that the numbers are the general path's to the last bit (tests/test_single_row.py
+compares them row for row): the passes (`passes.moments`, in the same buffers' shapes), the support
+rules (`rules.status_code`, `rules.constant_tolerance`), the start and the steps
+(`kernel.newton_one_row`: `rules.hermite_start`, `rules.newton_update`), the family's numbers
+(`rules.family_numbers`), the re-centring (`kernel.recentring_constant_rows`) and the end-point
+entropies (`kernel._end_point_entropies`). What is specific is the order of the calls for one row
+(`kernel.prepare_pair`'s dense branch, `kernel.solve_block`, `kernel._family_interior`), written
+here once more on floats: keep the two in step (the row-for-row tests fail when they drift).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from geomix_cli.core.kernel import (EPS64, RECENTRE_MAX_ABS_L, _end_point_entropies,
+                                    newton_one_row, recentring_constant_rows)
+from geomix_cli.core.passes import _grid_alphas, _grid_values, moments, scratch
+from geomix_cli.core.rules import (_RowScalars, constant_tolerance, family_numbers, grid_size,
+                                   status_code)
+
+_OK = np.array(["ok"], dtype=object)
+
+
+def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
+              xtol: float | None = None, max_iter: int = 60, check_tolerance=None,
+              diagnostics: bool = False, iterates: dict | None = None) -> dict | None:
+    """`kernel.solve_block(np, log_pi_theta, log_pi_t, ...)` for one [1, V] row of float64
+    log-probabilities (C-contiguous), or None where the general path must take the row (see the
+    module doc). Returns the same host arrays (one entry each) as `solve_block`."""
+    xp = np
+    eps = EPS64
+    if xtol is None:
+        xtol = 1e-14
+    vocab = log_pi_theta.shape[-1]
+    shape = (1, vocab)
+    l = scratch(xp, "l", shape, log_pi_theta)
+    with np.errstate(invalid="ignore"):             # -inf - -inf: NaN, declined just below
+        np.subtract(log_pi_t, log_pi_theta, out=l)
+    l_max, l_min = float(l.max()), float(l.min())
+    spread = l_max - l_min
+    if not math.isfinite(spread):                    # -inf on a side, or NaN: the general path
+        return None
+    pair_sum = scratch(xp, "tmp", shape, log_pi_theta)
+    np.add(log_pi_theta, log_pi_t, out=pair_sum)
+    scale = 0.0 - float(pair_sum.min())              # lse_theta + lse_t = 0 (normalised)
+    level = max(abs(l_max), abs(l_min))
+    tol = constant_tolerance(eps, scale)
+    shift = 0.0
+    if level <= RECENTRE_MAX_ABS_L:
+        shift = 0.0 + float(recentring_constant_rows(xp, log_pi_theta, l)[0])
+    points = grid_size(vocab)
+    alpha = _grid_alphas(points, 1, np.float64)
+    # every pass in `moments`' fused layout: w, w l, w l^2 in one buffer, one reduction
+    buf = scratch(xp, "buf", (3, points, 1, vocab), l)
+    lz, mean, var, _ = moments(xp, l, log_pi_t, alpha, buf=buf, supported=True, bounded=True,
+                               fused=True)
+    if check_tolerance is not None and not (abs(float(lz[0, 0])) <= check_tolerance
+                                            and abs(float(lz[-1, 0])) <= check_tolerance):
+        return None                                  # refused by the general path, with its text
+    d_grid = (mean[:, 0] - shift).tolist() if shift != 0.0 else mean[:, 0].tolist()
+    v_grid = var[:, 0].tolist()
+    d0, d1 = d_grid[0], d_grid[-1]
+    if status_code(_RowScalars, d0, d1, spread, level, tol, tol, True, False) != 0:
+        return None                                  # no root: statuses and messages over there
+    entropy = None
+    if diagnostics:   # the weights at alpha = 0 and 1 are buf[0][0] and buf[0][-1]
+        entropy = _end_point_entropies(xp, buf[0], log_pi_theta, log_pi_t, None, None,
+                                       buf[1][0])
+    a, d, log_z, iterations, converged = newton_one_row(
+        xp, l, log_pi_t, scratch(xp, "buf", (order + 1,) + shape, l), None, np.float64,
+        _grid_values(points), d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol,
+        max_iter=max_iter, iterates=iterates, fused=True)
+    if not (converged and 0.0 < a < 1.0):
+        return None
+    out = dict(status=_OK.copy(), message=[""], alpha=np.array([a]), residual=np.array([d]),
+               iterations=np.array([iterations], dtype=np.int64),
+               evaluations=np.array([1 + iterations], dtype=np.int64), d_at_0=np.array([d0]),
+               d_at_1=np.array([d1]), log_z_at_alpha=np.array([log_z]))
+    if diagnostics:
+        out.update(_family_row(l, log_pi_t, a, log_z, d, shift))
+        out["entropy_theta"], out["entropy_t"] = entropy[0], entropy[1]
+    return out
+
+
+def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float) -> dict:
+    """`kernel._family_interior` for the row at its alpha* (log Z and D known from the last
+    pass): log Z at 2 - alpha and -alpha in one pass, then `family_numbers`."""
+    others = np.array([[2.0 - a], [-a]])
+    buf = scratch(np, "buf", (2,) + tuple(l.shape), l)
+    raw = moments(np, l, log_base, others, order=0, supported=True, buf=buf, bounded=True)[0]
+    above, below = float(raw[0, 0]), float(raw[1, 0])
+    if shift != 0.0:
+        above, below = above + 0.0 + (2.0 - a) * shift, below + 0.0 + (-a) * shift
+    numbers = family_numbers(_RowScalars, a, log_z, delta, above, below, False, False)
+    return {name: np.array([value]) for name, value in zip(
+        ("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t"), numbers)}
