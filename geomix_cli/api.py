@@ -40,9 +40,10 @@ import numpy as np
 from geomix_cli.core.arrays import dtype_name, is_torch_tensor
 from geomix_cli.core.diagnostics import solve_and_diagnose
 from geomix_cli.core.kernel import (DEGENERATE, DISJOINT, INVALID, MASKED, MAX_ITER, NO_ROOT, OK)
+from geomix_cli.core import single_row
 from geomix_cli.core.solvers import solve_alpha, solve_blocks
 from geomix_cli.core.validation import KINDS, LOGITS, LOGPROBS, PROBS  # noqa: F401
-from geomix_cli.core.validation import validate_pair
+from geomix_cli.core.validation import input_logprob_tolerance, validate_pair
 from geomix_cli.errors import InputError, UnavailableError
 
 __all__ = ["solve", "geometric_mean", "importance_weights", "diagnostics", "SolveResult",
@@ -360,6 +361,11 @@ def solve(theta, target, *, kind: str = LOGITS, mask=None, dim: int = -1,
     _check_on_invalid(on_invalid)
     pair = _pair(theta, target, kind, mask, dim)
     work = _compute_dtype(pair, compute_dtype)
+    if (pair.library == "numpy" and pair.keep is None and pair.n_rows == 1
+            and method in ("newton", "halley")):
+        result = _solve_one_row(pair, kind, method, renormalize, diagnostics)
+        if result is not None:
+            return result
     kept = pair.n_rows if pair.keep is None else int(pair.keep.sum())
     if kept == 0:
         rows = None
@@ -395,6 +401,46 @@ def _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics) -> di
         diag = solve_and_diagnose(log_theta, log_t, method, row_errors=row_errors)
         sol = diag.solution
     return _rows_of(sol, diag, log_theta, log_t)
+
+
+def _solve_one_row(pair, kind, method, renormalize, diagnostics) -> SolveResult | None:
+    """One numpy row solved to 'ok' by the small-call lane (`single_row`), the result built from
+    its Python floats: the same numbers as `_solve_numpy` + `_solve_result` (tests/
+    test_single_row.py), without their per-row arrays. None (the general path) for a row that is
+    refused or not 'ok'."""
+    theta, target = pair.theta, pair.target
+    log_theta, log_t, errors = validate_pair(theta, target, kind, names=NAMES,
+                                             renormalize=renormalize,
+                                             storage_dtype=pair.storage_dtype, hint=API_HINT)
+    if errors[0] is not None:
+        return None
+    row = single_row.solve_row_numbers(
+        log_theta[0], log_t[0], order=3 if method == "halley" else 2,
+        check_tolerance=input_logprob_tolerance(log_theta, pair.vocab), diagnostics=diagnostics)
+    if row is None:
+        return None
+    alpha = row["alpha"]
+    if diagnostics:   # RowDiagnostics.from_rows on floats: KL >= 0, log Z <= 0 clamped
+        log_z = min(row["log_z"], 0.0) + 0.0
+        kl_theta = max(row["kl_q_theta"], 0.0) + 0.0
+        kl_t = max(row["kl_q_t"], 0.0) + 0.0
+        h_theta, h_t = row["entropy_theta"], row["entropy_t"]
+        alpha_h = h_theta / (h_theta + h_t) if h_theta + h_t > 0 else math.nan
+        extra = (row["ess_theta"], row["ess_t"], alpha_h)
+    else:             # _lean_rows on floats: from the last pass's log Z and D
+        delta = row["residual"]
+        log_z = min(row["log_z_at_alpha"], 0.0) + 0.0
+        kl_theta = max((1.0 - alpha) * delta - log_z, 0.0) + 0.0
+        kl_t = max(-alpha * delta - log_z, 0.0) + 0.0
+        extra = (None, None, None)
+    lead = pair.lead
+    values = [alpha, -log_z + 0.0, kl_theta, kl_t, log_z, *extra, row["residual"]]
+    values = {name: None if value is None else np.array(value).reshape(lead)
+              for name, value in zip(_FLOAT_FIELDS, values)}
+    return SolveResult(**values, iterations=np.array(row["iterations"], dtype=np.int64)
+                       .reshape(lead), status=np.array(OK).reshape(lead),
+                       message=np.array("").reshape(lead), ok=np.array(True).reshape(lead),
+                       method=method, kind=kind, compute_dtype="float64")
 
 
 def _solve_torch(pair, kind, method, work, renormalize, on_invalid, diagnostics,

@@ -42,7 +42,7 @@ import numpy as np
 
 from geomix_cli.core.arrays import host, host64, is_numpy, rmax, rmin, rsum, to_device_like
 from geomix_cli.core.passes import (_device, _eps_of, _grid_alphas, _grid_values, moments,
-                                     scratch)
+                                     row_moments, scratch)
 from geomix_cli.core.rules import (DEGENERATE, DISJOINT, GRID_ELEMENTS, INVALID,  # noqa: F401
                                    MASKED, MAX_ITER, NO_ROOT, OK, STATUSES, _STATUS_NAMES,
                                    _RowArrays, _RowScalars, constant_tolerance, family_numbers,
@@ -540,20 +540,22 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
     a_eval = d = log_z = math.nan
     third = None
     point = np.empty(1, dtype=work_np)
+    # one float64 numpy row in the fused layout: the lean pass (the same bits, fewer calls)
+    lean = fused and work_np is np.float64 and isinstance(l, np.ndarray)
+    if lean:
+        l_row, base_row, buf_row = l[0], log_base[0], buf[:, 0]
     for _ in range(max_iter):
-        point[0] = alpha
-        a_eval = float(point[0])                 # alpha rounded to the work dtype
-        raw = moments(xp, l, log_base, to_device_like(point, l, xp), order=order, buf=buf,
-                      tmp=tmp, supported=True, bounded=True, fused=fused)
-        if isinstance(raw[0], np.ndarray):
-            log_z, d, var = float(raw[0][0]), float(raw[1][0]) - shift, float(raw[2][0])
-            if order == 3:
-                third = float(raw[3][0])
-        else:
-            values = [float(v[0]) for v in host64(*raw[:order + 1])]
-            log_z, d, var = values[0], values[1] - shift, values[2]
-            if order == 3:
-                third = values[3]
+        raw = None
+        if lean:
+            a_eval = alpha                       # a float64 already
+            raw = row_moments(l_row, base_row, a_eval, buf_row, order)
+        if raw is None:
+            point[0] = alpha
+            a_eval = float(point[0])             # alpha rounded to the work dtype
+            raw = moments(xp, l, log_base, to_device_like(point, l, xp), order=order, buf=buf,
+                          tmp=tmp, supported=True, bounded=True, fused=fused)
+            raw = [float(v[0]) for v in host64(*raw[:order + 1])] + [None] * (3 - order)
+        log_z, d, var, third = raw[0], raw[1] - shift, raw[2], raw[3]
         iterations += 1
         if iterates is not None:
             iterates.setdefault(label, []).append((a_eval, d))

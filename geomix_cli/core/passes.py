@@ -100,6 +100,38 @@ def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, suppo
     return log_z, mean, var, third
 
 
+_LOG, _EXP, _MULTIPLY, _SUM = np.log, np.exp, np.multiply, np.add.reduce
+
+
+def row_moments(l, log_base, alpha: float, buf, order: int = 2):
+    """`moments(np, l, log_base, [alpha], order=order, supported=True, bounded=True, fused=True)`
+    for one float64 row l, log_base [V] (alpha a float; buf: (order + 1, V) scratch), as Python
+    floats (log_z, mean, var, third): the same products, pairwise sums and divisions, so the same
+    bits, in the fewest numpy calls (a Newton pass over a short row is its calls' overhead).
+    None where Z leaves [1e-280, 1e280]: `moments` redoes such a pass with the max-shift."""
+    w = buf[0]
+    _MULTIPLY(l, -alpha, out=w)
+    w += log_base
+    _EXP(w, out=w)
+    for j in range(1, order + 1):
+        _MULTIPLY(buf[j - 1], l, out=buf[j])
+    sums = _SUM(buf, -1)
+    log_z = float(_LOG(sums[0]))                    # numpy's log, as `moments` (not libm's)
+    if not abs(log_z) <= _LOG_Z_LIMIT:
+        return None
+    raw = sums.tolist()
+    z = raw[0]
+    mean = raw[1] / z
+    if order == 1:
+        return log_z, mean, None, None
+    second = raw[2] / z
+    var = second - mean * mean
+    third = None
+    if order >= 3:
+        third = raw[3] / z - mean * (3.0 * second - 2.0 * mean * mean)
+    return log_z, mean, var, third
+
+
 def _device(xp, x):
     return None if is_numpy(xp) else x.device
 

@@ -33,6 +33,11 @@ from geomix_cli.core.rules import (_RowScalars, constant_tolerance, family_numbe
 
 _OK = np.array(["ok"], dtype=object)
 
+# The numbers of one solved row, as Python floats (what `solve_row` returns as length-1 arrays).
+ROW_FIELDS = ("alpha", "residual", "iterations", "d_at_0", "d_at_1", "log_z_at_alpha")
+DIAGNOSTIC_FIELDS = ("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t",
+                     "entropy_theta", "entropy_t")
+
 
 def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
               xtol: float | None = None, max_iter: int = 60, check_tolerance=None,
@@ -40,32 +45,48 @@ def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
     """`kernel.solve_block(np, log_pi_theta, log_pi_t, ...)` for one [1, V] row of float64
     log-probabilities (C-contiguous), or None where the general path must take the row (see the
     module doc). Returns the same host arrays (one entry each) as `solve_block`."""
+    numbers = solve_row_numbers(log_pi_theta[0], log_pi_t[0], order=order, xtol=xtol,
+                                max_iter=max_iter, check_tolerance=check_tolerance,
+                                diagnostics=diagnostics, iterates=iterates)
+    if numbers is None:
+        return None
+    out = {name: np.array([value]) for name, value in numbers.items()}
+    out["iterations"] = out["iterations"].astype(np.int64)
+    out.update(status=_OK.copy(), message=[""],
+               evaluations=np.array([1 + numbers["iterations"]], dtype=np.int64))
+    return out
+
+
+def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
+                      xtol: float | None = None, max_iter: int = 60, check_tolerance=None,
+                      diagnostics: bool = False, iterates: dict | None = None) -> dict | None:
+    """`solve_row` on one row [V] (float64, C-contiguous), its numbers as Python floats in a dict
+    (ROW_FIELDS, and DIAGNOSTIC_FIELDS with `diagnostics`; iterations an int), or None."""
     xp = np
     eps = EPS64
     if xtol is None:
         xtol = 1e-14
     vocab = log_pi_theta.shape[-1]
-    shape = (1, vocab)
-    l = scratch(xp, "l", shape, log_pi_theta)
+    l = scratch(xp, "l", (1, vocab), log_pi_theta)   # (cached when large: no page faults)
     with np.errstate(invalid="ignore"):             # -inf - -inf: NaN, declined just below
-        np.subtract(log_pi_t, log_pi_theta, out=l)
-    l_max, l_min = float(l.max()), float(l.min())
+        np.subtract(log_pi_t, log_pi_theta, out=l[0])
+    l_max, l_min = _MAX(l[0]).item(), _MIN(l[0]).item()
     spread = l_max - l_min
     if not math.isfinite(spread):                    # -inf on a side, or NaN: the general path
         return None
-    pair_sum = scratch(xp, "tmp", shape, log_pi_theta)
-    np.add(log_pi_theta, log_pi_t, out=pair_sum)
-    scale = 0.0 - float(pair_sum.min())              # lse_theta + lse_t = 0 (normalised)
+    scale = 0.0 - _MIN(log_pi_theta + log_pi_t).item()   # lse_theta + lse_t = 0 (normalised)
     level = max(abs(l_max), abs(l_min))
     tol = constant_tolerance(eps, scale)
     shift = 0.0
+    base = log_pi_t[None]
+    theta_row = log_pi_theta[None]
     if level <= RECENTRE_MAX_ABS_L:
-        shift = 0.0 + float(recentring_constant_rows(xp, log_pi_theta, l)[0])
+        shift = 0.0 + float(recentring_constant_rows(xp, theta_row, l)[0])
     points = grid_size(vocab)
     alpha = _grid_alphas(points, 1, np.float64)
     # every pass in `moments`' fused layout: w, w l, w l^2 in one buffer, one reduction
     buf = scratch(xp, "buf", (3, points, 1, vocab), l)
-    lz, mean, var, _ = moments(xp, l, log_pi_t, alpha, buf=buf, supported=True, bounded=True,
+    lz, mean, var, _ = moments(xp, l, base, alpha, buf=buf, supported=True, bounded=True,
                                fused=True)
     if check_tolerance is not None and not (abs(float(lz[0, 0])) <= check_tolerance
                                             and abs(float(lz[-1, 0])) <= check_tolerance):
@@ -77,21 +98,18 @@ def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
         return None                                  # no root: statuses and messages over there
     entropy = None
     if diagnostics:   # the weights at alpha = 0 and 1 are buf[0][0] and buf[0][-1]
-        entropy = _end_point_entropies(xp, buf[0], log_pi_theta, log_pi_t, None, None,
-                                       buf[1][0])
+        entropy = _end_point_entropies(xp, buf[0], theta_row, base, None, None, buf[1][0])
     a, d, log_z, iterations, converged = newton_one_row(
-        xp, l, log_pi_t, scratch(xp, "buf", (order + 1,) + shape, l), None, np.float64,
-        _grid_values(points), d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol,
-        max_iter=max_iter, iterates=iterates, fused=True)
+        xp, l, base, scratch(xp, "buf", (order + 1, 1, vocab), l), None, np.float64, _grid_values(points),
+        d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol, max_iter=max_iter,
+        iterates=iterates, fused=True)
     if not (converged and 0.0 < a < 1.0):
         return None
-    out = dict(status=_OK.copy(), message=[""], alpha=np.array([a]), residual=np.array([d]),
-               iterations=np.array([iterations], dtype=np.int64),
-               evaluations=np.array([1 + iterations], dtype=np.int64), d_at_0=np.array([d0]),
-               d_at_1=np.array([d1]), log_z_at_alpha=np.array([log_z]))
+    out = dict(alpha=a, residual=d, iterations=iterations, d_at_0=d0, d_at_1=d1,
+               log_z_at_alpha=log_z)
     if diagnostics:
-        out.update(_family_row(l, log_pi_t, a, log_z, d, shift))
-        out["entropy_theta"], out["entropy_t"] = entropy[0], entropy[1]
+        out.update(_family_row(l, base, a, log_z, d, shift))
+        out["entropy_theta"], out["entropy_t"] = float(entropy[0][0]), float(entropy[1][0])
     return out
 
 
@@ -101,9 +119,11 @@ def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float)
     others = np.array([[2.0 - a], [-a]])
     buf = scratch(np, "buf", (2,) + tuple(l.shape), l)
     raw = moments(np, l, log_base, others, order=0, supported=True, buf=buf, bounded=True)[0]
-    above, below = float(raw[0, 0]), float(raw[1, 0])
+    above, below = raw[:, 0].tolist()
     if shift != 0.0:
         above, below = above + 0.0 + (2.0 - a) * shift, below + 0.0 + (-a) * shift
     numbers = family_numbers(_RowScalars, a, log_z, delta, above, below, False, False)
-    return {name: np.array([value]) for name, value in zip(
-        ("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t"), numbers)}
+    return dict(zip(("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t"), numbers))
+
+
+_MAX, _MIN = np.maximum.reduce, np.minimum.reduce
