@@ -43,7 +43,8 @@ from geomix_cli.core.kernel import (DEGENERATE, DISJOINT, INVALID, MASKED, MAX_I
 from geomix_cli.core import single_row
 from geomix_cli.core.solvers import solve_alpha, solve_blocks
 from geomix_cli.core.validation import KINDS, LOGITS, LOGPROBS, PROBS  # noqa: F401
-from geomix_cli.core.validation import input_logprob_tolerance, validate_pair
+from geomix_cli.core.validation import (input_logprob_tolerance, normalise_plain_rows,
+                                        tolerance_for, validate_pair)
 from geomix_cli.errors import InputError, UnavailableError
 
 __all__ = ["solve", "geometric_mean", "importance_weights", "diagnostics", "SolveResult",
@@ -356,16 +357,21 @@ def solve(theta, target, *, kind: str = LOGITS, mask=None, dim: int = -1,
     diagnostics: False skips the ESS and entropy passes (ess_theta, ess_t, alpha_entropy None).
     max_memory: torch only: bytes of temporaries per chunk (default 1 GiB).
     Returns a SolveResult (no autograd graph)."""
+    if (type(theta) is np.ndarray and type(target) is np.ndarray and mask is None
+            and method in ("newton", "halley") and compute_dtype in (None, "float64")
+            and not renormalize and on_invalid in ("raise", "status") and kind in KINDS
+            and theta.shape == target.shape and theta.dtype == target.dtype
+            and theta.dtype.kind == "f" and theta.ndim >= 1 and 0 < theta.shape[-1] == theta.size
+            and dim in (-1, theta.ndim - 1)):
+        # one row of numpy floats (a training step's small call): the small-call lane
+        result = _solve_one_row(theta, target, kind, method, diagnostics)
+        if result is not None:
+            return result
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check_on_invalid(on_invalid)
     pair = _pair(theta, target, kind, mask, dim)
     work = _compute_dtype(pair, compute_dtype)
-    if (pair.library == "numpy" and pair.keep is None and pair.n_rows == 1
-            and method in ("newton", "halley")):
-        result = _solve_one_row(pair, kind, method, renormalize, diagnostics)
-        if result is not None:
-            return result
     kept = pair.n_rows if pair.keep is None else int(pair.keep.sum())
     if kept == 0:
         rows = None
@@ -403,20 +409,23 @@ def _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics) -> di
     return _rows_of(sol, diag, log_theta, log_t)
 
 
-def _solve_one_row(pair, kind, method, renormalize, diagnostics) -> SolveResult | None:
-    """One numpy row solved to 'ok' by the small-call lane (`single_row`), the result built from
-    its Python floats: the same numbers as `_solve_numpy` + `_solve_result` (tests/
-    test_single_row.py), without their per-row arrays. None (the general path) for a row that is
-    refused or not 'ok'."""
-    theta, target = pair.theta, pair.target
-    log_theta, log_t, errors = validate_pair(theta, target, kind, names=NAMES,
-                                             renormalize=renormalize,
-                                             storage_dtype=pair.storage_dtype, hint=API_HINT)
-    if errors[0] is not None:
+def _solve_one_row(theta: np.ndarray, target: np.ndarray, kind: str, method: str,
+                   diagnostics: bool) -> SolveResult | None:
+    """One row of numpy floats ([..., V] with one position) solved to 'ok' by the small-call lane:
+    validation's plain case (`normalise_plain_rows`) and `single_row.solve_row_numbers`, the
+    result built from Python floats -- the same numbers as the general path (`_solve_numpy` +
+    `_solve_result`, to the last bit: tests/test_single_row.py), without its per-row arrays and
+    records. None (the general path, with its statuses, messages and errors) for a row that is
+    not plainly valid or not 'ok'."""
+    vocab = theta.shape[-1]
+    x = np.empty((2, vocab))
+    x[0] = theta
+    x[1] = target
+    if not normalise_plain_rows(x, kind, tolerance_for(kind, dtype_name(theta.dtype), vocab)):
         return None
     row = single_row.solve_row_numbers(
-        log_theta[0], log_t[0], order=3 if method == "halley" else 2,
-        check_tolerance=input_logprob_tolerance(log_theta, pair.vocab), diagnostics=diagnostics)
+        x[0], x[1], order=3 if method == "halley" else 2,
+        check_tolerance=input_logprob_tolerance(x, vocab), diagnostics=diagnostics)
     if row is None:
         return None
     alpha = row["alpha"]
@@ -426,21 +435,24 @@ def _solve_one_row(pair, kind, method, renormalize, diagnostics) -> SolveResult 
         kl_t = max(row["kl_q_t"], 0.0) + 0.0
         h_theta, h_t = row["entropy_theta"], row["entropy_t"]
         alpha_h = h_theta / (h_theta + h_t) if h_theta + h_t > 0 else math.nan
-        extra = (row["ess_theta"], row["ess_t"], alpha_h)
+        extra = (np.array(row["ess_theta"]), np.array(row["ess_t"]), np.array(alpha_h))
     else:             # _lean_rows on floats: from the last pass's log Z and D
         delta = row["residual"]
         log_z = min(row["log_z_at_alpha"], 0.0) + 0.0
         kl_theta = max((1.0 - alpha) * delta - log_z, 0.0) + 0.0
         kl_t = max(-alpha * delta - log_z, 0.0) + 0.0
         extra = (None, None, None)
-    lead = pair.lead
-    values = [alpha, -log_z + 0.0, kl_theta, kl_t, log_z, *extra, row["residual"]]
-    values = {name: None if value is None else np.array(value).reshape(lead)
-              for name, value in zip(_FLOAT_FIELDS, values)}
-    return SolveResult(**values, iterations=np.array(row["iterations"], dtype=np.int64)
-                       .reshape(lead), status=np.array(OK).reshape(lead),
-                       message=np.array("").reshape(lead), ok=np.array(True).reshape(lead),
-                       method=method, kind=kind, compute_dtype="float64")
+    out = SolveResult(np.array(alpha), np.array(-log_z + 0.0), np.array(kl_theta),
+                      np.array(kl_t), np.array(log_z), *extra, np.array(row["residual"]),
+                      np.array(row["iterations"], dtype=np.int64), np.array(OK),
+                      np.array(""), np.array(True), method, kind, "float64")
+    lead = theta.shape[:-1]
+    if lead:          # [1, ..., 1, V]: every array of the leading shape
+        for name in (*_FLOAT_FIELDS, "iterations", "status", "message", "ok"):
+            value = getattr(out, name)
+            if value is not None:
+                object.__setattr__(out, name, value.reshape(lead))
+    return out
 
 
 def _solve_torch(pair, kind, method, work, renormalize, on_invalid, diagnostics,

@@ -132,6 +132,38 @@ def row_moments(l, log_base, alpha: float, buf, order: int = 2):
     return log_z, mean, var, third
 
 
+def rows_moments(l, log_base, alphas, buf, order: int = 2):
+    """`row_moments` at k alphas at once (alphas [k, 1], buf (order + 1, k, V)): numpy arrays
+    [k] (log_z, mean, var, third, z; the moments None for order 0), the same bits as `moments`
+    at those alphas (z: the sums of the weights buf[0]), or None where a Z leaves
+    [1e-280, 1e280]."""
+    w = buf[0]
+    _MULTIPLY(l, -alphas, out=w)
+    w += log_base
+    _EXP(w, out=w)
+    for j in range(1, order + 1):
+        _MULTIPLY(buf[j - 1], l, out=buf[j])
+    sums = _SUM(buf, -1)
+    z = sums[0]
+    log_z = _LOG(z)
+    if not float(_MAXIMUM(abs(log_z))) <= _LOG_Z_LIMIT:
+        return None
+    if order == 0:
+        return log_z, None, None, None, z
+    mean = sums[1] / z
+    if order == 1:
+        return log_z, mean, None, None, z
+    second = sums[2] / z
+    var = second - mean * mean
+    third = None
+    if order >= 3:
+        third = sums[3] / z - mean * (3.0 * second - 2.0 * mean * mean)
+    return log_z, mean, var, third, z
+
+
+_MAXIMUM = np.maximum.reduce
+
+
 def _device(xp, x):
     return None if is_numpy(xp) else x.device
 

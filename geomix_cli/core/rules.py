@@ -79,7 +79,9 @@ class _RowScalars:
     @staticmethod
     def exp(x):
         # numpy's exp, not math.exp: the two may differ in the last bit, and a row must get the
-        # same numbers alone as in a batch
+        # same numbers alone as in a batch (below 709 it cannot overflow: no error state to set)
+        if x < 709.0:
+            return float(np.exp(x))
         with np.errstate(over="ignore"):
             return float(np.exp(x))
 

@@ -25,9 +25,9 @@ import math
 
 import numpy as np
 
-from geomix_cli.core.kernel import (EPS64, RECENTRE_MAX_ABS_L, _end_point_entropies,
-                                    newton_one_row, recentring_constant_rows)
-from geomix_cli.core.passes import _grid_alphas, _grid_values, moments, scratch
+from geomix_cli.core.kernel import (EPS64, RECENTRE_MAX_ABS_L, newton_one_row,
+                                    recentring_constant_rows)
+from geomix_cli.core.passes import _grid_alphas, _grid_values, rows_moments, scratch
 from geomix_cli.core.rules import (_RowScalars, constant_tolerance, family_numbers, grid_size,
                                    status_code)
 
@@ -62,68 +62,78 @@ def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: 
                       diagnostics: bool = False, iterates: dict | None = None) -> dict | None:
     """`solve_row` on one row [V] (float64, C-contiguous), its numbers as Python floats in a dict
     (ROW_FIELDS, and DIAGNOSTIC_FIELDS with `diagnostics`; iterations an int), or None."""
-    xp = np
     eps = EPS64
     if xtol is None:
         xtol = 1e-14
     vocab = log_pi_theta.shape[-1]
-    l = scratch(xp, "l", (1, vocab), log_pi_theta)   # (cached when large: no page faults)
-    with np.errstate(invalid="ignore"):             # -inf - -inf: NaN, declined just below
-        np.subtract(log_pi_t, log_pi_theta, out=l[0])
-    l_max, l_min = _MAX(l[0]).item(), _MIN(l[0]).item()
-    spread = l_max - l_min
-    if not math.isfinite(spread):                    # -inf on a side, or NaN: the general path
+    # lse_theta + lse_t = 0 (normalised): the scale of the rounding of l; -inf (a zero on either
+    # side) or NaN: the general path (so l below is finite, and no floating-point state is set)
+    scale = 0.0 - _MIN(log_pi_theta + log_pi_t).item()
+    if not scale < math.inf:
         return None
-    scale = 0.0 - _MIN(log_pi_theta + log_pi_t).item()   # lse_theta + lse_t = 0 (normalised)
+    l = scratch(np, "l", (1, vocab), log_pi_theta)   # (cached when large: no page faults)
+    l_row = l[0]
+    np.subtract(log_pi_t, log_pi_theta, out=l_row)
+    l_max, l_min = _MAX(l_row).item(), _MIN(l_row).item()
+    spread = l_max - l_min
     level = max(abs(l_max), abs(l_min))
     tol = constant_tolerance(eps, scale)
     shift = 0.0
-    base = log_pi_t[None]
-    theta_row = log_pi_theta[None]
     if level <= RECENTRE_MAX_ABS_L:
-        shift = 0.0 + float(recentring_constant_rows(xp, theta_row, l)[0])
+        shift = 0.0 + float(recentring_constant_rows(np, log_pi_theta[None], l)[0])
     points = grid_size(vocab)
-    alpha = _grid_alphas(points, 1, np.float64)
-    # every pass in `moments`' fused layout: w, w l, w l^2 in one buffer, one reduction
-    buf = scratch(xp, "buf", (3, points, 1, vocab), l)
-    lz, mean, var, _ = moments(xp, l, base, alpha, buf=buf, supported=True, bounded=True,
-                               fused=True)
-    if check_tolerance is not None and not (abs(float(lz[0, 0])) <= check_tolerance
-                                            and abs(float(lz[-1, 0])) <= check_tolerance):
+    # the first pass (`kernel.prepare_pair`'s): w, w l, w l^2 at the grid's alphas, one reduction
+    buf = scratch(np, "buf", (3, points, vocab), l)
+    first = rows_moments(l_row, log_pi_t, _grid_alphas(points, 1, np.float64), buf)
+    if first is None:                                # a Z out of range: the shifted pass there
+        return None
+    lz, mean, var, _, z = first
+    if check_tolerance is not None and not (abs(float(lz[0])) <= check_tolerance
+                                            and abs(float(lz[-1])) <= check_tolerance):
         return None                                  # refused by the general path, with its text
-    d_grid = (mean[:, 0] - shift).tolist() if shift != 0.0 else mean[:, 0].tolist()
-    v_grid = var[:, 0].tolist()
+    d_grid = (mean - shift).tolist() if shift != 0.0 else mean.tolist()
+    v_grid = var.tolist()
     d0, d1 = d_grid[0], d_grid[-1]
     if status_code(_RowScalars, d0, d1, spread, level, tol, tol, True, False) != 0:
         return None                                  # no root: statuses and messages over there
-    entropy = None
-    if diagnostics:   # the weights at alpha = 0 and 1 are buf[0][0] and buf[0][-1]
-        entropy = _end_point_entropies(xp, buf[0], theta_row, base, None, None, buf[1][0])
+    if diagnostics:   # `kernel._end_point_entropies`: the weights at alpha = 0 and 1 are pi_t,
+        # pi_theta up to Z(0), Z(1): H = -(sum w z) / sum w, both products in one reduction
+        products = buf[1][:2]
+        np.multiply(buf[0][-1], log_pi_theta, out=products[0])
+        np.multiply(buf[0][0], log_pi_t, out=products[1])
+        weighted_theta, weighted_t = _SUM(products, -1).tolist()
+        z_theta, z_t = float(z[-1]), float(z[0])
+        entropy_theta = -(weighted_theta / z_theta) + 0.0 + 0.0
+        entropy_t = -(weighted_t / z_t) + 0.0 + 0.0
     a, d, log_z, iterations, converged = newton_one_row(
-        xp, l, base, scratch(xp, "buf", (order + 1, 1, vocab), l), None, np.float64, _grid_values(points),
-        d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol, max_iter=max_iter,
-        iterates=iterates, fused=True)
+        np, l, log_pi_t[None], scratch(np, "buf", (order + 1, 1, vocab), l), None, np.float64,
+        _grid_values(points), d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol,
+        max_iter=max_iter, iterates=iterates, fused=True)
     if not (converged and 0.0 < a < 1.0):
         return None
     out = dict(alpha=a, residual=d, iterations=iterations, d_at_0=d0, d_at_1=d1,
                log_z_at_alpha=log_z)
     if diagnostics:
-        out.update(_family_row(l, base, a, log_z, d, shift))
-        out["entropy_theta"], out["entropy_t"] = float(entropy[0][0]), float(entropy[1][0])
+        family = _family_row(l, log_pi_t, a, log_z, d, shift)
+        if family is None:
+            return None
+        out.update(family, entropy_theta=entropy_theta, entropy_t=entropy_t)
     return out
 
 
-def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float) -> dict:
+def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float) -> dict | None:
     """`kernel._family_interior` for the row at its alpha* (log Z and D known from the last
     pass): log Z at 2 - alpha and -alpha in one pass, then `family_numbers`."""
     others = np.array([[2.0 - a], [-a]])
-    buf = scratch(np, "buf", (2,) + tuple(l.shape), l)
-    raw = moments(np, l, log_base, others, order=0, supported=True, buf=buf, bounded=True)[0]
-    above, below = raw[:, 0].tolist()
+    raw = rows_moments(l[0], log_base, others, scratch(np, "buf", (1, 2, l.shape[-1]), l),
+                       order=0)
+    if raw is None:
+        return None
+    above, below = raw[0].tolist()
     if shift != 0.0:
         above, below = above + 0.0 + (2.0 - a) * shift, below + 0.0 + (-a) * shift
     numbers = family_numbers(_RowScalars, a, log_z, delta, above, below, False, False)
     return dict(zip(("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t"), numbers))
 
 
-_MAX, _MIN = np.maximum.reduce, np.minimum.reduce
+_MAX, _MIN, _SUM = np.maximum.reduce, np.minimum.reduce, np.add.reduce

@@ -202,12 +202,49 @@ def normalise_rows(xp, x, kind: str, *, tolerance: float, dtype_name: str,
     return x, None, errors
 
 
+def normalise_plain_rows(x: np.ndarray, kind: str, tolerance: float) -> bool:
+    """`normalise_rows(np, x, kind, tolerance=tolerance)` for the plain case only, in place on
+    a float64 [n, V] copy (C-contiguous): True when every row is plainly good -- probabilities all
+    > 0 summing to 1 within `tolerance`, finite logits with no -inf, log-probabilities whose
+    logsumexp is within `tolerance` of 0 -- and x then holds the same log-probabilities, to the
+    last bit (the same operations; tests/test_single_row.py); False (x then undefined) for any
+    other row, which `validate_pair` must judge and explain. No floating-point state is touched:
+    nothing in the plain case can warn. For the small-call lane, where the general validation's
+    bookkeeping is most of a short row's cost."""
+    if kind == PROBS:
+        total = _ADD(x, -1, np.float64)
+        if not (float(_MIN(x, None)) > 0.0 and tolerance < 1.0
+                and float(_MAX(np.absolute(total - 1.0), None)) <= tolerance):
+            return False
+        np.log(x, out=x)
+        x -= np.log(total)[:, None]
+        return True
+    peak = _MAX(x, -1, None, None, True)
+    if not (abs(float(_MAX(np.absolute(peak), None))) < math.inf
+            and float(_MIN(x, None)) > -math.inf):
+        return False                                 # NaN, +-inf anywhere
+    x -= peak
+    at_peak = x == 0.0                               # the entries equal to the row maximum
+    e = np.exp(x)
+    e[at_peak] = 0.0
+    s, count = _ADD(e, -1, np.float64), _ADD(at_peak, -1)
+    lse = np.log1p(s / count) + np.log(count)
+    if kind == LOGPROBS and not float(_MAX(np.absolute(peak[:, 0] + lse), None)) <= tolerance:
+        return False
+    x -= lse[:, None]
+    return True
+
+
+_ADD, _MIN, _MAX = np.add.reduce, np.minimum.reduce, np.maximum.reduce
+
+
 def _plainly_good(total: np.ndarray, low: np.ndarray, tolerance: float, renormalize: bool) -> bool:
     """Every probability row >= 0 with a sum within `tolerance` of 1 (< 1: so also positive and
     finite), in two reductions: the common case, decided without the per-row flags (NaN: no)."""
     if renormalize or not tolerance < 1.0:
         return False
-    return float(low.min()) >= 0.0 and float(np.abs(total - 1.0).max()) <= tolerance
+    return (float(np.minimum.reduce(low, None)) >= 0.0
+            and float(np.maximum.reduce(np.absolute(total - 1.0), None)) <= tolerance)
 
 
 def _index(xp, mask: np.ndarray, like):
