@@ -530,7 +530,9 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
     Returns (alpha, D, log Z, iterations, converged) as Python numbers; alpha, D and log Z are
     NaN when the row did not converge."""
     ns = _RowScalars
-    k = next(i for i in range(1, len(d_grid)) if d_grid[i] <= 0.0)
+    k = 1
+    while d_grid[k] > 0.0:                       # the first grid point past the root
+        k += 1
     lo, hi = float(grid[k - 1]), float(grid[k])
     alpha = hermite_start(ns, lo, hi, d_grid[k - 1], d_grid[k], v_grid[k - 1], v_grid[k])
     last_step = step_before = 1.0
@@ -539,17 +541,19 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
     converged = False
     a_eval = d = log_z = math.nan
     third = None
-    point = np.empty(1, dtype=work_np)
     # one float64 numpy row in the fused layout: the lean pass (the same bits, fewer calls)
     lean = fused and work_np is np.float64 and isinstance(l, np.ndarray)
     if lean:
         l_row, base_row, buf_row = l[0], log_base[0], buf[:, 0]
+    point = None
     for _ in range(max_iter):
         raw = None
         if lean:
             a_eval = alpha                       # a float64 already
             raw = row_moments(l_row, base_row, a_eval, buf_row, order)
         if raw is None:
+            if point is None:
+                point = np.empty(1, dtype=work_np)
             point[0] = alpha
             a_eval = float(point[0])             # alpha rounded to the work dtype
             raw = moments(xp, l, log_base, to_device_like(point, l, xp), order=order, buf=buf,

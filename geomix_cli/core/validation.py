@@ -213,8 +213,8 @@ def normalise_plain_rows(x: np.ndarray, kind: str, tolerance: float) -> bool:
     bookkeeping is most of a short row's cost."""
     if kind == PROBS:
         total = _ADD(x, -1, np.float64)
-        if not (float(_MIN(x, None)) > 0.0 and tolerance < 1.0
-                and float(_MAX(np.absolute(total - 1.0), None)) <= tolerance):
+        if not (float(_MIN(x, None)) > 0.0
+                and all(abs(t - 1.0) <= tolerance for t in total.tolist())):
             return False
         np.log(x, out=x)
         x -= np.log(total)[:, None]
