@@ -442,17 +442,13 @@ def _solve_one_row(theta: np.ndarray, target: np.ndarray, kind: str, method: str
         kl_theta = max((1.0 - alpha) * delta - log_z, 0.0) + 0.0
         kl_t = max(-alpha * delta - log_z, 0.0) + 0.0
         extra = (None, None, None)
-    out = SolveResult(np.array(alpha), np.array(-log_z + 0.0), np.array(kl_theta),
-                      np.array(kl_t), np.array(log_z), *extra, np.array(row["residual"]),
-                      np.array(row["iterations"], dtype=np.int64), np.array(OK),
-                      np.array(""), np.array(True), method, kind, "float64")
+    values = [np.array(alpha), np.array(-log_z + 0.0), np.array(kl_theta), np.array(kl_t),
+              np.array(log_z), *extra, np.array(row["residual"]),
+              np.array(row["iterations"], dtype=np.int64), np.array(OK), np.array("")]
     lead = theta.shape[:-1]
     if lead:          # [1, ..., 1, V]: every array of the leading shape
-        for name in (*_FLOAT_FIELDS, "iterations", "status", "message", "ok"):
-            value = getattr(out, name)
-            if value is not None:
-                object.__setattr__(out, name, value.reshape(lead))
-    return out
+        values = [None if value is None else value.reshape(lead) for value in values]
+    return SolveResult(*values, values[-2] == OK, method, kind, "float64")   # ok as there
 
 
 def _solve_torch(pair, kind, method, work, renormalize, on_invalid, diagnostics,

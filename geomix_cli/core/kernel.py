@@ -42,7 +42,7 @@ import numpy as np
 
 from geomix_cli.core.arrays import host, host64, is_numpy, rmax, rmin, rsum, to_device_like
 from geomix_cli.core.passes import (_device, _eps_of, _grid_alphas, _grid_values, moments,
-                                     row_moments, scratch)
+                                     row_moments, rows_moments, scratch)
 from geomix_cli.core.rules import (DEGENERATE, DISJOINT, GRID_ELEMENTS, INVALID,  # noqa: F401
                                    MASKED, MAX_ITER, NO_ROOT, OK, STATUSES, _STATUS_NAMES,
                                    _RowArrays, _RowScalars, constant_tolerance, family_numbers,
@@ -55,6 +55,11 @@ EPS64 = float(np.finfo(np.float64).eps)
 # Rows whose max|l| exceeds this are not re-centred (expm1 loses its edge there, and Var_q(l) is
 # then large enough that a 1e-16 shift of l does not move alpha* visibly).
 RECENTRE_MAX_ABS_L = 1.0
+
+# A one-row Newton pass after a step this small is expected to be the last (the next correction
+# ~ step^2 Var'/Var is far below xtol): `newton_one_row` evaluates the family's two other alphas
+# with it.
+FAMILY_STEP = 1e-6
 
 
 def ignore_fp(xp):
@@ -521,12 +526,17 @@ def _newton_row(prep: Prepared, row: int, l, log_base, buf, tmp, work_np, *, ord
 def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_grid: list,
                    shift: float, log_z_shift: float, eps: float, *, order: int, xtol: float,
                    max_iter: int, iterates: dict | None = None, label: int = 0,
-                   fused: bool = False):
+                   fused: bool = False, family: dict | None = None):
     """`newton` for one row [1, V], its bookkeeping on Python floats (the same rules, start and
     steps as over arrays: `hermite_start`, `newton_update` on `_RowScalars`).
 
     grid, d_grid, v_grid: the first pass's alphas and D, Var there (floats); shift, log_z_shift:
     as in `Prepared`; fused: buf is `moments`' fused scratch ((order + 1, 1, V); tmp unused).
+    family: a dict to receive the raw log Z at 2 - alpha and -alpha of the returned alpha
+    (keys "above", "below"; float64 numpy rows in the fused layout only): a pass expected to be
+    the last (the step before it below FAMILY_STEP, so Newton's quadratic convergence puts the
+    next correction under xtol) evaluates those two alphas with it, in the same numpy calls; the
+    dict stays empty when the last pass was not expected.
     Returns (alpha, D, log Z, iterations, converged) as Python numbers; alpha, D and log Z are
     NaN when the row did not converge."""
     ns = _RowScalars
@@ -546,11 +556,23 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
     if lean:
         l_row, base_row, buf_row = l[0], log_base[0], buf[:, 0]
     point = None
+    family_buf = None
+    if family is not None and lean:
+        family_buf = np.empty((order + 1, 3, l.shape[-1]))
     for _ in range(max_iter):
         raw = None
+        family_now = None
         if lean:
             a_eval = alpha                       # a float64 already
-            raw = row_moments(l_row, base_row, a_eval, buf_row, order)
+            if family_buf is not None and last_step <= FAMILY_STEP:
+                three = rows_moments(l_row, base_row, np.array([[a_eval], [2.0 - a_eval],
+                                                                [-a_eval]]), family_buf, order)
+                if three is not None:            # row 0: the bits of `row_moments` at a_eval
+                    family_now = three[0][1:].tolist()
+                    raw = [float(three[j][0]) if three[j] is not None else None
+                           for j in range(4)]
+            if raw is None:
+                raw = row_moments(l_row, base_row, a_eval, buf_row, order)
         if raw is None:
             if point is None:
                 point = np.empty(1, dtype=work_np)
@@ -568,6 +590,8 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
             eps=eps)
         step_before, last_step, prev_size = last_step, step, size
         if converged:
+            if family_now is not None:
+                family["above"], family["below"] = family_now
             break
     if not converged:
         return math.nan, math.nan, math.nan, iterations, False

@@ -7,16 +7,22 @@ of length 1, the `Prepared` record, support masks, status and message arrays. Th
 same computation for the common case -- one row, numpy, float64, both supports full, a root in
 (0, 1) -- and declines (returns None) everything else, which then takes the general path:
 rows with zeros, rows without a root (statuses and messages are the general path's), rows that
-fail the normalisation check, rows that do not converge.
+fail the normalisation check, rows that do not converge, passes whose Z leaves [1e-280, 1e280].
 
-What is shared, so that the numbers are the general path's to the last bit (tests/test_single_row.py
-compares them row for row): the passes (`passes.moments`, in the same buffers' shapes), the support
-rules (`rules.status_code`, `rules.constant_tolerance`), the start and the steps
-(`kernel.newton_one_row`: `rules.hermite_start`, `rules.newton_update`), the family's numbers
-(`rules.family_numbers`), the re-centring (`kernel.recentring_constant_rows`) and the end-point
-entropies (`kernel._end_point_entropies`). What is specific is the order of the calls for one row
-(`kernel.prepare_pair`'s dense branch, `kernel.solve_block`, `kernel._family_interior`), written
-here once more on floats: keep the two in step (the row-for-row tests fail when they drift).
+Exactness: the lane gives the general path's numbers to the last bit, not merely to a few ulps
+(tests/test_single_row.py compares them with assert_array_equal on rows of every grid size, all
+kinds, Newton and Halley, with and without diagnostics). It does the same floating-point
+operations on the same values in the same order: the passes are `passes.row_moments` /
+`rows_moments` (the products, pairwise row sums, numpy's log and the divisions of
+`passes.moments`, in fewer calls), the support rules (`rules.status_code`,
+`rules.constant_tolerance`), the start and the steps (`kernel.newton_one_row`:
+`rules.hermite_start`, `rules.newton_update`), the family's numbers (`rules.family_numbers`),
+the re-centring (`kernel.recentring_constant_rows`) and the end-point entropies (the operations
+of `kernel._end_point_entropies`, both products summed in one reduction). What is specific is the
+order of the calls for one row (`kernel.prepare_pair`'s dense branch, `kernel.solve_block`,
+`kernel._family_interior`), written here once more on floats -- keep the two in step: the
+row-for-row tests fail when they drift -- and, with diagnostics, log Z at 2 - alpha* and -alpha*
+evaluated in the last Newton pass (`newton_one_row(family=...)`), which saves a pass.
 """
 
 from __future__ import annotations
@@ -57,11 +63,20 @@ def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
     return out
 
 
-def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
+def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, **options) -> dict | None:
+    """`solve_row` on one row [V] (float64, C-contiguous), its numbers as Python floats in a dict
+    (ROW_FIELDS, and DIAGNOSTIC_FIELDS with `diagnostics`; iterations an int), or None.
+    Under a caller's np.seterr(all="raise") an underflow in a pass raises: such a row is
+    declined too (the general path runs under its own error state)."""
+    try:
+        return _solve_row_numbers(log_pi_theta, log_pi_t, **options)
+    except FloatingPointError:
+        return None
+
+
+def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
                       xtol: float | None = None, max_iter: int = 60, check_tolerance=None,
                       diagnostics: bool = False, iterates: dict | None = None) -> dict | None:
-    """`solve_row` on one row [V] (float64, C-contiguous), its numbers as Python floats in a dict
-    (ROW_FIELDS, and DIAGNOSTIC_FIELDS with `diagnostics`; iterations an int), or None."""
     eps = EPS64
     if xtol is None:
         xtol = 1e-14
@@ -105,31 +120,40 @@ def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: 
         z_theta, z_t = float(z[-1]), float(z[0])
         entropy_theta = -(weighted_theta / z_theta) + 0.0 + 0.0
         entropy_t = -(weighted_t / z_t) + 0.0 + 0.0
+    # the family's alphas 2 - alpha and -alpha cannot overflow a weight while 2 max|l| < 700:
+    # then the last Newton pass evaluates them too (no floating-point state to set)
+    family = {} if diagnostics and level < 350.0 else None
     a, d, log_z, iterations, converged = newton_one_row(
         np, l, log_pi_t[None], scratch(np, "buf", (order + 1, 1, vocab), l), None, np.float64,
         _grid_values(points), d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol,
-        max_iter=max_iter, iterates=iterates, fused=True)
+        max_iter=max_iter, iterates=iterates, fused=True, family=family)
     if not (converged and 0.0 < a < 1.0):
         return None
     out = dict(alpha=a, residual=d, iterations=iterations, d_at_0=d0, d_at_1=d1,
                log_z_at_alpha=log_z)
     if diagnostics:
-        family = _family_row(l, log_pi_t, a, log_z, d, shift)
-        if family is None:
+        numbers = _family_row(l, log_pi_t, a, log_z, d, shift, family)
+        if numbers is None:
             return None
-        out.update(family, entropy_theta=entropy_theta, entropy_t=entropy_t)
+        out.update(numbers, entropy_theta=entropy_theta, entropy_t=entropy_t)
     return out
 
 
-def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float) -> dict | None:
+def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float,
+                known: dict) -> dict | None:
     """`kernel._family_interior` for the row at its alpha* (log Z and D known from the last
-    pass): log Z at 2 - alpha and -alpha in one pass, then `family_numbers`."""
-    others = np.array([[2.0 - a], [-a]])
-    raw = rows_moments(l[0], log_base, others, scratch(np, "buf", (1, 2, l.shape[-1]), l),
-                       order=0)
-    if raw is None:
-        return None
-    above, below = raw[0].tolist()
+    pass): log Z at 2 - alpha and -alpha (`known` from the last Newton pass, else one pass),
+    then `family_numbers`."""
+    if known:
+        above, below = known["above"], known["below"]
+    else:
+        others = np.array([[2.0 - a], [-a]])
+        with np.errstate(over="ignore"):             # out of range: None below
+            raw = rows_moments(l[0], log_base, others,
+                               scratch(np, "buf", (1, 2, l.shape[-1]), l), order=0)
+        if raw is None:
+            return None
+        above, below = raw[0].tolist()
     if shift != 0.0:
         above, below = above + 0.0 + (2.0 - a) * shift, below + 0.0 + (-a) * shift
     numbers = family_numbers(_RowScalars, a, log_z, delta, above, below, False, False)
