@@ -116,10 +116,12 @@ def row_moments(l, log_base, alpha: float, buf, order: int = 2):
     for j in range(1, order + 1):
         _MULTIPLY(buf[j - 1], l, out=buf[j])
     sums = _SUM(buf, -1)
+    raw = sums.tolist()
+    if not raw[0] > 0.0:                            # (Z underflowed: no log of 0 to warn about)
+        return None
     log_z = float(_LOG(sums[0]))                    # numpy's log, as `moments` (not libm's)
     if not abs(log_z) <= _LOG_Z_LIMIT:
         return None
-    raw = sums.tolist()
     z = raw[0]
     mean = raw[1] / z
     if order == 1:
@@ -145,6 +147,8 @@ def rows_moments(l, log_base, alphas, buf, order: int = 2):
         _MULTIPLY(buf[j - 1], l, out=buf[j])
     sums = _SUM(buf, -1)
     z = sums[0]
+    if not float(_MINIMUM(z)) > 0.0:                # (Z underflowed: no log of 0 to warn about)
+        return None
     log_z = _LOG(z)
     if not float(_MAXIMUM(abs(log_z))) <= _LOG_Z_LIMIT:
         return None
@@ -161,7 +165,7 @@ def rows_moments(l, log_base, alphas, buf, order: int = 2):
     return log_z, mean, var, third, z
 
 
-_MAXIMUM = np.maximum.reduce
+_MAXIMUM, _MINIMUM = np.maximum.reduce, np.minimum.reduce
 
 
 def _device(xp, x):
