@@ -42,7 +42,7 @@ import numpy as np
 
 from geomix_cli.core.arrays import host, host64, is_numpy, rmax, rmin, rsum, to_device_like
 from geomix_cli.core.passes import (_device, _eps_of, _grid_alphas, _grid_values, moments,
-                                     row_moments, rows_moments, scratch)
+                                     row_moments, scratch)
 from geomix_cli.core.rules import (DEGENERATE, DISJOINT, GRID_ELEMENTS, INVALID,  # noqa: F401
                                    MASKED, MAX_ITER, NO_ROOT, OK, STATUSES, _STATUS_NAMES,
                                    _RowArrays, _RowScalars, constant_tolerance, family_numbers,
@@ -565,12 +565,10 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
         if lean:
             a_eval = alpha                       # a float64 already
             if family_buf is not None and last_step <= FAMILY_STEP:
-                three = rows_moments(l_row, base_row, np.array([[a_eval], [2.0 - a_eval],
-                                                                [-a_eval]]), family_buf, order)
-                if three is not None:            # row 0: the bits of `row_moments` at a_eval
-                    family_now = three[0][1:].tolist()
-                    raw = [float(three[j][0]) if three[j] is not None else None
-                           for j in range(4)]
+                raw = row_moments(l_row, base_row, np.array([[a_eval], [2.0 - a_eval],
+                                                             [-a_eval]]), family_buf, order)
+                if raw is not None:              # the moments at a_eval: row_moments' bits
+                    family_now = raw[4][1:]
             if raw is None:
                 raw = row_moments(l_row, base_row, a_eval, buf_row, order)
         if raw is None:

@@ -103,12 +103,15 @@ def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, suppo
 _LOG, _EXP, _MULTIPLY, _SUM = np.log, np.exp, np.multiply, np.add.reduce
 
 
-def row_moments(l, log_base, alpha: float, buf, order: int = 2):
+def row_moments(l, log_base, alpha, buf, order: int = 2):
     """`moments(np, l, log_base, [alpha], order=order, supported=True, bounded=True, fused=True)`
     for one float64 row l, log_base [V] (alpha a float; buf: (order + 1, V) scratch), as Python
-    floats (log_z, mean, var, third): the same products, pairwise sums and divisions, so the same
-    bits, in the fewest numpy calls (a Newton pass over a short row is its calls' overhead).
-    None where Z leaves [1e-280, 1e280]: `moments` redoes such a pass with the max-shift."""
+    floats (log_z, mean, var, third, None): the same products, pairwise sums and divisions, so the
+    same bits, in the fewest numpy calls (a Newton pass over a short row is its calls' overhead).
+    alpha may also be a [k, 1] array (buf (order + 1, k, V)): the moments are then those at
+    alpha[0], and the last entry lists log Z at all k alphas (the others ride along in the same
+    calls). None where a Z leaves [1e-280, 1e280]: `moments` redoes such a pass with the
+    max-shift."""
     w = buf[0]
     _MULTIPLY(l, -alpha, out=w)
     w += log_base
@@ -116,22 +119,32 @@ def row_moments(l, log_base, alpha: float, buf, order: int = 2):
     for j in range(1, order + 1):
         _MULTIPLY(buf[j - 1], l, out=buf[j])
     sums = _SUM(buf, -1)
-    raw = sums.tolist()
-    if not raw[0] > 0.0:                            # (Z underflowed: no log of 0 to warn about)
-        return None
-    log_z = float(_LOG(sums[0]))                    # numpy's log, as `moments` (not libm's)
-    if not abs(log_z) <= _LOG_Z_LIMIT:
-        return None
+    log_zs = None
+    if sums.ndim == 1:
+        raw = sums.tolist()
+        if not raw[0] > 0.0:                        # (Z underflowed: no log of 0 to warn about)
+            return None
+        log_z = float(_LOG(sums[0]))                # numpy's log, as `moments` (not libm's)
+        if not abs(log_z) <= _LOG_Z_LIMIT:
+            return None
+    else:
+        raw = sums[:, 0].tolist()
+        if not min(sums[0].tolist()) > 0.0:
+            return None
+        log_zs = _LOG(sums[0]).tolist()
+        if not max(map(abs, log_zs)) <= _LOG_Z_LIMIT:
+            return None
+        log_z = log_zs[0]
     z = raw[0]
     mean = raw[1] / z
     if order == 1:
-        return log_z, mean, None, None
+        return log_z, mean, None, None, log_zs
     second = raw[2] / z
     var = second - mean * mean
     third = None
     if order >= 3:
         third = raw[3] / z - mean * (3.0 * second - 2.0 * mean * mean)
-    return log_z, mean, var, third
+    return log_z, mean, var, third, log_zs
 
 
 def rows_moments(l, log_base, alphas, buf, order: int = 2):

@@ -83,11 +83,12 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
     vocab = log_pi_theta.shape[-1]
     # lse_theta + lse_t = 0 (normalised): the scale of the rounding of l; -inf (a zero on either
     # side) or NaN: the general path (so l below is finite, and no floating-point state is set)
-    scale = 0.0 - _MIN(log_pi_theta + log_pi_t).item()
-    if not scale < math.inf:
-        return None
     l = scratch(np, "l", (1, vocab), log_pi_theta)   # (cached when large: no page faults)
     l_row = l[0]
+    np.add(log_pi_theta, log_pi_t, out=l_row)
+    scale = 0.0 - _MIN(l_row).item()
+    if not scale < math.inf:
+        return None
     np.subtract(log_pi_t, log_pi_theta, out=l_row)
     l_max, l_min = _MAX(l_row).item(), _MIN(l_row).item()
     spread = l_max - l_min
