@@ -300,6 +300,19 @@ def test_lean_passes_equal_moments_to_the_last_bit(order):
             assert ride[4][1:] == reference[0][:, 0].tolist()
 
 
+def test_root_inside_is_status_code_ok():
+    from itertools import product
+
+    from geomix_cli.core.rules import _RowScalars, root_inside, status_code
+
+    values = (-1.0, -1e-13, -0.0, 0.0, 1e-13, 0.5, np.nan)
+    for d0, d1, spread, level in product(values, values, (0.0, 1e-14, 1e-12, 2.0, np.nan),
+                                         (0.0, 1e-14, 1.0)):
+        tol = 1e-13
+        expected = status_code(_RowScalars, d0, d1, spread, level, tol, tol, True, False) == 0
+        assert root_inside(d0, d1, spread, tol, tol) == expected, (d0, d1, spread, level)
+
+
 def test_lean_pass_declines_an_out_of_range_normaliser():
     """Z beyond [1e-280, 1e280] (C above 644 nats): the lean passes hand the row back (the
     general pass redoes it with the max-shift)."""

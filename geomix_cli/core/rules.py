@@ -160,6 +160,14 @@ def grid_size(vocab: int) -> int:
 _STATUS_NAMES = np.array([OK, NO_ROOT, DEGENERATE, DISJOINT, INVALID], dtype=object)
 
 
+def root_inside(d0: float, d1: float, spread: float, tol: float, tol_flat: float) -> bool:
+    """`status_code(...) == 0` for one valid row with a non-empty support, on floats: D changes
+    sign, l is not constant on S, and D(0+), D(1-) are not both within rounding of 0 (the same
+    comparisons, without the codes of the other statuses)."""
+    return (d0 > 0.0 and d1 < 0.0 and not spread <= tol
+            and not (abs(d0) <= tol_flat and abs(d1) <= tol_flat))
+
+
 def status_code(ns, d0, d1, spread, level, tol, tol_flat, has_support, invalid):
     """The support rules as a code per row (an index into _STATUS_NAMES): invalid >
     disjoint-support (S empty) > l constant on S (degenerate when the constant is 0 within

@@ -34,8 +34,8 @@ import numpy as np
 from geomix_cli.core.kernel import (EPS64, RECENTRE_MAX_ABS_L, newton_one_row,
                                     recentring_constant_rows)
 from geomix_cli.core.passes import _grid_alphas, _grid_values, rows_moments, scratch
-from geomix_cli.core.rules import (_RowScalars, constant_tolerance, family_numbers, grid_size,
-                                   status_code)
+from geomix_cli.core.rules import (GRID_ELEMENTS, _RowScalars, constant_tolerance,
+                                   family_numbers, grid_size, root_inside)
 
 _OK = np.array(["ok"], dtype=object)
 
@@ -83,7 +83,8 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
     vocab = log_pi_theta.shape[-1]
     # lse_theta + lse_t = 0 (normalised): the scale of the rounding of l; -inf (a zero on either
     # side) or NaN: the general path (so l below is finite, and no floating-point state is set)
-    l = scratch(np, "l", (1, vocab), log_pi_theta)   # (cached when large: no page faults)
+    small = GRID_ELEMENTS >= 3 * vocab               # short rows: fresh arrays cost less
+    l = np.empty((1, vocab)) if small else scratch(np, "l", (1, vocab), log_pi_theta)
     l_row = l[0]
     np.add(log_pi_theta, log_pi_t, out=l_row)
     scale = 0.0 - _MIN(l_row).item()
@@ -99,7 +100,7 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
         shift = 0.0 + float(recentring_constant_rows(np, log_pi_theta[None], l)[0])
     points = grid_size(vocab)
     # the first pass (`kernel.prepare_pair`'s): w, w l, w l^2 at the grid's alphas, one reduction
-    buf = scratch(np, "buf", (3, points, vocab), l)
+    buf = np.empty((3, points, vocab)) if small else scratch(np, "buf", (3, points, vocab), l)
     first = rows_moments(l_row, log_pi_t, _grid_alphas(points, 1, np.float64), buf)
     if first is None:                                # a Z out of range: the shifted pass there
         return None
@@ -110,7 +111,7 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
     d_grid = (mean - shift).tolist() if shift != 0.0 else mean.tolist()
     v_grid = var.tolist()
     d0, d1 = d_grid[0], d_grid[-1]
-    if status_code(_RowScalars, d0, d1, spread, level, tol, tol, True, False) != 0:
+    if not root_inside(d0, d1, spread, tol, tol):
         return None                                  # no root: statuses and messages over there
     if diagnostics:   # `kernel._end_point_entropies`: the weights at alpha = 0 and 1 are pi_t,
         # pi_theta up to Z(0), Z(1): H = -(sum w z) / sum w, both products in one reduction
@@ -125,7 +126,8 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
     # then the last Newton pass evaluates them too (no floating-point state to set)
     family = {} if diagnostics and level < 350.0 else None
     a, d, log_z, iterations, converged = newton_one_row(
-        np, l, log_pi_t[None], scratch(np, "buf", (order + 1, 1, vocab), l), None, np.float64,
+        np, l, log_pi_t[None], np.empty((order + 1, 1, vocab)) if small
+        else scratch(np, "buf", (order + 1, 1, vocab), l), None, np.float64,
         _grid_values(points), d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol,
         max_iter=max_iter, iterates=iterates, fused=True, family=family)
     if not (converged and 0.0 < a < 1.0):
