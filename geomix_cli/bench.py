@@ -4,7 +4,9 @@ One run generates a batch of LLM-like logits ([rows, vocab], stored in float32 /
 bfloat16), solves it once in float64 for the exact alpha*, then times each method (median of
 `repeat` runs) and measures, per method:
 
-- seconds (median) and seconds per row, and the speedup against the seed's reference solver;
+- seconds (median) and seconds per row, and "x ref": the derivation's reference solver's seconds
+  per row on the same device (the faster of its torch runs; the numpy port without torch) divided
+  by this method's;
 - passes over the data (max over rows of `evaluations`; for the reference, its iterations);
 - peak extra memory, and how it was measured: `tracemalloc` (numpy: exact for numpy's buffers),
   `rss-sampled` (torch on CPU: resident-set size sampled every ~1 ms from /proc, minus the level
@@ -15,8 +17,13 @@ bfloat16), solves it once in float64 for the exact alpha*, then times each metho
   256 MiB array, on CUDA a torch sum over 1 GiB; the figure is reported with the results).
 
 Numpy methods start from the validated float64 log-probabilities (what `geomix solve` has after
-loading; the loading is not timed); torch methods and the reference start from the stored logits
-(their normalisation is timed). brentq runs on a subsample of rows (`brentq_rows`).
+loading; the loading is not timed); torch methods, the API and the reference start from the stored
+logits (their normalisation is timed). brentq runs on a subsample of rows (`brentq_rows`).
+
+Peers (`peers=("dit",)`): dit's `chernoff_information_pmf(p, q)` (one row per call, linear space,
+scipy's bounded minimize_scalar) against `geomix_cli.api.solve(p, q, kind="probs")` on the same
+probability rows, single rows of V = 10, 100, 1,000, 49,152 and the configured batch (dit: a loop
+over its rows); interleaved, best of several rounds; skipped with a note when dit is missing.
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ import numpy as np
 from geomix_cli.errors import InputError
 
 STORAGE_DTYPES = ("float32", "float16", "bfloat16")
+PEERS = ("dit",)
+PEER_SIZES = (10, 100, 1_000, 49_152)
+REFERENCE_LABEL = "reference bisection (the derivation's reference, torch)"
+REFERENCE_ONE_THREAD_LABEL = "reference bisection (the derivation's reference, torch, 1 thread)"
+PORT_LABEL = "bisection (numpy float32 port of the derivation's reference)"
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
@@ -52,10 +64,15 @@ class BenchConfig:
     methods: tuple = ()             # empty: all
     exact_rows: int | None = None   # rows solved in float64 for the errors (None: all)
     whole_process: bool = False
+    peers: tuple = ()               # ("dit",): small calls and the batch against a peer library
 
     def check(self) -> None:
         if self.rows < 1 or self.vocab < 2:
             raise InputError("bench needs --rows >= 1 and --vocab >= 2")
+        unknown = [p for p in self.peers if p not in PEERS]
+        if unknown:
+            raise InputError(f"unknown peer(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(PEERS)}")
         if self.dtype not in STORAGE_DTYPES:
             raise InputError(f"--dtype {self.dtype}: choose from {', '.join(STORAGE_DTYPES)}")
         if self.repeat < 1:
@@ -304,17 +321,18 @@ def run_bench(config: BenchConfig, log=lambda text: None) -> dict:
             xs = stored_tensor(theta, config.dtype, dev)
             ys = stored_tensor(target, config.dtype, dev)
             threads = torch.get_num_threads()
-            record("reference-bisection (seed 6.2, torch)", dev, "float32", "stored logits",
+            record(REFERENCE_LABEL, dev, "float32", "stored logits",
                    config.rows, lambda: reference_alpha(xs, ys, kind="logits", device=dev),
                    lambda v: v[0], lambda v: v[1], dev,
-                   note=f"verbatim: float32, log(p + 1e-10), tol 1e-6, logs recomputed per pass"
+                   note=f"the derivation's section 6.2 code verbatim: float32, log(p + 1e-10), "
+                        f"tol 1e-6, logs recomputed per pass"
                         f"{f'; torch {threads} threads' if dev == 'cpu' else ''}")
             if dev == "cpu" and threads > 1:
                 # on a busy machine OpenMP threads spin and slow torch down many times over;
                 # the one-thread run keeps the baseline honest (speedups use the faster one)
                 torch.set_num_threads(1)
                 try:
-                    record("reference-bisection (seed 6.2, torch, 1 thread)", dev, "float32",
+                    record(REFERENCE_ONE_THREAD_LABEL, dev, "float32",
                            "stored logits", config.rows,
                            lambda: reference_alpha(xs, ys, kind="logits", device=dev),
                            lambda v: v[0], lambda v: v[1], dev)
@@ -322,7 +340,7 @@ def run_bench(config: BenchConfig, log=lambda text: None) -> dict:
                     torch.set_num_threads(threads)
             del xs, ys
     if want("bisection"):
-        record("bisection (numpy float32 port of the seed)", "numpy", "float32",
+        record(PORT_LABEL, "numpy", "float32",
                "float64 log-probs", config.rows,
                lambda: solve_bisection_reference(log_theta, log_t, row_errors=row_errors),
                lambda s: s.alpha, lambda s: s.evaluations.max(), "numpy")
@@ -341,6 +359,13 @@ def run_bench(config: BenchConfig, log=lambda text: None) -> dict:
         record("halley (numpy float64)", "numpy", "float64", "float64 log-probs", config.rows,
                lambda: solve_newton(log_theta, log_t, order=3, row_errors=row_errors),
                lambda s: s.alpha, lambda s: s.evaluations.max(), "numpy")
+    if want("api"):
+        from geomix_cli import api as gx
+
+        record("api.solve (numpy, from the stored logits, all diagnostics)", "numpy", "float64",
+               "stored logits", config.rows, lambda: gx.solve(theta, target),
+               lambda r: r.alpha, lambda r: 1 + int(np.max(r.iterations)), "numpy",
+               note="geomix_cli.api.solve: validation, alpha*, C, KLs, ESS, alpha_H (numpy)")
     if torch_devices and want("torch"):
         from geomix_cli.backends.torch_backend import solve_alpha_torch
 
@@ -365,6 +390,8 @@ def run_bench(config: BenchConfig, log=lambda text: None) -> dict:
     }
     if config.whole_process:
         payload["whole_process"] = whole_process(config, theta, target, log)
+    if config.peers:
+        payload["peers"] = run_peers(config, theta, target, log)
     return payload
 
 
@@ -422,7 +449,8 @@ def machine_info(torch_devices, bandwidth) -> dict:
 
 def whole_process(config: BenchConfig, theta, target, log) -> dict:
     """Wall-clock of whole processes on the same file: `geomix solve FILE --json` (numpy newton,
-    the default) against a process that loads the file and runs the seed's reference in torch;
+    the default) against a process that loads the file and runs the derivation's reference in
+    torch;
     also `geomix solve FILE --method bisection` (the numpy port, through the same pipeline)."""
     import subprocess
     import sys
@@ -448,9 +476,9 @@ def whole_process(config: BenchConfig, theta, target, log) -> dict:
             "geomix solve FILE --method bisection --json": [
                 sys.executable, "-m", "geomix_cli", "solve", path, "--method", "bisection",
                 "--json"],
-            "python: load FILE + seed reference (torch)": [sys.executable, "-c",
-                                                           reference_script, path],
-            "python: load FILE + seed reference (torch, 1 thread)": [
+            "python: load FILE + the derivation's reference (torch)": [
+                sys.executable, "-c", reference_script, path],
+            "python: load FILE + the derivation's reference (torch, 1 thread)": [
                 sys.executable, "-c", "import torch; torch.set_num_threads(1)\n"
                 + reference_script, path],
         }
@@ -468,8 +496,86 @@ def whole_process(config: BenchConfig, theta, target, log) -> dict:
                     raise RuntimeError(f"{name} failed ({proc.returncode}): "
                                        f"{proc.stderr.strip().splitlines()[-1:]}")
             out[name] = {"seconds": statistics.median(times), "seconds_all": times}
-        refs = [v["seconds"] for k, v in out.items() if "seed reference" in k]
+        refs = [v["seconds"] for k, v in out.items() if "the derivation's reference" in k]
         if refs:  # against the faster reference process (conservative)
             for rec in out.values():
                 rec["speedup_vs_reference_process"] = min(refs) / rec["seconds"]
         return out
+
+
+# ------------------------------------------------------------------------------------------------
+# peers
+
+
+def _softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """float64 probability rows from logits (the same numbers for both libraries)."""
+    x = np.asarray(logits, dtype=np.float64)
+    w = np.exp(x - x.max(axis=-1, keepdims=True))
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+def _best_interleaved(functions: dict, *, budget: float = 0.15, rounds: int = 5) -> dict:
+    from geomix_cli.timing import best_interleaved
+
+    return best_interleaved(functions, budget=budget, rounds=rounds)
+
+
+def run_peers(config: BenchConfig, theta: np.ndarray, target: np.ndarray, log) -> dict:
+    """Each peer against geomix_cli.api.solve on the same probability rows (see module doc)."""
+    out = {}
+    if "dit" in config.peers:
+        out["dit"] = _run_dit(config, theta, target, log)
+    return out
+
+
+def _run_dit(config: BenchConfig, theta, target, log) -> dict:
+    try:
+        import dit
+        from dit.divergences.variational_distance import chernoff_information_pmf
+    except ImportError:
+        return {"skipped": "dit is not installed (pip install dit): the peer comparison is "
+                           "skipped"}
+    from geomix_cli import api as gx
+
+    sizes = [(1, v) for v in PEER_SIZES] + [(config.rows, config.vocab)]
+    rows_out = []
+    for n_rows, vocab in sizes:
+        log(f"  peer dit: {n_rows} x {vocab}")
+        if (n_rows, vocab) == (config.rows, config.vocab):
+            p, q = _softmax_rows(theta), _softmax_rows(target)
+        else:
+            a, b = make_logits(BenchConfig(rows=n_rows, vocab=vocab, seed=config.seed + vocab,
+                                           scale=config.scale, noise=config.noise))
+            p, q = _softmax_rows(a), _softmax_rows(b)
+        single = n_rows == 1
+        gp, gq = (p[0], q[0]) if single else (p, q)
+
+        def geomix_full():
+            return gx.solve(gp, gq, kind="probs")
+
+        def geomix_lean():
+            return gx.solve(gp, gq, kind="probs", diagnostics=False)
+
+        def peer():
+            return [chernoff_information_pmf(p[i], q[i]) for i in range(n_rows)]
+
+        times = _best_interleaved({"geomix": geomix_full, "geomix_alpha_c": geomix_lean,
+                                   "dit": peer}, rounds=3 if vocab * n_rows > 1e6 else 5)
+        res = geomix_full()
+        c_geomix = np.atleast_1d(np.asarray(res.chernoff, dtype=np.float64))
+        c_dit = np.asarray(peer(), dtype=np.float64) * np.log(2.0)  # dit reports bits
+        rows_out.append({
+            "rows": n_rows, "vocab": vocab,
+            "geomix_seconds": times["geomix"], "geomix_alpha_c_seconds": times["geomix_alpha_c"],
+            "dit_seconds": times["dit"],
+            "dit_over_geomix": times["dit"] / times["geomix"],
+            "dit_over_geomix_alpha_c": times["dit"] / times["geomix_alpha_c"],
+            "max_abs_chernoff_difference_nats": float(np.max(np.abs(c_dit - c_geomix))),
+            "max_rel_chernoff_difference": float(np.max(np.abs(c_dit - c_geomix)
+                                                        / np.abs(c_geomix))),
+        })
+    return {"version": getattr(dit, "__version__", "?"), "function":
+            "dit.divergences.variational_distance.chernoff_information_pmf",
+            "geomix": "geomix_cli.api.solve(p, q, kind='probs') (full: alpha*, C, KLs, ESS, "
+                      "alpha_H, statuses; alpha_c: diagnostics=False)",
+            "timing": "wall clock, calls interleaved, best of 3-5 rounds", "sizes": rows_out}

@@ -40,8 +40,10 @@ class GeomixError(Exception):
         return (prefix + self.message).replace("\n", " ")
 
 
-class InputError(GeomixError):
-    """The input (file, generator spec, array) cannot be used as a pair of distributions."""
+class InputError(GeomixError, ValueError):
+    """The input (file, generator spec, array) cannot be used as a pair of distributions.
+
+    A ValueError too, so that Python callers (geomix_cli.api) can catch it as one."""
 
 
 class OutputError(GeomixError):

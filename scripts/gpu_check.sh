@@ -11,8 +11,10 @@
 #    against the float64 numpy solve on CPU: the 12 real SmolLM2 rows and 256 synthetic rows of
 #    V = 151,936. Targets: 1e-6 in alpha (float32), 1e-12 (float64).
 #    (Dry run of this step without a GPU: GPU_CHECK_DEVICE=cpu GPU_CHECK_ROWS=4.)
-# 3. bench: bfloat16 4096 x 151,936 on cuda, the seed's reference vs the torch backend (default
-#    budget and one chunk), errors on the first 256 rows; then the CPU comparison at 64 rows.
+#    Also geomix_cli.api.solve on the CUDA tensors (result tensors must stay on the device).
+# 3. bench: bfloat16 4096 x 151,936 on cuda, the derivation's reference vs the torch backend
+#    (default budget and one chunk), errors on the first 256 rows; then the CPU comparison at 64
+#    rows.
 #    The GPU targets (<= 2 ms with full per-row outputs, >= 100x the reference) are
 #    checked by reading these numbers, not asserted.
 set -u
@@ -78,6 +80,16 @@ for name, (theta, target) in {"smollm2 (float16 logits)": real,
                            "pass": bool(err <= target_tol),
                            "statuses_agree": bool((sol.status == exact.status).all()),
                            "seconds_first_call": dt})
+            from geomix_cli import api as gx
+            res = gx.solve(x, y, compute_dtype=cdt)
+            api_err = float(np.max(np.abs(res.alpha.double().cpu().numpy()[ok]
+                                          - exact.alpha[ok])))
+            report.append({"data": name, "input": str(in_dtype), "compute": cdt,
+                           "call": "geomix_cli.api.solve", "device": str(res.alpha.device),
+                           "max_abs_alpha_error": api_err, "target": target_tol,
+                           "pass": bool(api_err <= target_tol
+                                        and res.alpha.device.type == x.device.type),
+                           "statuses_agree": bool((res.status == exact.status).all())})
 print(json.dumps(report, indent=2))
 PY
 cat "$OUT/agreement.json" >&2

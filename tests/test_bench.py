@@ -63,7 +63,7 @@ def test_bench_with_torch_on_cpu():
                          methods=("reference", "newton", "torch"))
     payload = run_bench(config)
     by = {r["method"]: r for r in payload["results"]}
-    ref = by["reference-bisection (seed 6.2, torch)"]
+    ref = by["reference bisection (the derivation's reference, torch)"]
     refs = [r for r in payload["results"] if r["method"].startswith("reference")]
     assert ref["passes"] == 20
     assert max(r["speedup_vs_reference"] for r in refs) == pytest.approx(1.0)  # the faster one
@@ -129,3 +129,47 @@ def _has_torch() -> bool:
     except ImportError:
         return False
     return True
+
+
+# ------------------------------------------------------------------------------------------------
+# peers (dit) and the API row
+
+
+def test_peer_dit_is_skipped_with_a_note_when_missing(monkeypatch):
+    import sys
+
+    from geomix_cli.bench import run_peers
+
+    monkeypatch.setitem(sys.modules, "dit", None)
+    config = BenchConfig(rows=1, vocab=50, peers=("dit",))
+    out = run_peers(config, *make_logits(config), log=lambda text: None)
+    assert "not installed" in out["dit"]["skipped"]
+
+
+def test_peer_dit_reports_each_size_with_geomix_exact(monkeypatch):
+    pytest.importorskip("dit")
+    from geomix_cli import bench
+
+    monkeypatch.setattr(bench, "PEER_SIZES", (10, 300))
+    original = bench._best_interleaved
+    monkeypatch.setattr(bench, "_best_interleaved",
+                        lambda functions, rounds=5: original(functions, budget=0.005, rounds=1))
+    config = BenchConfig(rows=2, vocab=400, peers=("dit",))
+    out = bench.run_peers(config, *make_logits(config), log=lambda text: None)["dit"]
+    sizes = [(r["rows"], r["vocab"]) for r in out["sizes"]]
+    assert sizes == [(1, 10), (1, 300), (2, 400)]
+    for r in out["sizes"]:
+        assert r["geomix_seconds"] > 0 and r["dit_seconds"] > 0 and r["dit_over_geomix"] > 0
+        # dit's Chernoff information (minimize_scalar, xtol ~1e-5) is close to the exact one
+        assert r["max_abs_chernoff_difference_nats"] < 1e-6
+
+
+def test_bench_api_row_and_unknown_peer(runner):
+    from geomix_cli.cli import app
+
+    payload = run_bench(BenchConfig(rows=2, vocab=300, repeat=1, devices=(),
+                                    methods=("newton", "api")))
+    api = next(r for r in payload["results"] if r["method"].startswith("api.solve"))
+    assert api["max_abs_alpha_error"] <= 1e-14 and api["input"] == "stored logits"
+    result = runner.invoke(app, ["bench", "--rows", "1", "--vocab", "100", "--peers", "scipy"])
+    assert result.exit_code == 2 and "unknown peer" in result.output

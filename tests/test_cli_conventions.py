@@ -284,3 +284,23 @@ def test_regress_table_at_80_columns_keeps_numbers_whole(runner):
     assert res.exit_code == 0, res.stderr
     _assert_fits(res.stdout)
     assert "1.0e-13" in res.stdout and "everything matches" in res.stdout
+
+
+def test_ci_runs_the_readme_test_command_and_it_installs_every_extra_the_tests_import():
+    """The quick start's second command is what .ci/run runs (so a missing install step fails
+    CI), and it installs the extras whose packages the test suite imports."""
+    import re
+    import tomllib
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Quick start.*?```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2 and commands[1].endswith("&& pytest")
+    ci = [line for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd ", "export "))]
+    assert ci == [commands[1]]
+    extras = set(re.search(r'\.\[([a-z,]+)\]', commands[1]).group(1).split(","))
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))[
+        "project"]["optional-dependencies"]
+    assert extras <= set(declared)
+    assert {"test", "torch", "models", "dask"} <= extras  # pytest, torch, transformers, dask

@@ -1,6 +1,7 @@
-"""The speed work on the whole `geomix solve` process keeps every number: the numpy logsumexp is
-scipy's algorithm, the blocked / in-place evaluations give what the plain formulas give, and
-`import geomix_cli.core` stays free of scipy, torch, pandas and matplotlib. (No timing here.)"""
+"""The speed work keeps every number: the numpy logsumexp is scipy's algorithm, the blocked /
+in-place / short-row evaluations give what the plain formulas give, blocks and threads change
+nothing, and `import geomix_cli.core` stays free of scipy, torch, pandas and matplotlib. (No timing
+here.)"""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy.special import logsumexp as scipy_logsumexp
 
-from geomix_cli.core import family
-from geomix_cli.core.family import (_entropy, _family_point_rows, _family_point_rows_general,
-                                    entropy, family_point, logsumexp)
+from geomix_cli.core import family, kernel
+from geomix_cli.core.family import (effective_sample_size, entropy, family_point, kl_divergence,
+                                    log_q_alpha, logsumexp)
 from geomix_cli.core.validation import validate_rows
 
 
@@ -74,16 +75,44 @@ def _log_probs(rng, n_rows, vocab, **kw):
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_in_place_family_point_equals_the_general_path(seed):
+def test_family_point_equals_the_plain_formulas(seed):
+    """kernel.family_at (KLs from log Z and D, ESS from Z(alpha) Z(2 - alpha)) against the direct
+    sums: KL(q||pi) = sum q log(q / pi), ESS_pi(q) = 1 / sum pi^2 / q (replaces the test of the
+    former in-place and general family_point paths: there is one path now)."""
     rng = np.random.default_rng(seed)
-    n_rows, vocab = int(rng.integers(1, 4)), int(rng.integers(1, 60))
+    n_rows, vocab = int(rng.integers(1, 4)), int(rng.integers(2, 60))
     a = _log_probs(rng, n_rows, vocab, scale=rng.uniform(0.1, 30))
     b = a.copy() if seed % 5 == 0 else _log_probs(rng, n_rows, vocab, scale=rng.uniform(0.1, 30))
-    alpha = rng.uniform(0.0, 1.0, size=n_rows)
-    fast = _family_point_rows(a, b, alpha)
-    general = _family_point_rows_general(a, b, alpha)
-    for name in general:
-        _same(fast[name], general[name])
+    alpha = rng.uniform(0.05, 0.95, size=n_rows)
+    point = family_point(a, b, alpha)
+    log_q = log_q_alpha(a, b, alpha)
+    assert_allclose(point.kl_q_theta, kl_divergence(log_q, a), rtol=1e-9, atol=1e-12)
+    assert_allclose(point.kl_q_target, kl_divergence(log_q, b), rtol=1e-9, atol=1e-12)
+    assert_allclose(point.ess_theta, effective_sample_size(a, log_q), rtol=1e-10)
+    assert_allclose(point.ess_target, effective_sample_size(b, log_q), rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_raw_moments_equal_the_centred_ones(seed):
+    """The passes take raw sums (Var = E l^2 - D^2); against centred sums written out here they
+    agree to rounding, and exactly where Newton uses them (D ~ 0)."""
+    rng = np.random.default_rng(seed)
+    vocab = int(rng.integers(2, 3000))
+    a = _log_probs(rng, 3, vocab, scale=rng.uniform(0.1, 5))
+    b = _log_probs(rng, 3, vocab, scale=rng.uniform(0.1, 5))
+    with np.errstate(all="ignore"):
+        prep = kernel.prepare_pair(np, a, b, end_points=False)
+        alpha = rng.uniform(0, 1, size=(4, 3))
+        log_z, mean, var, third = kernel.moments(np, prep.l, prep.log_base, alpha, order=3)
+        s = prep.log_base - alpha[..., None] * prep.l
+        w = np.exp(s - s.max(axis=-1, keepdims=True))
+        q = w / w.sum(axis=-1, keepdims=True)
+        centred_mean = (q * prep.l).sum(-1)
+        dev = prep.l - centred_mean[..., None]
+    scale = float(np.abs(prep.l).max()) + 1.0
+    assert_allclose(mean, centred_mean, rtol=0, atol=1e-14 * scale)
+    assert_allclose(var, (q * dev**2).sum(-1), rtol=1e-9, atol=1e-14 * scale**2)
+    assert_allclose(third, (q * dev**3).sum(-1), rtol=1e-7, atol=1e-13 * scale**3)
 
 
 def test_blocked_family_point_and_entropy_equal_row_by_row(monkeypatch):
@@ -91,13 +120,18 @@ def test_blocked_family_point_and_entropy_equal_row_by_row(monkeypatch):
     rng = np.random.default_rng(11)
     a, b = _log_probs(rng, 7, 500), _log_probs(rng, 7, 500)
     alpha = rng.uniform(0.05, 0.95, size=7)
-    alpha[3] = 1.0  # an end point takes the general path within its block
+    alpha[3] = 1.0  # an end point takes its own path within its block
     point = family_point(a, b, alpha)
     for i in range(7):
         one = family_point(a[i], b[i], alpha[i])
         for name in ("log_z", "delta", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target"):
             _same(getattr(point, name)[i], getattr(one, name))
-    _same(entropy(a), _entropy(a))
+    h = entropy(a)
+    for i in range(7):
+        _same(h[i], entropy(a[i]))
+    with np.errstate(invalid="ignore"):
+        direct = -np.sum(np.where(np.isfinite(a), np.exp(a) * a, 0.0), axis=-1)
+    assert_allclose(h, direct, rtol=1e-13)
 
 
 def test_core_import_stays_light():

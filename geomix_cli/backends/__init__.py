@@ -10,9 +10,10 @@ Public entry points (import this package freely: it never imports torch at impor
   cpu, cuda or cuda:N is `errors.InputError` (a bad option, exit 2).
 - `reference_bisection_torch(...)`: the derivation's section-6.2 solver, verbatim, for `bench`.
 
-One algorithm, arrays never named: the torch backend computes exactly what
-`core.solvers.classify_rows` + `core.solvers.solve_newton` compute, on row chunks that keep its
-temporaries under a memory budget.
+One algorithm, arrays never named: the torch backend runs `core.kernel` -- the very code behind
+`core.solvers.classify_rows` + `core.solvers.solve_newton` -- on torch tensors, in row chunks that
+keep its temporaries under a memory budget (`torch_backend` adds only device, dtype and
+chunking).
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ ComputeDtypeOption = typer.Option(
     "float64 (~1e-12). Ignored without --device.")
 MaxMemoryOption = typer.Option(
     None, "--max-memory", help="Budget for the torch backend's temporaries, e.g. 512M or 2G "
-    "(default 1G); rows are processed in chunks that fit.")
+    "(default 1G); rows are processed in chunks that fit. For a sharded run (a folder / glob "
+    "SOURCE, --out, --scheduler): the memory of each geomix process, read in row blocks that "
+    "fit (default: half the memory available).")
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30}

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _render, _shared
+from geomix_cli.commands import _render, _shared, _sharded
 
 CASE_KEYS = ("case1", "case2", "case3", "case4")
 
@@ -81,6 +81,12 @@ def register(app: typer.Typer) -> None:
         probs: bool = _shared.ProbsOption,
         wide: bool = _render.WideOption,
         all_rows: bool = _render.AllOption,
+        resume: bool = _sharded.ResumeOption,
+        scheduler: Optional[str] = _sharded.SchedulerOption,
+        workers: Optional[int] = _sharded.WorkersOption,
+        retries: int = _sharded.RetriesOption,
+        max_memory: Optional[str] = typer.Option(None, "--max-memory",
+                                                 help=_sharded.MEMORY_HELP + "."),
     ) -> None:
         """The four behaviour cases and the ESS balance on your own pairs.
 
@@ -98,6 +104,11 @@ def register(app: typer.Typer) -> None:
 
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+        if _sharded.wanted(source, scheduler=scheduler, resume=resume):
+            raise typer.Exit(_sharded.check(
+                source, threshold=threshold, out=out, resume=resume, scheduler=scheduler,
+                workers=workers, max_memory=max_memory, retries=retries, json_out=json_out,
+                renormalize=renormalize, logits=logits, probs=probs, rows=rows))
         _shared.report_dir(out, command="check", sources=[source])
         pairs = _shared.load(source, rows=rows, renormalize=renormalize, logits=logits,
                              probs=probs)

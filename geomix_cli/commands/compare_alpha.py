@@ -7,7 +7,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _device, _render, _shared
+from geomix_cli.commands import _device, _render, _sharded, _shared
 
 RECORD_FIELDS = ("case", "row", "principle", "status", "alpha", "kl_q_theta", "kl_q_target",
                  "kl_gap", "chernoff", "ess_theta", "ess_target", "min_ess",
@@ -319,6 +319,10 @@ def register(app: typer.Typer) -> None:
         dtype: str = _device.ComputeDtypeOption,
         max_memory: Optional[str] = _device.MaxMemoryOption,
         wide: bool = _render.WideOption,
+        resume: bool = _sharded.ResumeOption,
+        scheduler: Optional[str] = _sharded.SchedulerOption,
+        workers: Optional[int] = _sharded.WorkersOption,
+        retries: int = _sharded.RetriesOption,
     ) -> None:
         """Which alpha to use for which goal, measured on your pairs.
 
@@ -331,6 +335,18 @@ def register(app: typer.Typer) -> None:
 
         names = parse_principles(principles)
         _shared.check_seed(seed)
+        if threshold is not None and not (0.0 < threshold < 1.0):
+            raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
+        if sources and any(_sharded.wanted(s, scheduler=scheduler, resume=resume)
+                           for s in sources):
+            if len(sources) != 1:
+                raise InputError("a folder / glob source (or --scheduler, --resume) is compared "
+                                 "on its own: give one SOURCE")
+            raise typer.Exit(_sharded.compare(
+                sources[0], principles=names, threshold=threshold, out=out, resume=resume,
+                scheduler=scheduler, workers=workers, max_memory=max_memory, retries=retries,
+                json_out=json_out, renormalize=renormalize, logits=logits, probs=probs,
+                rows=rows, device=device))
         if sources:
             _shared.report_dir(out, command="compare-alpha", sources=sources)
         else:
@@ -341,8 +357,6 @@ def register(app: typer.Typer) -> None:
         if device is not None:
             kl_solver = _device.suite_solver(device=device, dtype=dtype,
                                              max_memory=max_memory)["device_solver"]
-        if threshold is not None and not (0.0 < threshold < 1.0):
-            raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
         records: list[dict] = []
         exit_code = EXIT_OK
         if sources:

@@ -7,7 +7,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from geomix_cli.commands import _device, _render, _shared
+from geomix_cli.commands import _device, _render, _shared, _sharded
 
 # Rows per progress-bar step: about this many [row, token] entries (32 MB of float64 per side).
 CHUNK_ELEMENTS = 4_000_000
@@ -128,17 +128,33 @@ def register(app: typer.Typer) -> None:
         max_memory: Optional[str] = _device.MaxMemoryOption,
         wide: bool = _render.WideOption,
         all_rows: bool = _render.AllOption,
+        out: Optional[str] = _shared.report_option(
+            "Write the rows to this Parquet dataset (a folder, e.g. alpha.parquet), part by "
+            "part (a sharded run)."),
+        resume: bool = _sharded.ResumeOption,
+        scheduler: Optional[str] = _sharded.SchedulerOption,
+        workers: Optional[int] = _sharded.WorkersOption,
+        retries: int = _sharded.RetriesOption,
+        jsonl: bool = _sharded.JsonlOption,
     ) -> None:
         """Solve alpha* (KL(q||pi_theta) = KL(q||pi_t)) for every row, with diagnostics.
 
         A batch opens with a summary (statuses, quantiles of alpha*, C and both ESS, the ESS
         balance), then the rows: all of a small batch, the first and last 10 of a large one
-        (--all: every row). --json prints every number of every row."""
+        (--all: every row). --json prints every number of every row. SOURCE may also be a folder
+        or a quoted glob of pair files ('run42/*.safetensors'): it is then read shard by shard in
+        row blocks under --max-memory into a Parquet dataset (--out), optionally on Dask."""
         from geomix_cli.core import METHODS
         from geomix_cli.errors import InputError
 
         if method not in METHODS:
             raise InputError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")
+        if _sharded.wanted(source, out=out, scheduler=scheduler, resume=resume, jsonl=jsonl):
+            raise typer.Exit(_sharded.solve(
+                source, method=method, out=out, resume=resume, scheduler=scheduler,
+                workers=workers, max_memory=max_memory, retries=retries, json_out=json_out,
+                jsonl=jsonl, renormalize=renormalize, logits=logits, probs=probs, rows=rows,
+                device=device))
         if device is not None:
             from geomix_cli.backends import resolve_device
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
-from geomix_cli.core.family import entropy, entropy_ratio, family_point
-from geomix_cli.core.solvers import DEGENERATE, EXACT_METHODS, OK, AlphaSolution
+from geomix_cli.core import kernel
+from geomix_cli.core.arrays import numpy_namespace
+from geomix_cli.core.family import entropy_ratio
+from geomix_cli.core.solvers import (DEGENERATE, EXACT_METHODS, INVALID, OK, AlphaSolution,
+                                     _as_rows, run_blocks, solve_alpha, solve_blocks)
 
 ROW_FIELDS = ("row", "status", "alpha", "kl_q_theta", "kl_q_target", "chernoff", "log_z",
               "ess_theta", "ess_target", "alpha_entropy", "iterations", "residual", "message")
@@ -54,55 +57,63 @@ class RowDiagnostics:
             })
         return out
 
+    @classmethod
+    def from_rows(cls, solution: AlphaSolution, rows: dict) -> "RowDiagnostics":
+        """From `kernel.diagnose_block`'s host arrays: KL >= 0 and log Z <= 0 (Hoelder) hold
+        exactly, so what rounding puts on the wrong side of 0 (about eps, e.g. for identical rows)
+        is clamped, which also turns -0.0 into 0.0; C = -log Z for exact methods' 'ok' rows and
+        for degenerate rows."""
+        status = solution.status
+        with np.errstate(invalid="ignore"):
+            kl_theta = np.maximum(rows["kl_q_theta"], 0.0) + 0.0
+            kl_t = np.maximum(rows["kl_q_t"], 0.0) + 0.0
+            log_z = np.minimum(rows["log_z"], 0.0) + 0.0
+            h_theta, h_t = rows["entropy_theta"], rows["entropy_t"]
+            alpha_h = entropy_ratio(h_theta, h_t)   # NaN on invalid rows (their entropies are)
+        is_ok = status == OK
+        if is_ok.all() and solution.method in EXACT_METHODS and np.isfinite(solution.alpha).all():
+            chernoff = -log_z + 0.0  # -(0.0) is -0.0
+        else:
+            usable = is_ok & np.isfinite(solution.alpha)
+            chernoff = np.full(solution.n_rows, np.nan)
+            if solution.method in EXACT_METHODS:
+                chernoff[usable] = -log_z[usable]
+            degenerate = status == DEGENERATE
+            chernoff[degenerate] = -log_z[degenerate]
+            chernoff = chernoff + 0.0
+        return cls(solution=solution, kl_q_theta=kl_theta, kl_q_target=kl_t, chernoff=chernoff,
+                   log_z=log_z, ess_theta=rows["ess_theta"], ess_target=rows["ess_t"],
+                   alpha_entropy=alpha_h, entropy_theta=h_theta, entropy_target=h_t)
+
 
 def diagnose(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, solution: AlphaSolution) -> RowDiagnostics:
     """Evaluate the family at each row's alpha (degenerate rows at alpha = 1/2, where q is the
-    same as anywhere) and collect the per-row report quantities. Rows are [B, V] or one [V]."""
-    log_pi_theta = np.atleast_2d(np.asarray(log_pi_theta, dtype=np.float64))
-    log_pi_t = np.atleast_2d(np.asarray(log_pi_t, dtype=np.float64))
-    n_rows = solution.n_rows
-    nan = np.full(n_rows, np.nan)
-    status = solution.status
-    usable = (status == OK) & np.isfinite(solution.alpha)
-    degenerate = status == DEGENERATE
-    where = usable | degenerate
-    values = {f.name: nan.copy() for f in fields(FamilyFields)}
-    if where.any():
-        alpha = np.where(degenerate, 0.5, solution.alpha)[where]
-        if where.all():  # no copy of the batch (family_point works on it in row blocks)
-            point = family_point(log_pi_theta, log_pi_t, alpha)
-        else:
-            point = family_point(log_pi_theta[where], log_pi_t[where], alpha)
-        for name in values:
-            values[name][where] = getattr(point, name)
-    # KL >= 0 and log Z <= 0 (Hoelder) hold exactly; what rounding puts on the wrong side of 0
-    # (about eps, e.g. for identical rows) is clamped, which also turns -0.0 into 0.0.
-    with np.errstate(invalid="ignore"):
-        for name in ("kl_q_theta", "kl_q_target"):
-            values[name] = np.where(values[name] < 0.0, 0.0, values[name]) + 0.0
-        values["log_z"] = np.where(values["log_z"] > 0.0, 0.0, values["log_z"]) + 0.0
-    chernoff = nan.copy()
-    if solution.method in EXACT_METHODS:
-        chernoff[usable] = -values["log_z"][usable]
-    chernoff[degenerate] = -values["log_z"][degenerate]
-    chernoff = chernoff + 0.0  # -(0.0) is -0.0
-    valid = status != "invalid"
-    h_theta_all = entropy(log_pi_theta)  # each entropy once (entropy_formula_alpha recomputed both)
-    h_t_all = entropy(log_pi_t)
-    h_theta = np.where(valid, h_theta_all, np.nan)
-    h_t = np.where(valid, h_t_all, np.nan)
-    alpha_h = np.where(valid, entropy_ratio(h_theta_all, h_t_all), np.nan)
-    return RowDiagnostics(solution=solution, kl_q_theta=values["kl_q_theta"],
-                          kl_q_target=values["kl_q_target"], chernoff=chernoff,
-                          log_z=values["log_z"], ess_theta=values["ess_theta"],
-                          ess_target=values["ess_target"], alpha_entropy=alpha_h,
-                          entropy_theta=h_theta, entropy_target=h_t)
+    same as anywhere) and collect the per-row report quantities (`kernel.diagnose_block`, on
+    cache-sized row blocks). Rows are [B, V] or one [V] of normalised log-probabilities (others
+    are refused with InputError)."""
+    theta, target, tolerance = _as_rows(log_pi_theta, log_pi_t)
+    xp = numpy_namespace()
+    status, alpha = solution.status, solution.alpha
+
+    def one_block(block, a, b, invalid, errors):
+        with kernel.ignore_fp(xp):
+            prep = kernel.prepare_pair(xp, a, b, end_points=False, reuse=True)
+            return kernel.diagnose_block(prep, status[block], alpha[block],
+                                         check_tolerance=tolerance, row_offset=block.start)
+
+    errors = [None if s != INVALID else "invalid" for s in status]
+    rows = run_blocks(theta, target, errors, tolerance, one_block)
+    return RowDiagnostics.from_rows(solution, rows)
 
 
-@dataclass
-class FamilyFields:  # the FamilyPoint fields copied into diagnostics
-    kl_q_theta: float
-    kl_q_target: float
-    log_z: float
-    ess_theta: float
-    ess_target: float
+def solve_and_diagnose(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, method: str = "newton", *,
+                       row_errors: list[str | None] | None = None, **options) -> RowDiagnostics:
+    """`diagnose(log_pi_theta, log_pi_t, solve_alpha(...))` with the same numbers, in one go for
+    newton / halley: each cache-sized block is classified, solved and evaluated while it is in
+    cache, and the family at alpha* reuses the iteration's last pass (its log Z and D)."""
+    if method not in ("newton", "halley"):
+        sol = solve_alpha(log_pi_theta, log_pi_t, method, row_errors=row_errors, **options)
+        return diagnose(log_pi_theta, log_pi_t, sol)
+    rows = solve_blocks(log_pi_theta, log_pi_t, order=3 if method == "halley" else 2,
+                        row_errors=row_errors, diagnostics=True, **options)
+    return RowDiagnostics.from_rows(AlphaSolution.from_rows(method, rows), rows)

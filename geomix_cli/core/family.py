@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geomix_cli.core import kernel
+from geomix_cli.core.kernel import RECENTRE_MAX_ABS_L  # noqa: F401  (re-exported)
+
 NEG_INF = -np.inf
 
 # Rows are processed in blocks of about this many elements (2 MiB of float64 per array), so that
@@ -113,48 +116,48 @@ def common_support(log_pi_theta: np.ndarray, log_pi_t: np.ndarray) -> np.ndarray
     return np.isfinite(log_pi_theta) & np.isfinite(log_pi_t)
 
 
-# Rows with max|l| above this are left as they are by `recentre_log_ratio` (expm1 loses its edge,
-# and Var_q(l) is then large enough that a 1e-16 shift of l does not move alpha* visibly).
-RECENTRE_MAX_ABS_L = 1.0
+def _rows2(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
 
 
 def recentre_log_ratio(l: np.ndarray, log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
                        support: np.ndarray) -> None:
-    """Remove from l, in place, the constant error of the two float64 log-normalisers.
-
-    With equal supports sum_y pi_theta(y) e^{l(y)} = sum_y pi_t(y) = 1 exactly. Normalised float64
-    log-probabilities each carry a constant error of a few ulps of their log-normaliser (~1e-15),
-    which shifts l by a constant c, D = E_q[l] by c and alpha* by c / Var_q(l): 2.4e-9 for pairs
-    with C ~ 1e-8 (Var ~ 1e-7), against a 50-digit reference. c = log(sum pi_theta e^l /
-    sum pi_theta), computed as log1p(sum pi_theta expm1(l) / sum pi_theta), is accurate to about
-    eps max|l|; subtracting it leaves alpha* good to ~1e-13 there. Applied to the rows whose
-    supports coincide and whose max|l| <= RECENTRE_MAX_ABS_L; the others are unchanged."""
+    """Remove from l, in place, the constant error of the two float64 log-normalisers, on the rows
+    whose supports coincide and whose max|l| <= RECENTRE_MAX_ABS_L (`kernel.recentring_constant`;
+    the solvers apply the same constant to D instead of to l)."""
+    shape = l.shape
+    l2, theta2, t2, support2 = (np.reshape(a, (-1, shape[-1]))
+                                for a in (l, log_pi_theta, log_pi_t, support))
     with np.errstate(invalid="ignore", over="ignore"):
-        n_support = np.sum(support, axis=-1)
-        same_support = ((n_support == np.sum(np.isfinite(log_pi_theta), axis=-1))
-                        & (n_support == np.sum(np.isfinite(log_pi_t), axis=-1))
-                        & (n_support > 0))
-        if not np.any(same_support):
+        n_support = np.sum(support2, axis=-1)
+        same_support = ((n_support == np.sum(np.isfinite(theta2), axis=-1))
+                        & (n_support == np.sum(np.isfinite(t2), axis=-1)) & (n_support > 0))
+        rows = np.flatnonzero(same_support & (np.max(np.abs(l2), axis=-1) <= RECENTRE_MAX_ABS_L))
+        if rows.size == 0:
             return
-        small = np.max(np.abs(l), axis=-1) <= RECENTRE_MAX_ABS_L
-        rows = same_support & small
-        if not np.any(rows):
-            return
-        pi_theta = np.exp(log_pi_theta[rows])
-        c = np.log1p(np.sum(pi_theta * np.expm1(l[rows]), axis=-1) / np.sum(pi_theta, axis=-1))
-        l[rows] -= np.where(support[rows], c[..., None], 0.0)
+        c = kernel.recentring_constant_rows(np, np.asarray(theta2[rows], dtype=np.float64),
+                                            l2[rows])
+        l2[rows] -= np.where(support2[rows], c[:, None], 0.0)
+    if not np.shares_memory(l2, l):
+        l[...] = l2.reshape(shape)
 
 
 def log_ratio_on_support(log_pi_theta: np.ndarray, log_pi_t: np.ndarray):
     """(l, log_base, support): l = log pi_t - log pi_theta on S (0 off S, never used there;
-    re-centred by `recentre_log_ratio` where the supports coincide), log_base = log pi_t on S
+    re-centred where the supports coincide, see `recentre_log_ratio`), log_base = log pi_t on S
     (-inf off S), so that exp(log_base - alpha l) is the unnormalised q."""
-    support = common_support(log_pi_theta, log_pi_t)
-    with np.errstate(invalid="ignore"):
-        l = np.where(support, log_pi_t - log_pi_theta, 0.0)
-    recentre_log_ratio(l, log_pi_theta, log_pi_t, support)
-    log_base = np.where(support, log_pi_t, NEG_INF)
-    return l, log_base, support
+    log_pi_theta = np.asarray(log_pi_theta, dtype=np.float64)
+    shape = log_pi_theta.shape
+    with kernel.ignore_fp(np):
+        prep = kernel.prepare_pair(np, _rows2(log_pi_theta), _rows2(log_pi_t), end_points=False)
+        l = prep.l
+        if np.any(prep.shift):
+            l -= prep.shift[:, None] if prep.support is None else np.where(
+                prep.support, prep.shift[:, None], 0.0)
+        log_base = np.array(prep.log_base)  # a copy: never the caller's array
+        support = (np.ones(l.shape, dtype=bool) if prep.support is None else prep.support)
+    return l.reshape(shape), log_base.reshape(shape), support.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -171,25 +174,24 @@ class TiltedMoments:
 
 
 def tilted_moments(l: np.ndarray, log_base: np.ndarray, alpha, *, order: int = 2) -> TiltedMoments:
-    """Moments of l under q_alpha ∝ exp(log_base - alpha l), row-wise.
+    """Moments of l under q_alpha ∝ exp(log_base - alpha l), row-wise (`kernel.moments`).
 
     `l`, `log_base` from `log_ratio_on_support`; `alpha` broadcast against the leading axes.
     Rows with an empty support give log_z = -inf and NaN moments."""
-    alpha = np.asarray(alpha, dtype=np.float64)[..., None]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        s = log_base - alpha * l
-        peak = np.max(s, axis=-1, keepdims=True)
-        peak = np.where(np.isfinite(peak), peak, 0.0)
-        w = np.exp(s - peak)
-        z = np.sum(w, axis=-1, keepdims=True)
-        q = w / z
-        mean = np.sum(q * l, axis=-1, keepdims=True)
-        dev = l - mean
-        qdev = q * dev
-        var = np.sum(qdev * dev, axis=-1)
-        third = np.sum(qdev * dev * dev, axis=-1) if order >= 3 else None
-        log_z = (peak + np.log(z))[..., 0]
-    return TiltedMoments(log_z=log_z, mean=mean[..., 0], var=var, third=third)
+    l = np.asarray(l, dtype=np.float64)
+    log_base = np.asarray(log_base, dtype=np.float64)
+    alpha = np.asarray(alpha, dtype=np.float64)
+    lead = np.broadcast_shapes(l.shape[:-1], log_base.shape[:-1], alpha.shape)
+    shape = lead + l.shape[-1:]
+    l2 = np.broadcast_to(l, shape).reshape(-1, shape[-1])
+    base2 = np.broadcast_to(log_base, shape).reshape(-1, shape[-1])
+    with kernel.ignore_fp(np):
+        log_z, mean, var, third = kernel.moments(np, l2, base2,
+                                                 np.broadcast_to(alpha, lead).reshape(-1),
+                                                 order=max(order, 2))
+    return TiltedMoments(log_z=log_z.reshape(lead), mean=mean.reshape(lead),
+                         var=var.reshape(lead),
+                         third=None if third is None or order < 3 else third.reshape(lead))
 
 
 def log_q_alpha(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> np.ndarray:
@@ -215,28 +217,19 @@ def kl_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
 
 
 def entropy(log_p: np.ndarray) -> np.ndarray:
-    """Shannon entropy H(p) = -sum_y p(y) log p(y) in nats (0 log 0 = 0)."""
-    log_p = np.asarray(log_p)
-    if log_p.ndim != 2 or log_p.shape[0] * log_p.shape[1] <= BLOCK_ELEMENTS:
-        return _entropy(log_p)
-    out = np.empty(log_p.shape[0])
+    """Shannon entropy H(p) = -sum_y p(y) log p(y) in nats (0 log 0 = 0), row-wise
+    (`kernel.entropy_rows`, on cache-sized row blocks on threads for large batches)."""
+    log_p = np.asarray(log_p, dtype=np.float64)
+    lead = log_p.shape[:-1]
+    rows = _rows2(log_p)
+    out = np.empty(rows.shape[0])
 
-    def one_block(block):  # cache-sized blocks, in place: same numbers
-        rows = log_p[block]
-        buf = np.exp(rows)
-        with np.errstate(invalid="ignore"):
-            buf *= rows
-        np.putmask(buf, ~(rows > NEG_INF), 0.0)
-        out[block] = 0.0 - np.sum(buf, axis=-1)
+    def one_block(block):
+        with kernel.ignore_fp(np):
+            out[block] = kernel.entropy_rows(np, rows[block])[0]
 
-    map_row_blocks(one_block, row_blocks(*log_p.shape))
-    return out
-
-
-def _entropy(log_p: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        # 0.0 - sum, not -sum: a point mass must give +0.0, not -0.0 (printed as "-0.0")
-        return 0.0 - np.sum(np.where(log_p > NEG_INF, np.exp(log_p) * log_p, 0.0), axis=-1)
+    map_row_blocks(one_block, row_blocks(*rows.shape))
+    return out.reshape(lead)
 
 
 def effective_sample_size(log_pi: np.ndarray, log_q: np.ndarray) -> np.ndarray:
@@ -279,98 +272,36 @@ class FamilyPoint:
 
 
 def family_point(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> FamilyPoint:
-    """Evaluate the family at `alpha` (scalar or one per row): log Z, D, both KLs, both ESS.
+    """Evaluate the family at `alpha` (scalar or one per row): log Z, D, both KLs, both ESS
+    (`kernel.family_at`). Rows that are not normalised log-probabilities (raw logits) are refused
+    with InputError.
 
-    Computed in cache-sized blocks of rows (every quantity is row-wise, so the numbers are those
-    of one evaluation over the whole batch)."""
+    Computed in cache-sized blocks of rows on threads (every quantity is row-wise, so the numbers
+    are those of one evaluation over the whole batch)."""
+    from geomix_cli.core.validation import input_logprob_tolerance
+
+    original = log_pi_theta
     log_pi_theta = np.asarray(log_pi_theta, dtype=np.float64)
     log_pi_t = np.asarray(log_pi_t, dtype=np.float64)
     lead = log_pi_theta.shape[:-1]
     alpha = np.broadcast_to(np.asarray(alpha, dtype=np.float64), lead)
     n_cols = log_pi_theta.shape[-1]
-    theta2 = log_pi_theta.reshape(-1, n_cols)
-    t2 = log_pi_t.reshape(-1, n_cols)
+    theta2, t2 = _rows2(log_pi_theta), _rows2(log_pi_t)
     alpha2 = alpha.reshape(-1)
-    names = ("log_z", "delta", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target")
-    out = {name: np.empty(alpha2.shape) for name in names}
+    tolerance = input_logprob_tolerance(original, n_cols)
+
+    def one_block(block):
+        with kernel.ignore_fp(np):
+            prep = kernel.prepare_pair(np, theta2[block], t2[block], end_points=False,
+                                       check_tolerance=tolerance, row_offset=block.start)
+            return kernel.family_at(prep, np.arange(block.stop - block.start), alpha2[block])
+
     blocks = list(row_blocks(theta2.shape[0], n_cols))
-    parts = map_row_blocks(lambda b: _family_point_rows(theta2[b], t2[b], alpha2[b]), blocks)
+    parts = map_row_blocks(one_block, blocks)
+    names = {"log_z": "log_z", "delta": "delta", "kl_q_theta": "kl_q_theta",
+             "kl_q_target": "kl_q_t", "ess_theta": "ess_theta", "ess_target": "ess_t"}
+    out = {name: np.empty(alpha2.shape) for name in names}
     for block, part in zip(blocks, parts):
-        for name in names:
-            out[name][block] = part[name]
+        for name, key in names.items():
+            out[name][block] = part[key]
     return FamilyPoint(alpha=np.array(alpha), **{k: v.reshape(lead) for k, v in out.items()})
-
-
-def _family_point_rows(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha: np.ndarray) -> dict:
-    """family_point on one block of rows ([n, V], alpha [n]).
-
-    For alpha strictly inside (0, 1) the formulas of tilted_moments, log_q_alpha and
-    effective_sample_size are evaluated in three preallocated block buffers (the same operations
-    in the same order, so the same numbers, without a dozen fresh [n, V] temporaries); blocks with
-    an end point alpha in {0, 1} take the general path."""
-    if not np.all((alpha > 0.0) & (alpha < 1.0)):
-        return _family_point_rows_general(log_pi_theta, log_pi_t, alpha)
-    a = alpha[:, None]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        support = np.isfinite(log_pi_theta)
-        support &= np.isfinite(log_pi_t)
-        l = np.subtract(log_pi_t, log_pi_theta)
-        np.putmask(l, ~support, 0.0)                 # np.where(support, lt - ltheta, 0.0)
-        recentre_log_ratio(l, log_pi_theta, log_pi_t, support)  # as log_ratio_on_support
-        # tilted_moments(l, log_base, alpha), with log_base = where(support, log_pi_t, -inf)
-        w = np.multiply(a, l)
-        np.subtract(log_pi_t, w, out=w)
-        np.putmask(w, ~support, NEG_INF)             # log_base - alpha l
-        peak = np.max(w, axis=-1, keepdims=True)
-        peak = np.where(np.isfinite(peak), peak, 0.0)
-        w -= peak
-        np.exp(w, out=w)
-        z = np.sum(w, axis=-1, keepdims=True)
-        w /= z                                       # q
-        tmp = np.multiply(w, l)
-        mean = np.sum(tmp, axis=-1, keepdims=True)
-        # (Var_q(l), the rest of tilted_moments, is not part of a FamilyPoint.)
-        log_z = (peak + np.log(z))[..., 0]
-        mean = mean[..., 0]
-        kl_theta = (1.0 - alpha) * mean - log_z
-        kl_t = -alpha * mean - log_z
-        # log_q_alpha: alpha log pi_theta + (1 - alpha) log pi_t on S, minus its logsumexp
-        log_q = np.multiply(a, log_pi_theta, out=w)
-        np.multiply(1.0 - a, log_pi_t, out=tmp)
-        log_q += tmp
-        np.putmask(log_q, ~support, NEG_INF)
-        log_q -= _logsumexp_2d(log_q, tmp)[:, None]
-        # effective_sample_size for both sides
-        terms = np.empty_like(tmp)
-        ess = []
-        for log_pi in (log_pi_theta, log_pi_t):
-            np.multiply(2.0, log_pi, out=terms)
-            terms -= log_q
-            np.putmask(terms, ~(log_pi > NEG_INF), NEG_INF)
-            ess.append(np.exp(-_logsumexp_2d(terms, tmp)))
-    return dict(log_z=log_z, delta=mean, kl_q_theta=kl_theta, kl_q_target=kl_t,
-                ess_theta=ess[0], ess_target=ess[1])
-
-
-def _family_point_rows_general(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
-                               alpha: np.ndarray) -> dict:
-    l, log_base, _ = log_ratio_on_support(log_pi_theta, log_pi_t)
-    moments = tilted_moments(l, log_base, alpha)
-    interior_theta = (1.0 - alpha) * moments.mean - moments.log_z
-    interior_t = -alpha * moments.mean - moments.log_z
-    at_one = alpha == 1.0
-    at_zero = alpha == 0.0
-    kl_theta = interior_theta.copy()
-    kl_t = interior_t.copy()
-    if at_one.any() or at_zero.any():
-        kl_pt_ptheta = kl_divergence(log_pi_t, log_pi_theta)
-        kl_ptheta_pt = kl_divergence(log_pi_theta, log_pi_t)
-        kl_theta = np.where(at_one, 0.0, np.where(at_zero, kl_pt_ptheta, kl_theta))
-        kl_t = np.where(at_zero, 0.0, np.where(at_one, kl_ptheta_pt, kl_t))
-    log_q = log_q_alpha(log_pi_theta, log_pi_t, alpha)
-    with np.errstate(invalid="ignore"):
-        log_z = np.where(at_one | at_zero, 0.0, moments.log_z)
-        delta = np.where(at_one | at_zero, kl_theta - kl_t, moments.mean)
-    return dict(log_z=log_z, delta=delta, kl_q_theta=kl_theta, kl_q_target=kl_t,
-                ess_theta=effective_sample_size(log_pi_theta, log_q),
-                ess_target=effective_sample_size(log_pi_t, log_q))

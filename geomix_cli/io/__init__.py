@@ -5,7 +5,11 @@
 - `writers`: atomic file writes honouring the umask, JSON (also row by row), figures, pair files.
 - `pairs_file`: `[B, T, V]` pair files streamed to disk row by row (`geomix pairs`).
 - `outputs`: what an output path may replace (report folders with a `.geomix-report` marker,
-  files only with --force, never an input), the report-folder swap and its crash recovery.
+  files only with --force, never an input), the report-folder swap and its crash recovery, and
+  the locked working folder of a report built over several runs (`--resume`).
+- `blocks`: .safetensors / .npz pair files read by row blocks (memory-mapped or streamed), on
+  the same header checks as `readers`.
+- `datasets`: Parquet datasets written part by part (atomic parts, metadata in the footer).
 - `machine`: memory available to this process, resident set, CPU model.
 
 Turning a *source* (a file or a generator spec `gen:NAME:...`) into validated rows is one layer

@@ -1,5 +1,5 @@
 """Machine facts read from the system (Linux /proc and /sys; None elsewhere): the memory a
-geomix process may still use, its resident set, the CPU model.
+geomix process may still use, its resident set and peak resident set, the CPU model.
 
 `check_memory` is how every size that a user asks for (a generator spec, a file's declared
 arrays, a simulation budget, a benchmark batch) is refused up front, with the estimate and the
@@ -117,6 +117,23 @@ def resident_set_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident_bytes() -> int | None:
+    """This process's peak resident memory (VmHWM) since it started or since the last
+    `reset_peak_resident()`, or None where the system does not say."""
+    return _proc_fields("/proc/self/status").get("VmHWM")
+
+
+def reset_peak_resident() -> bool:
+    """Reset this process's peak resident memory (Linux: /proc/self/clear_refs); False where
+    that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def cpu_model_name() -> str | None:

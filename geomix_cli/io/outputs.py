@@ -22,6 +22,11 @@ The swap of a report folder is two renames (old -> aside, new -> in place), with
 held off between them. Only SIGKILL (or a power cut) can stop a run there; the next geomix run
 that writes the same path then restores the previous report if the new one is not in place,
 and removes the folders a dead process left behind.
+
+A report built over several runs (a sharded run and its --resume) is built in a working folder
+`.NAME.geomix-partial` (`working_dir`) that follows the same rule: a marker listing every file
+it holds or is about to hold, checked like --out before any work, locked while a run writes it
+(`take_working_dir`, `FolderLock`), and put in place by the same swap (`swap_into_place`).
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ from pathlib import Path
 
 from geomix_cli.errors import OutputError
 from geomix_cli.io.readers import file_kind, os_error_text
-from geomix_cli.io.writers import (HOST_TAG, folder_mode, make_folders, pid_alive, temp_tag,
-                                   write_json_atomic)
+from geomix_cli.io.writers import (HOST_TAG, folder_mode, make_folders, pid_alive,
+                                   remove_stale_temp_files_in, temp_tag, write_json_atomic)
 
 REPORT_MARKER = ".geomix-report"
 REPORT_MARKER_SCHEMA = 1
@@ -146,11 +151,11 @@ def _lstat(path: Path, shown, option: str | None):
 # report markers
 
 
-def report_marker(command: str, files: list[str]) -> dict:
+def report_marker(command: str, files: list[str], **extra) -> dict:
     from geomix_cli import __version__
 
     return {"geomix_report": REPORT_MARKER_SCHEMA, "command": command,
-            "geomix_version": __version__, "files": sorted(files)}
+            "geomix_version": __version__, **extra, "files": sorted(files)}
 
 
 def read_report_marker(folder) -> dict | None:
@@ -206,9 +211,14 @@ def _unlisted(folder: Path, listed: set[str]) -> list[str]:
     return extra
 
 
-def _write_marker(staging: Path, command: str) -> None:
-    files = [f for f in _listing(staging) if f != REPORT_MARKER]
-    write_json_atomic(staging / REPORT_MARKER, report_marker(command, files))
+def write_report_marker(folder, command: str, *, also=(), **extra) -> Path:
+    """Write `folder`'s marker: every file and folder now under it, and the names in `also`
+    (files geomix is about to write there, so that a kill before the next marker leaves a folder
+    that is still recognised as geomix's); `extra` fields describe the report (format, schema)."""
+    folder = Path(folder)
+    files = {f for f in _listing(folder) if f != REPORT_MARKER} | set(also)
+    return write_json_atomic(folder / REPORT_MARKER, report_marker(command, sorted(files),
+                                                                   **extra))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,7 +439,11 @@ def _pause_between_renames() -> None:
         time.sleep(0.02)
 
 
-def _swap_into_place(staging: Path, final: Path, inputs) -> None:
+def swap_into_place(staging: Path, final: Path, inputs=()) -> None:
+    """Put the finished folder `staging` (a sibling of `final`) at `final`, replacing an earlier
+    report there (checked again now): two renames with signals held off, recoverable by
+    `recover_interrupted` after a kill between them; racing writers: the last one wins."""
+    staging, final = Path(staging), _really(absolute(final))
     with _signals_held():
         for _attempt in range(8):
             backup = None
@@ -485,8 +499,8 @@ def atomic_directory(final_dir, *, command: str | None = None, inputs=(), notify
                           file=str(final)) from None
     try:
         yield staging
-        _write_marker(staging, command)
-        _swap_into_place(staging, final, inputs)
+        write_report_marker(staging, command)
+        swap_into_place(staging, final, inputs)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"cannot write the report: {os_error_text(exc)} (nothing was "
@@ -496,3 +510,120 @@ def atomic_directory(final_dir, *, command: str | None = None, inputs=(), notify
         raise
     finally:
         _PREPARED.pop(final, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# a report built over several runs (resumable)
+
+
+WORKING_SUFFIX = ".geomix-partial"
+LOCK_FILE = ".geomix-lock"
+
+
+def working_dir(final) -> Path:
+    """The working folder of a report that is built over one or more runs (`--resume`):
+    `.NAME.geomix-partial` beside NAME. It follows the rule of a report folder (a marker listing
+    every file, the files it is about to hold included) and is swapped in at NAME, by
+    `swap_into_place`, when the report is complete."""
+    final = _really(absolute(final))
+    return final.parent / f".{final.name}{WORKING_SUFFIX}"
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by this process until `release()` (or its death):
+    a lock file in the folder, locked with flock; a second geomix process is refused with one
+    line instead of writing the same files."""
+
+    def __init__(self, folder, *, shown=None, option: str | None = "--out"):
+        import fcntl
+
+        self.path = Path(folder) / LOCK_FILE
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+        try:
+            try:
+                self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)  # umask
+                self.created = True
+            except FileExistsError:
+                self.fd = os.open(self.path, flags)
+                self.created = False
+        except OSError as exc:
+            raise _refuse(f"cannot lock the working folder {folder}: {os_error_text(exc)}",
+                          shown or folder, option) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise _refuse("another geomix run is writing this output now (its lock is held); "
+                          "wait for it or choose another --out", shown or folder,
+                          option) from None
+
+    def release(self, *, undo: bool = False) -> None:
+        """Unlock; `undo`: also remove the lock file if this lock created it (a refusal leaves
+        the folder as it was)."""
+        if self.fd is not None:
+            if undo and self.created:
+                self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+def take_working_dir(final, *, inputs=(), notify=None,
+                     option: str | None = "--out") -> tuple[Path, FolderLock | None]:
+    """Before any work on a report built in a working folder: recover an interrupted swap of
+    `final`, check `final` (`check_report_dir`) and, when the working folder exists, lock it
+    (refused while another geomix process holds it), remove the temporary files that dead
+    writers left in it, and check it by the same rule as a report folder. Returns the working
+    folder's path and the lock (None when there is no working folder yet)."""
+    shown = final
+    recover_interrupted(final, notify)
+    final = check_report_dir(final, inputs=inputs, option=option)
+    work = working_dir(final)
+    st = _lstat(work, work, None)
+    if st is None:
+        return work, None
+    working_option = f"{option} {shown}: its working folder" if option else None
+    lock = None
+    if stat.S_ISDIR(st.st_mode) and read_report_marker(work) is not None:
+        lock = FolderLock(work, shown=shown, option=option)
+        try:
+            remove_stale_temp_files_in(work)
+        except BaseException:
+            lock.release()
+            raise
+    try:
+        check_report_dir(work, inputs=inputs, option=working_option)
+    except BaseException:
+        if lock is not None:
+            lock.release(undo=True)
+        raise
+    return work, lock
+
+
+def new_working_dir(work, lock: FolderLock | None, *, command: str, will_write=(), shown=None,
+                    option: str | None = "--out", **marker) -> FolderLock:
+    """Start the working folder `work` afresh: remove an earlier one (checked and locked by
+    `take_working_dir`, or empty), create it (the umask's mode), write its marker (listing the
+    lock file and `will_write`, the files the run is about to write) and lock it."""
+    work = Path(work)
+    if os.path.lexists(work):
+        shutil.rmtree(work)
+    if lock is not None:
+        lock.release()
+    make_folders(work.parent)
+    try:
+        os.mkdir(work)
+    except FileExistsError:
+        raise _refuse("another geomix run started writing this output just now; wait for it "
+                      "or choose another --out", shown or work, option) from None
+    except OSError as exc:
+        raise _refuse(f"cannot create the working folder {work}: {os_error_text(exc)}",
+                      shown or work, option) from None
+    write_report_marker(work, command, also=[LOCK_FILE, *will_write], **marker)
+    return FolderLock(work, shown=shown, option=option)
+
+
+def discard_working_dir(work, lock: FolderLock | None) -> None:
+    """Remove a working folder this process holds (nothing of it is worth keeping)."""
+    shutil.rmtree(work, ignore_errors=True)
+    if lock is not None:
+        lock.release()

@@ -239,15 +239,7 @@ def _checked_mask(mask, file_label: str, key: str) -> np.ndarray:
 
 
 def _read_npz(handle, label: str):
-    head = handle.read(8)
-    handle.seek(0)
-    if head.startswith(b"\x93NUMPY"):
-        raise InputError("is a .npy file (one array) saved under an .npz name; save the pair with "
-                         "numpy.savez(path, pi_theta=..., pi_t=...) (or logits_theta/logits_t)",
-                         file=label)
-    if not head.startswith(b"PK"):
-        raise InputError("is not an .npz archive (no zip header); save the pair with "
-                         "numpy.savez(path, pi_theta=..., pi_t=...)", file=label)
+    check_npz_head(handle, label)
     _check_npz_declared_sizes(handle, label)
     handle.seek(0)
     with np.load(handle, allow_pickle=False) as data:
@@ -265,16 +257,57 @@ def _read_npz(handle, label: str):
     return arrays, meta, {}
 
 
-def _npy_header(member):
-    """(shape, dtype) from an .npy header, reading only the header."""
+@dataclass(frozen=True)
+class NpyMember:
+    """One .npy member of an .npz archive, from its header only."""
+
+    info: zipfile.ZipInfo
+    key: str
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype
+    header_bytes: int  # bytes of the .npy header before the array's data (uncompressed)
+
+
+def npz_members(archive: zipfile.ZipFile, label: str):
+    """The .npy members of an open archive (`NpyMember`, headers only): a corrupt header or a
+    pickled (object) array is refused with one line, whatever reads the archive next."""
     from numpy.lib import format as npy_format
 
-    version = npy_format.read_magic(member)
-    if version == (1, 0):
-        shape, _, dtype = npy_format.read_array_header_1_0(member)
-    else:
-        shape, _, dtype = npy_format.read_array_header_2_0(member)
-    return shape, dtype
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        key = info.filename[:-4]
+        try:
+            with archive.open(info) as member:
+                version = npy_format.read_magic(member)
+                reader = (npy_format.read_array_header_1_0 if version == (1, 0)
+                          else npy_format.read_array_header_2_0)
+                shape, fortran, dtype = reader(member)
+                header_bytes = member.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"corrupt archive member {info.filename}: "
+                             f"{str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}",
+                             file=label) from None
+        if dtype.hasobject:
+            raise InputError("holds pickled Python objects, which geomix never loads "
+                             "(allow_pickle=False); store plain numeric arrays",
+                             file=label, key=key)
+        yield NpyMember(info, key, tuple(int(n) for n in shape), bool(fortran), dtype,
+                        header_bytes)
+
+
+def check_npz_head(handle, label: str) -> None:
+    """Refuse a file that is not a zip archive (an .npy under an .npz name, anything else)."""
+    head = handle.read(8)
+    handle.seek(0)
+    if head.startswith(b"\x93NUMPY"):
+        raise InputError("is a .npy file (one array) saved under an .npz name; save the pair with "
+                         "numpy.savez(path, pi_theta=..., pi_t=...) (or logits_theta/logits_t)",
+                         file=label)
+    if not head.startswith(b"PK"):
+        raise InputError("is not an .npz archive (no zip header); save the pair with "
+                         "numpy.savez(path, pi_theta=..., pi_t=...)", file=label)
 
 
 def _check_npz_declared_sizes(handle, label: str) -> None:
@@ -283,24 +316,12 @@ def _check_npz_declared_sizes(handle, label: str) -> None:
     declared = 0
     values = 0
     with zipfile.ZipFile(handle) as archive:
-        for info in archive.infolist():
-            if not info.filename.endswith(".npy"):
-                declared += info.file_size  # read whole (as bytes) if its key is asked for
-                continue
-            key = info.filename[:-4]
-            try:
-                with archive.open(info) as member:
-                    shape, dtype = _npy_header(member)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise InputError(f"corrupt archive member {info.filename}: "
-                                 f"{str(exc).splitlines()[0][:160]}", file=label) from None
-            if dtype.hasobject:
-                raise InputError("holds pickled Python objects, which geomix never loads "
-                                 "(allow_pickle=False); store plain numeric arrays",
-                                 file=label, key=key)
-            count = math.prod(int(n) for n in shape)
-            declared += count * dtype.itemsize
-            if key not in ("meta", *MASK_KEYS):
+        declared += sum(info.file_size for info in archive.infolist()
+                        if not info.filename.endswith(".npy"))  # read whole if asked for
+        for member in npz_members(archive, label):
+            count = math.prod(member.shape)
+            declared += count * member.dtype.itemsize
+            if member.key not in ("meta", *MASK_KEYS):
                 values += count
     check_memory(declared + WORKING_BYTES_PER_VALUE * values,
                  what=f"its arrays ({_size(declared)} as declared in the archive, "
@@ -467,15 +488,13 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, 
                        "U8": np.uint8, "BOOL": np.bool_}
 
 
-def _read_safetensors(handle, label: str):
-    """Parse the safetensors layout directly (8-byte header size, JSON header, raw little-endian
-    data), so bfloat16 needs neither torch nor ml_dtypes: it is widened to float32 exactly.
-
-    Every tensor's declared byte range must lie in the data, match its shape and dtype, and not
-    overlap another tensor's range (two keys reading the same bytes is not a pair)."""
+def read_safetensors_header(handle, label: str) -> tuple[dict, dict, int]:
+    """(header, layout, data_start) of a safetensors file, checked before any data is read:
+    layout is {key: (dtype, shape, start, stop)} with byte offsets relative to data_start."""
     size = os.fstat(handle.fileno()).st_size
     if size < 8:
         raise InputError("too short to be a safetensors file", file=label)
+    handle.seek(0)
     (header_size,) = struct.unpack("<Q", handle.read(8))
     if header_size > size - 8 or header_size > MAX_SAFETENSORS_HEADER:
         raise InputError(f"corrupt safetensors header: it declares {header_size:,} header bytes "
@@ -487,8 +506,18 @@ def _read_safetensors(handle, label: str):
     header = loads_json(header_text, file=label)
     if not isinstance(header, dict):
         raise InputError("corrupt safetensors header: not a JSON object", file=label)
-    data_size = size - 8 - header_size
-    layout = _safetensors_layout(header, data_size, label)
+    layout = _safetensors_layout(header, size - 8 - header_size, label)
+    return header, layout, 8 + header_size
+
+
+def _read_safetensors(handle, label: str):
+    """Parse the safetensors layout directly (8-byte header size, JSON header, raw little-endian
+    data), so bfloat16 needs neither torch nor ml_dtypes: it is widened to float32 exactly.
+
+    Every tensor's declared byte range must lie in the data, match its shape and dtype, and not
+    overlap another tensor's range (two keys reading the same bytes is not a pair)."""
+    size = os.fstat(handle.fileno()).st_size
+    header, layout, _ = read_safetensors_header(handle, label)
     values = sum(math.prod(shape) for key, (_, shape, _, _) in layout.items()
                  if key not in MASK_KEYS)
     check_memory(size + WORKING_BYTES_PER_VALUE * values,

@@ -81,17 +81,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _temp_file_pattern(path: Path) -> re.Pattern:
-    return re.compile(rf"\.{re.escape(temp_tag(path.name))}\.{HOST_TAG}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+def _temp_file_pattern(path: Path | None = None) -> re.Pattern:
+    """Temporary names of `AtomicFile` (for `path`, or for any file when None)."""
+    name = re.escape(temp_tag(path.name)) if path is not None else ".+"
+    return re.compile(rf"\.{name}\.{HOST_TAG}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
 
 
-def remove_stale_temp_files(path: Path) -> None:
-    """Remove temporary files that a killed writer of `path` left in its folder."""
-    pattern = _temp_file_pattern(path)
-    try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return
+def _remove_stale(entries, pattern: re.Pattern) -> None:
     for entry in entries:
         match = pattern.fullmatch(entry.name)
         if match and not pid_alive(int(match.group(1))) and entry.is_file(follow_symlinks=False):
@@ -99,6 +95,27 @@ def remove_stale_temp_files(path: Path) -> None:
                 os.unlink(entry.path)
             except OSError:
                 pass
+
+
+def remove_stale_temp_files(path: Path) -> None:
+    """Remove temporary files that a killed writer of `path` left in its folder."""
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    _remove_stale(entries, _temp_file_pattern(path))
+
+
+def remove_stale_temp_files_in(folder: Path) -> None:
+    """Remove the temporary files that killed writers (processes gone) left anywhere under
+    `folder` (a working folder that many files are written into, once before its writes)."""
+    pattern = _temp_file_pattern()
+    for root, _dirs, _files in os.walk(folder):
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        _remove_stale(entries, pattern)
 
 
 def make_folders(folder: Path) -> None:
@@ -126,38 +143,94 @@ def _refuse_non_regular_target(path: Path) -> None:
                           file=str(path))
 
 
-def write_bytes_atomic(path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."""
-    path = Path(path)
-    make_folders(path.parent)
-    _refuse_non_regular_target(path)
-    remove_stale_temp_files(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{temp_tag(path.name)}.{HOST_TAG}.{os.getpid()}.",
-                                   suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write in this folder: {os_error_text(exc)}",
-                          file=str(path)) from None
-    try:
+class AtomicFile:
+    """A file written under a temporary name beside `path` and renamed over it by `commit()`
+    (flushed to disk first), or removed by `discard()`: `path` is either the old file or the
+    whole new one, never a part. The mode is the umask's (or that of the file it replaces).
+    As a context manager: commit on success, discard on an exception (an OSError becomes one
+    OutputError line). `clean=False` skips the search for a dead writer's temporary file of
+    the same path (for a folder cleaned once with `remove_stale_temp_files_in`)."""
+
+    def __init__(self, path, *, clean: bool = True):
+        self.path = Path(path)
+        make_folders(self.path.parent)
+        _refuse_non_regular_target(self.path)
+        if clean:
+            remove_stale_temp_files(self.path)
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{temp_tag(self.path.name)}.{HOST_TAG}.{os.getpid()}.", suffix=".tmp",
+                dir=self.path.parent)
+        except OSError as exc:
+            raise OutputError(f"cannot write in this folder: {os_error_text(exc)}",
+                              file=str(self.path)) from None
+        self.tmp = Path(tmp)
         mode = file_mode()
         try:  # replacing a file keeps its permissions (as an editor does); a new one: the umask
-            mode = stat.S_IMODE(os.stat(path).st_mode)
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
         except OSError:
             pass
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"cannot write: {os_error_text(exc)} (nothing was written)",
-                          file=str(path)) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        self.handle = os.fdopen(fd, "wb")
+        try:
+            os.fchmod(self.handle.fileno(), mode)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> Path:
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        try:
+            self.handle.close()
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.handle
+
+    def __exit__(self, exc_type, exc, _tb):
+        if exc_type is None:
+            try:
+                self.commit()
+            except OSError as error:
+                raise OutputError(f"cannot write: {os_error_text(error)} (nothing was written)",
+                                  file=str(self.path)) from None
+            return False
+        self.discard()
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write: {os_error_text(exc)} (nothing was written)",
+                              file=str(self.path)) from None
+        return False
+
+
+def write_bytes_atomic(path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temporary file in the same folder, fsync, rename)."""
+    with AtomicFile(path) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def link_or_copy(source, target) -> Path:
+    """`target` becomes the same bytes as the finished file `source` (which is never written in
+    place again): a hard link where the file system allows one, else an atomic copy."""
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        with AtomicFile(target) as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+    return Path(target)
 
 
 def write_text_atomic(path, text: str) -> Path:
@@ -288,13 +361,18 @@ def write_csv_atomic(path, frame) -> Path:
     return write_text_atomic(path, frame.to_csv(index=False))
 
 
+def figure_bytes(figure, *, format: str = "png", dpi: int = 150) -> bytes:
+    """A matplotlib figure rendered to bytes (to be written with `write_bytes_atomic`)."""
+    buffer = _stdlib_io.BytesIO()
+    figure.savefig(buffer, format=format, dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
 def save_figure_atomic(figure, path, *, dpi: int = 150) -> Path:
     """Save a matplotlib figure atomically; the format follows the extension."""
     path = Path(path)
-    buffer = _stdlib_io.BytesIO()
-    figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi,
-                   bbox_inches="tight")
-    return write_bytes_atomic(path, buffer.getvalue())
+    return write_bytes_atomic(path, figure_bytes(
+        figure, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi))
 
 
 def write_pairs_npz(path, *, theta: np.ndarray, target: np.ndarray, kind: str,
