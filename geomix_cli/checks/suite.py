@@ -237,8 +237,9 @@ def run_verify_alpha_theory(*, thorough: bool = False, seed: int = 0,
             claims.append(_optional_result(OPTIONAL_CLAIMS[cid], extras, fams, rngs[cid],
                                            thorough, seed))
     # the D(alpha) figure with the solvers' iterates belongs to the uniqueness claim
-    next(c for c in claims if c.id == "alpha-unique").figures["delta_curve"] = \
-        _delta_curve_figure(fams)
+    for c in claims:
+        if c.id == "alpha-unique":
+            c.figures["delta_curve"] = _delta_curve_figure(fams)
     backend = None
     if device_solver is not None:
         tick(total - 1, f"backend agreement ({device_label})")
