@@ -287,7 +287,10 @@ def test_bisection_and_newton_reach_the_exact_root():
     l, lb, _ = log_ratio_on_support(fam.log_pi_theta, fam.log_pi_t)
     ref = np.array([_ref_alpha(pt[i], pT[i]) for i in range(5)])
     bis = methods.bisection_errors(l, lb, ref, 40)
-    assert np.all(methods.passes_needed(bis, 1e-6) <= 20)  # ceil(log2(1e6))
+    assert methods.bisection_bound(1e-6) == 19  # ceil(log2(1e6)) - 1: the midpoint halves once more
+    assert np.all(methods.passes_needed(bis, 1e-6) <= methods.bisection_bound(1e-6))
+    # the bound is tight: a sound bisection needs every one of those passes on these rows
+    assert np.any(methods.passes_needed(bis, 1e-6) == methods.bisection_bound(1e-6))
     newt = methods.newton_errors(l, lb, ref, 30, 0.5)
     assert np.all(methods.passes_needed(newt, 1e-12) <= 12)
 
@@ -299,6 +302,32 @@ def test_complexity_holds_and_its_control_fails(rng):
     res = checks.claim_complexity(fams, rng, False)
     assert res.verdict == "holds" and res.data["cases_over_bound"] == 0
     assert res.data["reference_never_within_1e-6"]  # the reference code fails the same test
+    assert res.data["control_wasted_pass_over_bound"] > 0  # the planted wasted pass is caught
+
+
+def test_a_check_whose_control_passes_is_untested_not_holds_or_refuted():
+    from geomix_cli.checks.rule import universal_verdict
+
+    assert universal_verdict(True, True) == ("holds", "H")
+    assert universal_verdict(True, False) == ("untested", "U")
+    assert universal_verdict(False, True) == ("refuted", "R1")
+    assert universal_verdict(False, False) == ("refuted", "R1")
+
+
+def test_test1_with_a_control_that_cannot_fail_is_untested(rng, monkeypatch):
+    # make every solve return Test 1's answer: the evidence "holds", but so does the control
+    real = experiments.solve_alpha
+
+    def fixed(lt, lT, method):
+        sol = real(lt, lT, method)
+        sol.alpha[:] = 0.5
+        return sol
+
+    monkeypatch.setattr(experiments, "solve_alpha", fixed)
+    monkeypatch.setattr(experiments, "log_q_alpha",
+                        lambda lt, lT, a: np.log(np.full(lt.shape, 0.5)))
+    res = checks.claim_test1([], rng, False)
+    assert res.verdict == "untested" and res.clause == "U"
 
 
 def test_entropy_start_verdict_follows_the_measured_passes(rng):
@@ -323,8 +352,11 @@ def test_optional_claim_is_untested_without_its_extra_and_runs_with_it(monkeypat
     assert res.verdict == "untested" and res.clause == "U"
     assert "Tested by `geomix verify verify_alpha_theory --with models`" in res.evidence
     # asked for, but no check registered: still untested, and it says so (nothing computed)
+    import dataclasses
+
     monkeypatch.setattr(type(claim), "available", lambda self: True)
-    res = checks.suite._optional_result(claim, ("models",), fams, None, False)
+    res = checks.suite._optional_result(dataclasses.replace(claim, maker=None), ("models",),
+                                        fams, None, False)
     assert res.verdict == "untested" and "no check" in res.evidence
     monkeypatch.undo()
     # a registered maker runs only when asked for (and when its modules import)

@@ -10,6 +10,7 @@ import numpy as np
 from geomix_cli.cases import delta_uniform_log_probs
 from geomix_cli.checks.families import solve_ok
 from geomix_cli.checks.rule import (MOST, ClaimResult, Repaired, choose_condition, fmt,
+                                    universal_verdict,
                                     most_rule, q4, q6)
 from geomix_cli.core.family import (effective_sample_size, entropy_formula_alpha, kl_divergence,
                                     log_q_alpha, log_ratio_on_support, tilted_moments)
@@ -45,7 +46,7 @@ def claim_test1(fams, rng, thorough) -> ClaimResult:
     # negative control: a slightly different pair must fail the same comparison
     a_ctrl, q_ctrl, _, _ = solve([0.71, 0.29])
     err_ctrl = max(abs(a_ctrl - 0.5), float(np.max(np.abs(q_ctrl - 0.5))))
-    verdict, clause = ("holds", "H") if holds and err_ctrl > 1e-12 else ("refuted", "R1")
+    verdict, clause = universal_verdict(holds, err_ctrl > 1e-12)
     evidence = (
         f"Computed: alpha* = {a:.12g} (Newton; brentq {ref:.12g}), q* = ({q[0]:.12g}, "
         f"{q[1]:.12g}), w = {w:.12g}; KL(q*||pi_theta) = {kl_th:.10g} = KL(q*||pi_t) = "

@@ -7,6 +7,7 @@ import numpy as np
 
 from geomix_cli.checks.families import kl_scale, solve_ok
 from geomix_cli.checks.rule import (EPS64, ClaimResult, Repaired, below, decade_bound, fmt, q4,
+                                    universal_verdict,
                                     q6, snap)
 from geomix_cli.core.family import (kl_divergence, log_q_alpha, log_ratio_on_support, logsumexp,
                                     tilted_moments)
@@ -119,8 +120,8 @@ def claim_pareto(fams, rng, thorough) -> ClaimResult:
     n_dominating = sum(r["dominating"] for r in dom_rows)
     n_cand = sum(r["n"] for r in dom_rows)
     optimiser_agrees = worst_q <= Q_TOL and worst_gain <= DOMINANCE_TOL
-    holds = n_dominating == 0 and optimiser_agrees and control_dominated > 0
-    verdict, clause = ("holds", "H") if holds else ("refuted", "R1")
+    verdict, clause = universal_verdict(n_dominating == 0 and optimiser_agrees,
+                                        control_dominated > 0)
     evidence = (
         f"A generic optimiser (BFGS over softmax parameters from a uniform and two random starts, "
         f"then Newton steps on the same objective; it knows nothing of the geometric mean) "
@@ -198,7 +199,7 @@ def claim_delta_identity(fams, rng, thorough) -> ClaimResult:
         rows.append({"family": fam.name, "rows": fam.n_rows, "checks": int(e.size),
                      "within_bound": bool(e.max() <= IDENTITY_BOUND)})
     failed = worst > IDENTITY_BOUND
-    verdict, clause = ("refuted", "R1") if failed else ("holds", "H")
+    verdict, clause = universal_verdict(not failed, control_min > IDENTITY_BOUND)
     names = ", ".join(r["family"] for r in rows)
     evidence = (
         f"Both closed forms and D = E_q[l] were compared with the KLs summed directly over tokens "
@@ -288,8 +289,7 @@ def claim_boundary(fams, rng, thorough, seed) -> ClaimResult:
     same = fams[0].log_pi_theta[:1]
     c0, c1 = _literal_ends(same, same)
     control_fails = not (c0[0] > 0 and c1[0] < 0)
-    holds = sign_fail == 0 and control_fails
-    verdict, clause = ("holds", "H") if holds else ("refuted", "R1")
+    verdict, clause = universal_verdict(sign_fail == 0, control_fails)
     evidence = (
         f"D at alpha = 0 and 1 taken literally (q_0 = pi_t, q_1 = pi_theta; E_q[l] summed with "
         f"0 x inf = 0) against KL(pi_t||pi_theta) and -KL(pi_theta||pi_t) summed directly, on "
@@ -440,7 +440,7 @@ def claim_unique(fams, rng, thorough) -> ClaimResult:
     deg = np.log(np.array([[0.5, 0.3, 0.2]]))
     deg_status = str(classify_rows(deg, deg).status[0])
     failed = worst_rel > DERIV_BOUND
-    verdict, clause = ("refuted", "R1") if (failed or multi_roots) else ("holds", "H")
+    verdict, clause = universal_verdict(not (failed or multi_roots), control_hit > 0)
     evidence = (
         f"True, but the derivation's proof (continuity + intermediate value theorem) gives "
         f"existence only, not uniqueness. The missing step is D'(alpha) = -Var_q(l) <= 0. Verified "
@@ -522,7 +522,7 @@ def claim_chernoff(fams, rng, thorough) -> ClaimResult:
                      "median_C": q4(np.median(c)), "max_C": q4(c.max())})
     failed = (worst["dlogz"] > 1e-8 or worst["argmin"] > 1e-5 or worst["kl_eq"] > IDENTITY_BOUND
               or worst["c_neg"] > 0)
-    verdict, clause = ("refuted", "R1") if failed else ("holds", "H")
+    verdict, clause = universal_verdict(not failed, control_gap > IDENTITY_BOUND)
     evidence = (
         f"On {total} pairs with a root (every family, real rows included): D(alpha) matched the "
         f"complex-step derivative -d/dalpha log Z (log Z summed directly) to "
