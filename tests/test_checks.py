@@ -15,6 +15,7 @@ from geomix_cli import checks
 from geomix_cli.cases import delta_uniform_log_probs
 from geomix_cli.checks import Family, experiments, foundations, methods, rule
 from geomix_cli.checks.rule import ClaimResult, SuiteResult
+from geomix_cli.core.rules import NO_ROOT, OK
 
 
 def _fam(name, pt, pT):
@@ -386,3 +387,33 @@ def test_every_claim_id_is_registered_once():
     assert ids[-1] == "sequence-ess-balance"
     assert {"boundary-values", "root-existence", "entropy-start-speedup", "off-policy-unstable",
             "alpha-star-best"} <= set(ids)
+
+
+def test_root_existence_repaired_check_is_independent_of_the_solver(monkeypatch):
+    # the repaired claim is checked against sums computed apart from the solver: a classifier
+    # that claims a root everywhere must fail it (before, the check reused the classifier's own
+    # limits and could not fail)
+    real = foundations.classify_rows
+
+    def always_a_root(lt, lT):
+        cls = real(lt, lT)
+        cls.status[cls.status == NO_ROOT] = OK
+        return cls
+
+    honest = foundations.claim_root_existence([], np.random.default_rng(0), False, 0)
+    assert honest.repaired.confirmed and honest.data["grid_mismatches"] == 0
+    monkeypatch.setattr(foundations, "classify_rows", always_a_root)
+    fooled = foundations.claim_root_existence([], np.random.default_rng(0), False, 0)
+    assert not fooled.repaired.confirmed
+    assert fooled.data["limit_rule_mismatches"] > 0 and fooled.data["grid_mismatches"] > 0
+
+
+def test_independent_root_evidence_on_the_theory_counterexample():
+    with np.errstate(divide="ignore"):
+        lt = np.log(np.array([[0.6, 0.4, 0.0]]))
+    lT = np.log(np.array([[0.1, 0.2, 0.7]]))
+    d0, d1, root = foundations._independent_root_evidence(lt, lT)
+    # on S = {0, 1}: pi_t|S = (1/3, 2/3), l = (log(1/6), log(1/2))
+    assert_allclose(d0, [(math.log(1 / 6) + 2 * math.log(1 / 2)) / 3], rtol=1e-14)
+    assert_allclose(d1, [0.6 * math.log(1 / 6) + 0.4 * math.log(1 / 2)], rtol=1e-14)
+    assert not root[0]
