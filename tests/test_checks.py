@@ -181,6 +181,9 @@ def test_test3_verdicts_follow_the_data(rng):
     assert good.verdict == "holds" and good.clause == "H"
     bad = checks.claim_test3([peaked], rng, False, held)
     assert bad.verdict == "refuted" and bad.clause == "R2"
+    # the control: planted balanced pairs from the same family pass the same rule
+    assert bad.data["control_planted_balanced"]["rule_met"]
+    assert "can pass" in bad.control
     both = checks.claim_test3([near, peaked], rng, False, held)
     assert both.verdict == "refuted"  # 50% overall, 1 of 2 families: not "most"
     assert both.repaired is not None and both.repaired.confirmed
@@ -238,6 +241,8 @@ def test_entropy_formula_is_refuted_by_a_close_pair_it_misses(rng):
     rec = next(r for r in res.data["per_family"] if r["family"] == "tricky")
     assert rec["close_pairs"] == 1 and rec["close_within_0.05"] == 0.0
     assert res.verdict == "refuted" and res.clause == "R1"
+    # planted errors that follow the stated conditions give 'depends' through the same rule
+    assert res.data["control_planted_depends"] and "can return it" in res.control
 
 
 def test_reference_code_verdicts(rng):

@@ -54,6 +54,31 @@ def _inside_ok(data: dict, cond) -> tuple[bool, int, float]:
     return bool(ok and inside), inside, (within / inside if inside else float("nan"))
 
 
+def _stated_conditions(data: dict):
+    """The derivation's conditions judged on per-family errors: (right, close-pair failures as
+    (family, share, n), families within APPROX although not close, share of close pairs within,
+    share of extreme pairs failing). Right: close pairs within for >= SHARE in every family, no
+    family's far pairs within for >= SHARE, and >= SHARE of the extreme pairs off."""
+    close_fail, far_fine = [], []
+    n_close = within_close = n_ext = off_ext = 0
+    for name, d in data.items():
+        close, extreme = d["C"] <= CLOSE_C, d["H"] >= EXTREME_H
+        if close.any():
+            share = float(np.mean(d["err"][close] <= APPROX))
+            if share < SHARE:
+                close_fail.append((name, share, int(close.sum())))
+        if (~close).any() and float(np.mean(d["err"][~close] <= APPROX)) >= SHARE:
+            far_fine.append(name)
+        n_close += int(close.sum())
+        within_close += int(np.sum(d["err"][close] <= APPROX))
+        n_ext += int(extreme.sum())
+        off_ext += int(np.sum(d["err"][extreme] > APPROX))
+    share_close = within_close / max(n_close, 1)
+    share_ext = off_ext / max(n_ext, 1)
+    right = not close_fail and not far_fine and share_ext >= SHARE
+    return right, close_fail, far_fine, share_close, share_ext
+
+
 def claim_entropy(fams, rng, thorough, heldout=None) -> ClaimResult:
     statement = ("Method 2: alpha_entropy = H(pi_theta) / (H(pi_theta) + H(pi_t)) approximates "
                  "alpha* only when the two distributions are close; it fails in extreme cases "
@@ -73,17 +98,13 @@ def claim_entropy(fams, rng, thorough, heldout=None) -> ClaimResult:
                      "extreme_pairs": int(extreme.sum()),
                      "extreme_beyond_0.05": q4(np.mean(d["err"][extreme] > APPROX))
                      if extreme.any() else None})
-    close_fail = [r for r in rows if r["close_pairs"] and r["close_within_0.05"] < SHARE]
+    conditions_right, close_fail, far_fine, share_close, share_ext = _stated_conditions(data)
     n_close = sum(r["close_pairs"] for r in rows)
-    share_close = (sum(np.sum(d["err"][d["C"] <= CLOSE_C] <= APPROX) for d in data.values())
-                   / max(n_close, 1))
-    far_fine = [r for r in rows if r["rows"] - r["close_pairs"] > 0
-                and np.mean(data[r["family"]]["err"][data[r["family"]]["C"] > CLOSE_C] <= APPROX)
-                >= SHARE]
     n_ext = sum(r["extreme_pairs"] for r in rows)
-    share_ext = (sum(np.sum(d["err"][d["H"] >= EXTREME_H] > APPROX) for d in data.values())
-                 / max(n_ext, 1))
-    conditions_right = not close_fail and not far_fine and share_ext >= SHARE
+    # control: planted errors that follow the derivation's conditions exactly (0 on close pairs,
+    # 1 elsewhere) must give 'depends' through the same rule
+    planted = {k: {**d, "err": np.where(d["C"] <= CLOSE_C, 0.0, 1.0)} for k, d in data.items()}
+    control_right = _stated_conditions(planted)[0]
     verdict, clause = ("depends", "D") if conditions_right else ("refuted", "R1")
     held = {f.name: _entropy_rows(f) for f in heldout or []}
     cond, confirmed = choose_condition(ENTROPY_LADDER, lambda c: _inside_ok(data, c)[0],
@@ -104,21 +125,23 @@ def claim_entropy(fams, rng, thorough, heldout=None) -> ClaimResult:
             confirmed=confirmed)
     per = "; ".join(f"{r['family']}: median {r['median_abs_error']:.3g}, p90 "
                     f"{r['p90_abs_error']:.3g}" for r in rows)
-    fail_txt = ", ".join(f"{r['family']} ({r['close_within_0.05']:.0%} of {r['close_pairs']})"
-                         for r in close_fail) or "none"
+    fail_txt = ", ".join(f"{name} ({share:.0%} of {n})" for name, share, n in close_fail) or "none"
     evidence = (
         f"|alpha_entropy - alpha*| per family: {per}. Close pairs (C <= {CLOSE_C:g} nats, "
         f"{n_close} of them across the families): {share_close:.0%} within {APPROX:g}; families "
         f"whose close pairs are within for fewer than {SHARE:.0%}: {fail_txt}. Pairs that are not "
         f"close but still within {APPROX:g} for >= {SHARE:.0%}: "
-        f"{', '.join(r['family'] for r in far_fine) or 'none'} ('only when close' is then too "
+        f"{', '.join(far_fine) or 'none'} ('only when close' is then too "
         f"narrow). Extreme pairs (entropies differing by >= {EXTREME_H:g}x, {n_ext} of them): "
         f"{share_ext:.0%} off by more than {APPROX:g}, as the derivation says. Closeness alone "
         f"does not decide the error: the entropy ratio does, together with closeness (the "
         f"repaired claim).")
-    control = (f"The rule could have given 'depends': it needed the close pairs of every family "
-               f"within {APPROX:g} for >= {SHARE:.0%}, no family outside the condition within it, "
-               f"and >= {SHARE:.0%} of extreme pairs failing.")
+    control = (f"Planted errors that follow the derivation's conditions exactly (0 on every close "
+               f"pair, 1 on every other pair of the same families) through the same rule: "
+               f"{'depends, so the check can return it' if control_right else 'NOT depends'}. "
+               f"The rule needs the close pairs of every family within {APPROX:g} for >= "
+               f"{SHARE:.0%}, no family outside the condition within it, and >= {SHARE:.0%} of "
+               f"extreme pairs failing.")
     headline = (f"close pairs (C <= {CLOSE_C:g}): {share_close:.0%} within {APPROX:g}, failing in "
                 f"{fail_txt}; entropies >= {EXTREME_H:g}x apart: {share_ext:.0%} fail"
                 + (f"; repaired: C <= {cond[0]:g} and entropy ratio <= {cond[1]:g}, "
@@ -131,7 +154,8 @@ def claim_entropy(fams, rng, thorough, heldout=None) -> ClaimResult:
                   f">= {SHARE:.0%} of its pairs inside meet it; repaired condition read from the "
                   f"ladder C <= {{0.1, 0.03, 0.01, 0.003}} x ratio <= {{1.3, 1.2, 1.1, 1.05}}"),
         control=control, repaired=repaired, headline=headline,
-        data={"per_family": rows, "close_pairs": n_close, "close_share_within": q4(share_close),
+        data={"control_planted_depends": bool(control_right), "per_family": rows,
+              "close_pairs": n_close, "close_share_within": q4(share_close),
               "extreme_pairs": n_ext, "extreme_share_failing": q4(share_ext),
               "repaired_condition": list(cond) if cond else None},
         would_change="Close pairs within 0.05 in every family (real rows included), and no far "
