@@ -237,7 +237,9 @@ def test_entropy_formula_is_refuted_by_a_close_pair_it_misses(rng):
     pt = np.array([0.97, 0.01, 0.01, 0.01])
     pT = np.array([0.985, 0.005, 0.005, 0.005])
     tricky = _fam("tricky", pt, pT)
-    res = checks.claim_entropy([near, tricky], rng, False, [])
+    lt, lT = delta_uniform_log_probs(500, np.array([1e-8, 1e-6]))
+    extreme = Family("extreme", "extreme", lt, lT)  # entropies far apart: fails, as stated
+    res = checks.claim_entropy([near, tricky, extreme], rng, False, [])
     rec = next(r for r in res.data["per_family"] if r["family"] == "tricky")
     assert rec["close_pairs"] == 1 and rec["close_within_0.05"] == 0.0
     assert res.verdict == "refuted" and res.clause == "R1"

@@ -102,8 +102,13 @@ def claim_entropy(fams, rng, thorough, heldout=None) -> ClaimResult:
     n_close = sum(r["close_pairs"] for r in rows)
     n_ext = sum(r["extreme_pairs"] for r in rows)
     # control: planted errors that follow the derivation's conditions exactly (0 on close pairs,
-    # 1 elsewhere) must give 'depends' through the same rule
-    planted = {k: {**d, "err": np.where(d["C"] <= CLOSE_C, 0.0, 1.0)} for k, d in data.items()}
+    # 1 elsewhere; pairs both close and extreme, where the two conditions disagree, left out)
+    # must give 'depends' through the same rule
+    planted = {}
+    for k, d in data.items():
+        keep = ~((d["C"] <= CLOSE_C) & (d["H"] >= EXTREME_H))
+        planted[k] = {"C": d["C"][keep], "H": d["H"][keep],
+                      "err": np.where(d["C"][keep] <= CLOSE_C, 0.0, 1.0)}
     control_right = _stated_conditions(planted)[0]
     verdict, clause = ("depends", "D") if conditions_right else ("refuted", "R1")
     held = {f.name: _entropy_rows(f) for f in heldout or []}
@@ -137,7 +142,8 @@ def claim_entropy(fams, rng, thorough, heldout=None) -> ClaimResult:
         f"does not decide the error: the entropy ratio does, together with closeness (the "
         f"repaired claim).")
     control = (f"Planted errors that follow the derivation's conditions exactly (0 on every close "
-               f"pair, 1 on every other pair of the same families) through the same rule: "
+               f"pair, 1 on every other pair of the same families; pairs both close and extreme, "
+               f"where the two conditions disagree, left out) through the same rule: "
                f"{'depends, so the check can return it' if control_right else 'NOT depends'}. "
                f"The rule needs the close pairs of every family within {APPROX:g} for >= "
                f"{SHARE:.0%}, no family outside the condition within it, and >= {SHARE:.0%} of "
