@@ -49,6 +49,16 @@ def verdict_of(clause: str) -> str:
     return CLAUSES[clause][0]
 
 
+def universal_verdict(supported: bool, control_failed: bool) -> tuple[str, str]:
+    """(verdict, clause) for a claim stated without conditions: R1 when the evidence contradicts
+    it; H when it is supported AND the negative control (a planted wrong answer) failed the same
+    check; U when it is supported but the control passed too, since a check that cannot fail is
+    not evidence either way."""
+    if not supported:
+        return "refuted", "R1"
+    return ("holds", "H") if control_failed else ("untested", "U")
+
+
 @dataclass
 class Repaired:
     """A repaired claim for a refuted one, and the check it passed (or failed) on data it was not
@@ -134,6 +144,7 @@ class SuiteResult:
     claims: list[ClaimResult]
     families: list[dict] = field(default_factory=list)
     backend: dict | None = None  # --device: the backend's agreement with the numpy solve
+    extras: tuple = ()  # --with: the optional extras this run used (their claims ran)
 
     @property
     def identity_failures(self) -> list[str]:
@@ -180,7 +191,8 @@ class SuiteResult:
                     k: {"verdict": v, "meaning": m} for k, (v, m) in CLAUSES.items()},
                 "case_families": self.families,
                 "claims": [c.to_json() for c in self.claims],
-                **({"backend": self.backend} if self.backend is not None else {})}
+                **({"backend": self.backend} if self.backend is not None else {}),
+                **({"extras": list(self.extras)} if self.extras else {})}
 
     def claim(self, claim_id: str) -> ClaimResult:
         return next(c for c in self.claims if c.id == claim_id)
