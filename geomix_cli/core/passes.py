@@ -89,18 +89,37 @@ def moments(xp, l, log_base, alpha, *, order: int = 2, buf=None, tmp=None, suppo
         for _ in range(1, order):
             tmp *= l
             raw.append(rsum(xp, tmp))
+    return (log_z,) + _tilted(raw, z, order)
+
+
+def _tilted(raw, z, order: int):
+    """(mean, var, third) of l under q from the raw sums raw[j] = sum w l^(j+1) and z = sum w
+    (arrays or floats alike: the same operations, so the same bits either way; None beyond
+    `order`). Var = E l^2 - D^2 and the third central moment from the raw ones."""
     mean = raw[0] / z
     if order == 1:
-        return log_z, mean, None, None
+        return mean, None, None
     second = raw[1] / z
     var = second - mean * mean
     third = None
     if order >= 3:
         third = raw[2] / z - mean * (3.0 * second - 2.0 * mean * mean)
-    return log_z, mean, var, third
+    return mean, var, third
 
 
 _LOG, _EXP, _MULTIPLY, _SUM = np.log, np.exp, np.multiply, np.add.reduce
+
+
+def _weighted_sums(l, log_base, alpha, buf, order: int):
+    """`moments`' fused pass without the max-shift: buf[0] = w = exp(log_base - alpha l),
+    buf[j] = w l^j, and their row sums in one reduction."""
+    w = buf[0]
+    _MULTIPLY(l, -alpha, out=w)
+    w += log_base
+    _EXP(w, out=w)
+    for j in range(1, order + 1):
+        _MULTIPLY(buf[j - 1], l, out=buf[j])
+    return _SUM(buf, -1)
 
 
 def row_moments(l, log_base, alpha, buf, order: int = 2):
@@ -112,13 +131,7 @@ def row_moments(l, log_base, alpha, buf, order: int = 2):
     alpha[0], and the last entry lists log Z at all k alphas (the others ride along in the same
     calls). None where a Z leaves [1e-280, 1e280]: `moments` redoes such a pass with the
     max-shift."""
-    w = buf[0]
-    _MULTIPLY(l, -alpha, out=w)
-    w += log_base
-    _EXP(w, out=w)
-    for j in range(1, order + 1):
-        _MULTIPLY(buf[j - 1], l, out=buf[j])
-    sums = _SUM(buf, -1)
+    sums = _weighted_sums(l, log_base, alpha, buf, order)
     log_zs = None
     if sums.ndim == 1:
         raw = sums.tolist()
@@ -135,16 +148,9 @@ def row_moments(l, log_base, alpha, buf, order: int = 2):
         if not max(map(abs, log_zs)) <= _LOG_Z_LIMIT:
             return None
         log_z = log_zs[0]
-    z = raw[0]
-    mean = raw[1] / z
-    if order == 1:
-        return log_z, mean, None, None, log_zs
-    second = raw[2] / z
-    var = second - mean * mean
-    third = None
-    if order >= 3:
-        third = raw[3] / z - mean * (3.0 * second - 2.0 * mean * mean)
-    return log_z, mean, var, third, log_zs
+    if order == 0:
+        return log_z, None, None, None, log_zs
+    return (log_z,) + _tilted(raw[1:], raw[0], order) + (log_zs,)
 
 
 def rows_moments(l, log_base, alphas, buf, order: int = 2):
@@ -152,13 +158,7 @@ def rows_moments(l, log_base, alphas, buf, order: int = 2):
     [k] (log_z, mean, var, third, z; the moments None for order 0), the same bits as `moments`
     at those alphas (z: the sums of the weights buf[0]), or None where a Z leaves
     [1e-280, 1e280]."""
-    w = buf[0]
-    _MULTIPLY(l, -alphas, out=w)
-    w += log_base
-    _EXP(w, out=w)
-    for j in range(1, order + 1):
-        _MULTIPLY(buf[j - 1], l, out=buf[j])
-    sums = _SUM(buf, -1)
+    sums = _weighted_sums(l, log_base, alphas, buf, order)
     z = sums[0]
     if not float(_MINIMUM(z)) > 0.0:                # (Z underflowed: no log of 0 to warn about)
         return None
@@ -167,15 +167,7 @@ def rows_moments(l, log_base, alphas, buf, order: int = 2):
         return None
     if order == 0:
         return log_z, None, None, None, z
-    mean = sums[1] / z
-    if order == 1:
-        return log_z, mean, None, None, z
-    second = sums[2] / z
-    var = second - mean * mean
-    third = None
-    if order >= 3:
-        third = sums[3] / z - mean * (3.0 * second - 2.0 * mean * mean)
-    return log_z, mean, var, third, z
+    return (log_z,) + _tilted(sums[1:], z, order) + (z,)
 
 
 _MAXIMUM, _MINIMUM = np.maximum.reduce, np.minimum.reduce
