@@ -438,6 +438,73 @@ def test_step_records_equal_an_independent_numpy_computation():
     assert "NaN" in dist["message"][15]
 
 
+def test_models_layer_agrees_with_geomix_solve_json(loaded, tmp_path, runner):
+    """The models layer and `geomix solve --json` on the very same float32 logits (real rows of
+    the tiny models, and one row of every status): the same statuses and messages, and alpha*,
+    C, both KLs and both ESS of q* (from `q_star_rows` and from a sampling step) to the
+    tolerances float64 allows for each row (conftest.alpha_tolerance; eps times the size of the
+    log-probabilities for the KLs and ESS)."""
+    from conftest import EPS64, alpha_tolerance, log_scale
+
+    from geomix_cli.cli import app
+    from geomix_cli.models.qstar import parse_sampler, q_star_rows
+    from geomix_cli.models.sampling import step_distributions
+
+    theta, target = loaded["theta"], loaded["target"]
+    ids = theta.tokenizer("<|user|> w5 w6 w7 <|end|> <|asst|> w8 w9")["input_ids"]
+    real_a, real_t = full_logits(theta, ids), full_logits(target, ids)
+    vocab, inf = real_a.shape[1], math.inf
+    half = np.arange(vocab) < vocab // 2
+    special_a = np.stack([real_a[0], real_a[1], np.where(half, 0.0, -inf), real_a[2]])
+    special_t = np.stack([real_a[0] + 3.0,                      # degenerate (a shift)
+                          np.where(half, real_a[1] - 0.5, -inf),  # no-root (constant l on S)
+                          np.where(half, -inf, 0.0),              # disjoint-support
+                          real_t[2]])
+    special_a[3, 7] = math.nan                                    # invalid
+    a = torch.as_tensor(np.concatenate([real_a, special_a]), dtype=torch.float32)
+    t = torch.as_tensor(np.concatenate([real_t, special_t]), dtype=torch.float32)
+    n_real = real_a.shape[0]
+    path = tmp_path / "same_logits.npz"
+    np.savez(path, logits_theta=a.numpy(), logits_t=t.numpy())
+    result = runner.invoke(app, ["solve", str(path), "--json"])
+    assert result.exit_code == 3, result.output  # 3: some row is not 'ok'
+    cli = json.loads(result.stdout)["rows"]
+    assert [r["status"] for r in cli] == (["ok"] * n_real + ["degenerate", "no-root",
+                                                            "disjoint-support", "invalid"])
+
+    rows = q_star_rows(a, t, on_invalid="status")
+    sol = rows.solution
+    kl_symmetry = [parse_sampler("kl-symmetry")]
+    step = step_distributions(a, t, kl_symmetry, torch.zeros(a.shape[0], dtype=torch.long))
+    assert list(rows.status) == [r["status"] for r in cli] == step["status"]
+    for i, rec in enumerate(cli):
+        if rec["status"] == "invalid":  # the CLI names the file's key, the API its argument
+            assert rows.message[i] == "key 'theta': NaN at column 7"
+            assert rec["message"] == "key 'logits_theta': NaN at column 7"
+        else:
+            assert rows.message[i] == rec["message"] == step["message"][i], i
+
+    la = log_softmax(a.double().numpy()[:n_real])
+    lt = log_softmax(t.double().numpy()[:n_real])
+    want = {k: np.array([r[k] for r in cli[:n_real]]) for k in (
+        "alpha", "chernoff", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target")}
+    alpha_tol = alpha_tolerance(la, lt, want["alpha"])
+    value_tol = 64 * EPS64 * (1.0 + log_scale(la, lt))
+    for got in (rows.alpha_star, rows.alpha, step["alpha"], step["alpha_star"]):
+        assert np.all(np.abs(got.numpy()[:n_real] - want["alpha"]) <= alpha_tol)
+    ours = {"chernoff": sol.chernoff, "kl_q_theta": sol.kl_q_theta, "kl_q_target": sol.kl_q_t,
+            "ess_theta": sol.ess_theta, "ess_target": sol.ess_t}
+    for name, got in ours.items():
+        for values in (got, step[name]):
+            assert_allclose(values.numpy()[:n_real], want[name], rtol=0, atol=value_tol.max(),
+                            err_msg=name)
+    # rows without alpha*: the stand-ins of the module doc, and the CLI's C where it has one
+    assert rows.alpha[n_real:].tolist()[:3] == [0.5, 1.0, 1.0]
+    assert math.isnan(float(rows.alpha[-1])) and rows.has_q.tolist()[n_real:] == [True] * 3 + [
+        False]
+    assert float(sol.chernoff[n_real]) == pytest.approx(cli[n_real]["chernoff"], abs=1e-12)
+
+
 # ----------------------------------------------------------------------------------------------
 # KV caches and the LogitsProcessor
 
