@@ -871,3 +871,41 @@ def test_pairs_writer_removes_a_dead_writers_leftovers(loaded, records, tmp_path
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_pairs_writer_is_the_atomic_writer(loaded, records, tmp_path, suffix, monkeypatch):
+    """Both formats through writers.AtomicFile: a new file gets 0666 minus the umask (here 027),
+    a replaced one keeps its mode, a failure leaves the old file and no temporary, and no scratch
+    member outlives a write."""
+    import os
+    import stat
+
+    from geomix_cli.models.pairs import plan_pairs, write_pairs
+
+    theta = loaded["theta"]
+    plans = plan_pairs(records[:2], theta.tokenizer, theta.tokenizer, positions="last")
+    out = tmp_path / f"p{suffix}"
+    from geomix_cli.io import writers
+
+    monkeypatch.setattr(writers, "_UMASK", None)  # geomix reads the umask once per process
+    old_umask = os.umask(0o027)
+    try:
+        write_pairs(out, theta, theta, plans, dtype="float16")
+    finally:
+        os.umask(old_umask)
+        writers._UMASK = None
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    out.chmod(0o600)
+    write_pairs(out, theta, theta, plans, dtype="float32")  # the command checked --force
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    before = out.read_bytes()
+
+    def explode(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(out, theta, theta, plans, progress=explode)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
