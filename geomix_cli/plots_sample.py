@@ -124,3 +124,62 @@ def ess_vs_length_figure(statistics: dict):
     _finish(axes[1], "max(ESS_θ, ESS_t) / min(...)  (median over prompts)",
             "ESS balance vs length", legend={"fontsize": 8, "loc": "upper left"})
     return fig
+
+
+_CLASS_COLORS = {"within": "#009E73", "outside": "#D55E00", "undecided": "#777777"}
+
+
+def sequence_balance_figure(main: dict, control: dict | None = None):
+    """The verify claim `sequence-ess-balance`: per prompt, ESS_theta / ESS_t of the first k
+    tokens against k (point estimates; at the full length the bootstrap interval, coloured by the
+    prompt's classification), with the 10% band; and per k, how many prompts the bootstrap
+    decides within / outside / undecided, next to the token-level share within the band."""
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), layout="constrained")
+    band = main["band"]
+    ax = axes[0]
+    length = np.arange(1, main["max_new_tokens"] + 1)
+    for r in main["per_prompt"]:
+        color = _CLASS_COLORS[r["classification"]]
+        ax.plot(length, r["ratio_by_length"], "-", color=color, lw=1.0, alpha=0.8)
+        ax.errorbar([length[-1] + 0.25], [r["ratio"]],
+                    yerr=[[r["ratio"] - r["ratio_low"]], [r["ratio_high"] - r["ratio"]]],
+                    fmt="o", ms=3.5, color=color, capsize=2, lw=1.0)
+    if control is not None:
+        med = np.median([r["ratio_by_length"] for r in control["per_prompt"]], axis=0)
+        ax.plot(np.arange(1, len(med) + 1), med, ":", color="#0072B2", lw=1.6,
+                label="negative control (on-policy): median over prompts")
+    ax.axhspan(1.0 / band, band, color="#009E73", alpha=0.12,
+               label=f"within {band - 1:.0%} (the derivation's band)")
+    ax.axhline(1.0, color="#777777", lw=0.6)
+    for label, color in _CLASS_COLORS.items():
+        ax.plot([], [], "-", color=color, label=f"prompt {label} at {length[-1]} tokens")
+    _finish(ax, "ESS_θ / ESS_t of the first k tokens (Kish)",
+            f"q*-sampled sequences, {main['n']} per prompt (bars: "
+            f"{main['interval']:.2%} bootstrap)",
+            legend={"fontsize": 7, "ncol": 2, "loc": "upper center",
+                    "bbox_to_anchor": (0.5, -0.14)})
+    ax.set_title(ax.get_title(), fontsize=9.5)
+    ax = axes[1]
+    counts = {c: np.array([r["counts"][c] for r in main["along_length"]])
+              for c in ("within", "outside", "undecided")}
+    bottom = np.zeros(len(length))
+    for c, values in counts.items():
+        ax.bar(length, values, bottom=bottom, color=_CLASS_COLORS[c], alpha=0.8,
+               label=f"prompts {c}")
+        bottom = bottom + values
+    ax.axhline(main["prompts"] / 2.0, color="#000000", ls="--", lw=0.8, label="half the prompts")
+    ax.set_xlabel("prefix length k (tokens)")
+    ax.set_ylabel("prompts (bootstrap classification)")
+    ax.set_ylim(0, main["prompts"])
+    twin = ax.twinx()
+    share = [np.nan if r["token_fraction_within"] is None else r["token_fraction_within"]
+             for r in main["along_length"]]
+    twin.plot(length, share, "k-o", ms=3, lw=1.2, label="token level: share of tokens within")
+    twin.set_ylim(0, 1.02)
+    twin.set_ylabel("share of the step's tokens within 10% (exact)")
+    handles = ax.get_legend_handles_labels()
+    extra = twin.get_legend_handles_labels()
+    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, ncol=3,
+              loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    ax.set_title("Decided prompts by length, and the token-level balance", fontsize=9.5)
+    return fig

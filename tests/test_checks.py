@@ -321,7 +321,7 @@ def test_optional_claim_is_untested_without_its_extra_and_runs_with_it(monkeypat
     claim = checks.OPTIONAL_CLAIMS["sequence-ess-balance"]
     res = checks.suite._optional_result(claim, (), fams, None, False)
     assert res.verdict == "untested" and res.clause == "U"
-    assert res.evidence == "needs the models extra: pip install -e '.[models]'"
+    assert "Tested by `geomix verify verify_alpha_theory --with models`" in res.evidence
     # asked for, but no check registered: still untested, and it says so (nothing computed)
     monkeypatch.setattr(type(claim), "available", lambda self: True)
     res = checks.suite._optional_result(claim, ("models",), fams, None, False)

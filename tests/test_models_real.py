@@ -94,3 +94,37 @@ def test_sample_on_the_shipped_model(runner, tmp_path):
         np.testing.assert_allclose(seq["kl_q_theta"], seq["chernoff"], rtol=1e-6)
         np.testing.assert_allclose(seq["kl_q_target"], seq["chernoff"], rtol=1e-6)
     assert (out / "report.md").is_file()
+
+
+@needs_model
+def test_verify_with_models_end_to_end(runner, tmp_path, monkeypatch):
+    """`geomix verify verify_alpha_theory --with models` through the CLI on the shipped GGUF, at a
+    tiny size, with one cheap built-in claim in place of the suite's minutes: the claim is judged
+    (not the default 'untested' text), its section, tables and figure are written, and
+    results.json names the extra."""
+    from geomix_cli.checks import sequences, suite
+
+    monkeypatch.setattr(suite, "CLAIM_IDS", ("test1-symmetric",))
+    monkeypatch.setattr(sequences, "DEFAULT_SIZE", sequences.EvidenceSize(
+        n=3, max_new_tokens=2, control_n=2, heldout_n=2, bootstrap=50, batch_size=24))
+    out = tmp_path / "with-models"
+    result = runner.invoke(app, ["verify", "verify_alpha_theory", "--with", "models", "--out",
+                                 str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = strict_json(result.stdout)
+    assert data["extras"] == ["models"]
+    assert [c["id"] for c in data["claims"]] == ["test1-symmetric", "sequence-ess-balance"]
+    claim = data["claims"][1]
+    assert claim["clause"] in ("H", "R2", "U") and "Tested by" not in claim["evidence"]
+    assert claim["data"]["main"]["n"] == 3 and claim["data"]["main"]["prompts"] == 8
+    assert claim["data"]["control"]["sampler"] == "on-policy"
+    assert "3 sequences of at most 2 tokens per prompt" in claim["evidence"]
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["claims"][1]["verdict"] == claim["verdict"]
+    text = (out / "report.md").read_text()
+    assert '<a id="sequence-ess-balance"></a>' in text
+    assert "](../../docs/derivation.md#claim-sequence-ess-balance)" in text
+    assert "`geomix verify verify_alpha_theory --with models`" in text
+    for name in ("sequence_ess_balance.png", "sequence_ess_balance.csv",
+                 "sequence_ess_by_length.csv", "sequence_ess_control.csv"):
+        assert (out / name).stat().st_size > 100, name

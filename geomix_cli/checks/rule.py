@@ -134,6 +134,7 @@ class SuiteResult:
     claims: list[ClaimResult]
     families: list[dict] = field(default_factory=list)
     backend: dict | None = None  # --device: the backend's agreement with the numpy solve
+    extras: tuple = ()  # --with: the optional extras this run used (their claims ran)
 
     @property
     def identity_failures(self) -> list[str]:
@@ -180,7 +181,8 @@ class SuiteResult:
                     k: {"verdict": v, "meaning": m} for k, (v, m) in CLAUSES.items()},
                 "case_families": self.families,
                 "claims": [c.to_json() for c in self.claims],
-                **({"backend": self.backend} if self.backend is not None else {})}
+                **({"backend": self.backend} if self.backend is not None else {}),
+                **({"extras": list(self.extras)} if self.extras else {})}
 
     def claim(self, claim_id: str) -> ClaimResult:
         return next(c for c in self.claims if c.id == claim_id)

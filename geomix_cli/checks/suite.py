@@ -23,8 +23,13 @@ SUITE_DESCRIPTION = ("Every claim of the optimal-sampling derivation v1.0 (Paret
 class OptionalClaim:
     """A claim whose check needs an optional extra. It runs only when the run asks for that extra
     (`extras`) and the extra's modules import; otherwise it is reported `untested` (clause U) with
-    what would test it, and nothing is computed. `maker(families, rng, thorough)` returns the
-    ClaimResult; None means no check is registered yet."""
+    what would test it, and nothing is computed (nothing is even imported: the default report
+    cannot depend on what is installed). `maker(families, rng, thorough, seed)` returns the
+    ClaimResult; None means no check is registered yet.
+
+    install: the install command(s) the check needs (default: the extra itself);
+    why_optional: why the claim is not part of the default report (said in its untested text);
+    cost: how long the check takes (said in the untested text and the progress line)."""
 
     id: str
     statement: str
@@ -32,18 +37,29 @@ class OptionalClaim:
     extra: str
     modules: tuple[str, ...]
     maker: Callable[..., ClaimResult] | None = None
+    install: str = ""
+    why_optional: str = ""
+    cost: str = ""
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
 
-    def untested(self, why: str) -> ClaimResult:
+    @property
+    def install_command(self) -> str:
+        return self.install or f"pip install -e '.[{self.extra}]'"
+
+    @property
+    def command(self) -> str:
+        return f"geomix verify verify_alpha_theory --with {self.extra}"
+
+    def untested(self, why: str, headline: str = "") -> ClaimResult:
         return ClaimResult(
             self.id, self.statement, "untested", why, clause="U", section=self.section,
-            criteria="—", headline=why,
-            data={"extra": self.extra, "modules": list(self.modules)},
-            would_change=f"Running it with the {self.extra} extra installed: pip install -e "
-                         f"'.[{self.extra}]', then geomix verify verify_alpha_theory "
-                         f"--with {self.extra}.")
+            criteria="—", headline=headline or why,
+            data={"extra": self.extra, "modules": list(self.modules), "command": self.command,
+                  "install": self.install_command},
+            would_change=f"Running it: {self.install_command}, then {self.command}"
+                         + (f" ({self.cost})" if self.cost else "") + ".")
 
 
 OPTIONAL_CLAIMS: dict[str, OptionalClaim] = {}
@@ -54,23 +70,43 @@ def register_optional(claim: OptionalClaim) -> None:
     OPTIONAL_CLAIMS[claim.id] = claim
 
 
-register_optional(OptionalClaim(
-    "sequence-ess-balance",
-    "Test 3 carried to sequences: sampling whole sequences from q* token by token keeps "
-    "ESS_theta and ESS_t of the sequence within 10% in most cases.",
-    "section 4.2, Test 3, carried to sequences", "models",
-    ("transformers", "gguf")))
+def optional_extras() -> tuple[str, ...]:
+    """The extras that `--with` accepts: those of the registered optional claims."""
+    return tuple(sorted({c.extra for c in OPTIONAL_CLAIMS.values()}))
 
 
-def _optional_result(claim: OptionalClaim, extras, fams, rng, thorough) -> ClaimResult:
-    need = f"needs the {claim.extra} extra: pip install -e '.[{claim.extra}]'"
+def _register_sequence_claim() -> None:
+    from geomix_cli.checks import sequences
+
+    register_optional(OptionalClaim(
+        sequences.CLAIM_ID, sequences.STATEMENT, sequences.SECTION, "models",
+        ("torch", "transformers", "gguf"), sequences.claim_sequence_ess_balance,
+        install=sequences.INSTALL, why_optional=sequences.WHY_OPTIONAL, cost=sequences.COST))
+
+
+_register_sequence_claim()
+
+
+def _optional_result(claim: OptionalClaim, extras, fams, rng, thorough,
+                     seed: int = 0) -> ClaimResult:
     if claim.extra not in extras:
-        return claim.untested(need)
+        why = (f"Not run by default: {claim.why_optional} " if claim.why_optional else "")
+        return claim.untested(
+            f"{why}Tested by `{claim.command}`" + (f" ({claim.cost})" if claim.cost else "")
+            + f"; it needs {claim.install_command}.",
+            headline=f"not in the default report: tested by `{claim.command}`")
+    need = f"needs {claim.install_command}"
     if not claim.available():
-        return claim.untested(need + " (its modules are not importable here)")
+        return claim.untested(f"asked for with --with {claim.extra}, but its modules "
+                              f"({', '.join(claim.modules)}) are not importable here: {need}")
     if claim.maker is None:
         return claim.untested("no check for this claim is registered in this version of geomix")
-    return claim.maker(fams, rng, thorough)
+    from geomix_cli.errors import UnavailableError
+
+    try:
+        return claim.maker(fams, rng, thorough, seed)
+    except UnavailableError as exc:  # e.g. the shipped model is missing: say what to install
+        return claim.untested(str(exc))
 
 
 CLAIM_IDS = ("theorem1-pareto", "delta-kl-identity", "boundary-values", "root-existence",
@@ -192,22 +228,26 @@ def run_verify_alpha_theory(*, thorough: bool = False, seed: int = 0,
     }
     claims = []
     for i, cid in enumerate(ids):
-        tick(i + 1, cid)
+        optional = OPTIONAL_CLAIMS.get(cid) if cid not in makers else None
+        tick(i + 1, f"{cid} ({optional.cost})" if optional is not None and optional.cost
+             and optional.extra in extras else cid)
         if cid in makers:
             claims.append(makers[cid](rngs[cid]))
         else:
             claims.append(_optional_result(OPTIONAL_CLAIMS[cid], extras, fams, rngs[cid],
-                                           thorough))
+                                           thorough, seed))
     # the D(alpha) figure with the solvers' iterates belongs to the uniqueness claim
-    next(c for c in claims if c.id == "alpha-unique").figures["delta_curve"] = \
-        _delta_curve_figure(fams)
+    for c in claims:
+        if c.id == "alpha-unique":
+            c.figures["delta_curve"] = _delta_curve_figure(fams)
     backend = None
     if device_solver is not None:
         tick(total - 1, f"backend agreement ({device_label})")
         backend = backend_agreement(fams, device_solver, device_label or "device")
     tick(total, "done")
     return SuiteResult("verify_alpha_theory", SUITE_DESCRIPTION, seed, thorough, claims,
-                       families=family_table(fams), backend=backend)
+                       families=family_table(fams), backend=backend,
+                       extras=tuple(sorted(set(extras))))
 
 
 SUITES: dict[str, tuple[str, Callable[..., SuiteResult]]] = {

@@ -63,6 +63,13 @@ def register(app: typer.Typer) -> None:
         if threshold is not None and not (0.0 < threshold < 1.0):
             raise InputError(f"--threshold must lie in (0, 1), got {threshold}")
         _shared.check_seed(seed)
+        from geomix_cli.checks.suite import optional_extras
+
+        unknown = sorted(set(with_extras or ()) - set(optional_extras()))
+        if unknown:
+            raise InputError(f"--with {unknown[0]}: no optional claim needs that extra; known: "
+                             f"{', '.join(optional_extras())}")
+        _warn_unavailable(tuple(with_extras or ()))
         out_dir = None
         if not no_report:  # checked before the suite runs: a refusal costs nothing
             from pathlib import Path
@@ -97,6 +104,18 @@ def register(app: typer.Typer) -> None:
             error_line("a mathematical identity failed (" + ", ".join(result.identity_failures)
                        + "): this is a bug in geomix; the report says where")
             raise typer.Exit(EXIT_BUG)
+
+
+def _warn_unavailable(extras: tuple) -> None:
+    """One warning line per optional claim asked for whose extra cannot be imported here (the
+    claim is then reported untested with what to install), before the suite's minutes run."""
+    from geomix_cli.checks import OPTIONAL_CLAIMS
+    from geomix_cli.cli import warning_line
+
+    for claim in OPTIONAL_CLAIMS.values():
+        if claim.extra in extras and not claim.available():
+            warning_line(f"{claim.id} needs {claim.install_command}: it will be reported "
+                         f"untested")
 
 
 def default_report_dir(suite: str, *, thorough: bool = False, seed: int = 0,

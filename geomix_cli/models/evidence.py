@@ -34,6 +34,11 @@ USER_PROMPTS = ("Name three primary colors.", "Give me a tip for learning Python
                 "How does a bicycle stay upright?", "Describe a cat in one sentence.",
                 "What should I eat for breakfast?", "Recommend a book for a long flight.",
                 "Why is the sky blue?", "Write a haiku about rain.")
+# Fresh user turns for checking a repaired claim on prompts it was not read from.
+HELDOUT_USER_PROMPTS = ("What is a good name for a dog?", "How do plants make food?",
+                        "Tell me a fun fact about the ocean.", "How can I sleep better?",
+                        "What is the capital of France?", "Suggest a weekend hobby.",
+                        "Explain what a computer does.", "Describe your favourite season.")
 
 
 def default_prompts() -> list[dict]:
@@ -44,10 +49,18 @@ def default_prompts() -> list[dict]:
             for i, user in enumerate(USER_PROMPTS)]
 
 
+def heldout_prompts() -> list[dict]:
+    """Prompts none of `default_prompts()` uses: fresh user turns, each steering system prompt
+    paired with other user turns (shifted by one)."""
+    return [{"id": f"fresh-{i}", "prompt": user,
+             "target_system": STEERING_SYSTEMS[(i + 1) % len(STEERING_SYSTEMS)]}
+            for i, user in enumerate(HELDOUT_USER_PROMPTS)]
+
+
 def command_line(model: str = "MODEL.gguf", prompts: str = "steering.jsonl", n: int = 24,
-                 max_new_tokens: int = 12, seed: int = 0) -> str:
+                 max_new_tokens: int = 12, seed: int = 0, sampler: str = "kl-symmetry") -> str:
     return (f"geomix sample --theta {model} --target {model} --theta-system "
-            f"'{NEUTRAL_SYSTEM}' --prompts {prompts} --sampler kl-symmetry --n {n} "
+            f"'{NEUTRAL_SYSTEM}' --prompts {prompts} --sampler {sampler} --n {n} "
             f"--max-new-tokens {max_new_tokens} --seed {seed} --out samples/")
 
 
@@ -56,7 +69,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
                                   band: float = 1.1, bootstrap: int = 400,
                                   interval: float = 0.9, device: str = "cpu",
                                   batch_size: int = 48, threads: int | None = None,
-                                  loaded=None) -> dict:
+                                  loaded=None, sampler: str = "kl-symmetry") -> dict:
     """Sample `n` sequences per prompt from q* (sampler kl-symmetry) and measure the balance of
     ESS_theta and ESS_t at sequence level and at token level.
 
@@ -71,6 +84,8 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
       r = ESS_theta / ESS_t (percentile bootstrap over the n sequences).
     threads: torch CPU threads while sampling (None: torch's setting).
     loaded: an already loaded `loading.LoadedModel` to use instead of loading `model`.
+    sampler: the sampler the sequences are drawn from (default kl-symmetry, i.e. q*; another one,
+      e.g. on-policy, gives a negative control through the same statistics).
 
     Returns a dict: claim, statement, model, n, max_new_tokens, seed, band, prompts (count),
     per_prompt (prompt, target_system, mean_length, ess_theta, ess_target, ess_ratio = max/min,
@@ -81,13 +96,21 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
     fraction_within ({'sequence': share of prompts whose point estimate is within the band,
     'token': share of all tokens within the band}), fraction_within_interval (the `interval`
     bootstrap interval of the sequence share: every prompt's sequences resampled together, so
-    "most prompts" is refuted when its upper end is below 1/2), along_length (per prefix length: median ratio
-    and share of prompts within the band), alpha_star (mean, min, max over tokens), status_counts,
-    seconds, command (the geomix sample command that reproduces the run)."""
+    "most prompts" is refuted when its upper end is below 1/2), along_length (per prefix length k:
+    median ratio, share of prompts whose point estimate is within the band, `counts`: the
+    classification of every prompt's first-k-token sequences by the same bootstrap interval, and
+    `token_fraction_within`: the share of the tokens drawn at step k whose token-level ESS are
+    within the band), per_prompt[...]["ratio_by_length"] (ESS_theta / ESS_t of the first k
+    tokens, k = 1 ... max_new_tokens), alpha_star (mean, min, max over tokens), status_counts,
+    seconds, command (the geomix sample command that reproduces the run).
+
+    A point estimate of the ratio from n sequences scatters around the true ratio, so the share
+    of point estimates within the band is biased towards the share of the sampling distribution
+    inside it; the per-prompt classification (with `undecided`) is what a verdict should use."""
     from geomix_cli.models.loading import load_model, models_available, shipped_smollm2_gguf
     from geomix_cli.models.prompts import parse_prompts
-    from geomix_cli.models.sampling import (balance_ratio, generate, sequence_ess,
-                                            sequence_statistics)
+    from geomix_cli.models.sampling import (balance_ratio, generate, prefix_log_weights,
+                                            sequence_ess, sequence_statistics)
 
     if loaded is None:
         if not models_available():
@@ -104,42 +127,49 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
     load_seconds = time.perf_counter() - start
     prompt_dicts = list(prompts) if prompts is not None else default_prompts()
     records = parse_prompts("\n".join(json.dumps(p) for p in prompt_dicts), "evidence prompts")
-    run = generate(theta, theta, records, samplers=["kl-symmetry"], n=n,
+    run = generate(theta, theta, records, samplers=[sampler], n=n,
                    max_new_tokens=max_new_tokens, theta_system=NEUTRAL_SYSTEM, seed=seed,
                    batch_size=batch_size, threads=threads)
     stats = sequence_statistics(run, band=band)
-    log_w_theta, log_w_t = run.log_weights()
+    lw_theta_k, lw_t_k = prefix_log_weights(run)  # [R, L]: the first k tokens' log-weights
+    n_len = run.tokens.shape[1]
     rng = np.random.default_rng(seed)
     lo_q, hi_q = (1.0 - interval) / 2.0, 1.0 - (1.0 - interval) / 2.0
     per_prompt, counts = [], {"within": 0, "outside": 0, "undecided": 0}
+    counts_k = [{"within": 0, "outside": 0, "undecided": 0} for _ in range(n_len)]
     inside = np.zeros((len(records), bootstrap), dtype=bool)  # replicate b: prompt within band?
+    ratio_k = np.zeros((len(records), n_len))
     token_ok = run.tokens >= 0
     for p, record in enumerate(records):
         rows = np.flatnonzero(run.row_prompt == p)
         est = stats["per_prompt"][p]
         picks = rng.integers(0, rows.size, size=(bootstrap, rows.size))
-        boot = (sequence_ess(log_w_theta[rows][picks], axis=1)["ess"]
-                / sequence_ess(log_w_t[rows][picks], axis=1)["ess"])
-        inside[p] = (boot >= 1.0 / band) & (boot <= band)
-        low, high = (float(v) for v in np.quantile(boot, [lo_q, hi_q]))
-        if 1.0 / band <= low and high <= band:
-            label = "within"
-        elif high < 1.0 / band or low > band:
-            label = "outside"
-        else:
-            label = "undecided"
+        # [bootstrap, L]: the ratio of every resample at every prefix length (the last column is
+        # the whole sequences: a sequence that ended keeps its final weight)
+        boot = (sequence_ess(lw_theta_k[rows][picks], axis=1)["ess"]
+                / sequence_ess(lw_t_k[rows][picks], axis=1)["ess"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio_k[p] = (sequence_ess(lw_theta_k[rows], axis=0)["ess"]
+                          / sequence_ess(lw_t_k[rows], axis=0)["ess"])
+        inside[p] = (boot[:, -1] >= 1.0 / band) & (boot[:, -1] <= band)
+        lows, highs = np.quantile(boot, [lo_q, hi_q], axis=0)
+        labels = [_classify(lo, hi, band) for lo, hi in zip(lows, highs)]
+        for k, lab in enumerate(labels):
+            counts_k[k][lab] += 1
+        low, high, label = float(lows[-1]), float(highs[-1]), labels[-1]
         counts[label] += 1
         tok = token_ok[rows]
         token_ratio = balance_ratio(run.fields["ess_theta"][rows][tok],
                                     run.fields["ess_target"][rows][tok])
         per_prompt.append({
-            "prompt": record.id, "target_system": record.target_system,
-            "mean_length": est["mean_length"], "ess_theta": est["ess_theta"],
+            "prompt": record.id, "user_prompt": record.prompt,
+            "target_system": record.target_system, "mean_length": est["mean_length"], "ess_theta": est["ess_theta"],
             "ess_target": est["ess_target"], "ess_ratio": est["ess_ratio"],
             "ratio": est["ess_theta"] / est["ess_target"] if est["ess_target"] > 0 else math.inf,
             "ratio_low": low, "ratio_high": high, "classification": label,
             "mean_w_theta": est["mean_w_theta"], "mean_w_target": est["mean_w_target"],
-            "token_fraction_within": float(np.mean(token_ratio <= band))})
+            "token_fraction_within": float(np.mean(token_ratio <= band)),
+            "ratio_by_length": [float(v) for v in ratio_k[p]]})
     share = inside.mean(axis=0)  # per replicate: the share of prompts within the band
     all_ratio = balance_ratio(run.fields["ess_theta"][token_ok],
                               run.fields["ess_target"][token_ok])
@@ -149,7 +179,7 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
         "claim": CLAIM_ID,
         "statement": ("Test 3 carried to sequences: under q* sampling, the sequence-level "
                       "ESS_theta and ESS_t are within 10% of each other in most cases"),
-        "model": theta.spec, "sampler": "kl-symmetry", "n": n, "max_new_tokens": max_new_tokens,
+        "model": theta.spec, "sampler": sampler, "n": n, "max_new_tokens": max_new_tokens,
         "seed": seed, "band": band, "interval": interval, "bootstrap": bootstrap,
         "theta_system": NEUTRAL_SYSTEM, "prompts": len(records), "per_prompt": per_prompt,
         "counts": counts,
@@ -157,12 +187,38 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
                                                        for r in per_prompt])),
                             "token": float(np.mean(all_ratio <= band))},
         "fraction_within_interval": [float(v) for v in np.quantile(share, [lo_q, hi_q])],
-        "along_length": [{k: v for k, v in r.items() if k != "sampler"}
-                         for r in stats["along_length"]],
+        "along_length": [{**{k: v for k, v in r.items() if k != "sampler"},
+                          "counts": counts_k[i],
+                          "token_fraction_within": _token_share(run, i, band)}
+                         for i, r in enumerate(stats["along_length"])],
         "alpha_star": {"mean": float(alpha.mean()) if alpha.size else None,
                        "min": float(alpha.min()) if alpha.size else None,
                        "max": float(alpha.max()) if alpha.size else None},
         "status_counts": stats["alpha_star_status_counts"],
         "seconds": {"load": load_seconds, **run.seconds},
-        "command": command_line(theta.spec, n=n, max_new_tokens=max_new_tokens, seed=seed),
+        "command": command_line(theta.spec, n=n, max_new_tokens=max_new_tokens, seed=seed,
+                                sampler=sampler),
     }
+
+
+def _classify(low: float, high: float, band: float) -> str:
+    """'within' when the interval [low, high] of ESS_theta / ESS_t lies inside [1/band, band],
+    'outside' when it lies entirely outside, else 'undecided'."""
+    if 1.0 / band <= low and high <= band:
+        return "within"
+    if high < 1.0 / band or low > band:
+        return "outside"
+    return "undecided"
+
+
+def _token_share(run, step: int, band: float) -> float | None:
+    """The share of the tokens drawn at `step` whose token-level ESS_theta(q), ESS_t(q) are
+    within the band (exact per token; None when no sequence reached the step)."""
+    from geomix_cli.models.sampling import balance_ratio
+
+    alive = run.tokens[:, step] >= 0
+    if not alive.any():
+        return None
+    ratio = balance_ratio(run.fields["ess_theta"][alive, step],
+                          run.fields["ess_target"][alive, step])
+    return float(np.mean(ratio <= band))
