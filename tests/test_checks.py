@@ -15,6 +15,7 @@ from geomix_cli import checks
 from geomix_cli.cases import delta_uniform_log_probs
 from geomix_cli.checks import Family, experiments, foundations, methods, rule
 from geomix_cli.checks.rule import ClaimResult, SuiteResult
+from geomix_cli.core.rules import NO_ROOT, OK
 
 
 def _fam(name, pt, pT):
@@ -180,6 +181,9 @@ def test_test3_verdicts_follow_the_data(rng):
     assert good.verdict == "holds" and good.clause == "H"
     bad = checks.claim_test3([peaked], rng, False, held)
     assert bad.verdict == "refuted" and bad.clause == "R2"
+    # the control: planted balanced pairs from the same family pass the same rule
+    assert bad.data["control_planted_balanced"]["rule_met"]
+    assert "can pass" in bad.control
     both = checks.claim_test3([near, peaked], rng, False, held)
     assert both.verdict == "refuted"  # 50% overall, 1 of 2 families: not "most"
     assert both.repaired is not None and both.repaired.confirmed
@@ -233,10 +237,14 @@ def test_entropy_formula_is_refuted_by_a_close_pair_it_misses(rng):
     pt = np.array([0.97, 0.01, 0.01, 0.01])
     pT = np.array([0.985, 0.005, 0.005, 0.005])
     tricky = _fam("tricky", pt, pT)
-    res = checks.claim_entropy([near, tricky], rng, False, [])
+    lt, lT = delta_uniform_log_probs(500, np.array([1e-8, 1e-6]))
+    extreme = Family("extreme", "extreme", lt, lT)  # entropies far apart: fails, as stated
+    res = checks.claim_entropy([near, tricky, extreme], rng, False, [])
     rec = next(r for r in res.data["per_family"] if r["family"] == "tricky")
     assert rec["close_pairs"] == 1 and rec["close_within_0.05"] == 0.0
     assert res.verdict == "refuted" and res.clause == "R1"
+    # planted errors that follow the stated conditions give 'depends' through the same rule
+    assert res.data["control_planted_depends"] and "can return it" in res.control
 
 
 def test_reference_code_verdicts(rng):
@@ -287,7 +295,10 @@ def test_bisection_and_newton_reach_the_exact_root():
     l, lb, _ = log_ratio_on_support(fam.log_pi_theta, fam.log_pi_t)
     ref = np.array([_ref_alpha(pt[i], pT[i]) for i in range(5)])
     bis = methods.bisection_errors(l, lb, ref, 40)
-    assert np.all(methods.passes_needed(bis, 1e-6) <= 20)  # ceil(log2(1e6))
+    assert methods.bisection_bound(1e-6) == 19  # ceil(log2(1e6)) - 1: the midpoint halves once more
+    assert np.all(methods.passes_needed(bis, 1e-6) <= methods.bisection_bound(1e-6))
+    # the bound is tight: a sound bisection needs every one of those passes on these rows
+    assert np.any(methods.passes_needed(bis, 1e-6) == methods.bisection_bound(1e-6))
     newt = methods.newton_errors(l, lb, ref, 30, 0.5)
     assert np.all(methods.passes_needed(newt, 1e-12) <= 12)
 
@@ -299,6 +310,32 @@ def test_complexity_holds_and_its_control_fails(rng):
     res = checks.claim_complexity(fams, rng, False)
     assert res.verdict == "holds" and res.data["cases_over_bound"] == 0
     assert res.data["reference_never_within_1e-6"]  # the reference code fails the same test
+    assert res.data["control_wasted_pass_over_bound"] > 0  # the planted wasted pass is caught
+
+
+def test_a_check_whose_control_passes_is_untested_not_holds_or_refuted():
+    from geomix_cli.checks.rule import universal_verdict
+
+    assert universal_verdict(True, True) == ("holds", "H")
+    assert universal_verdict(True, False) == ("untested", "U")
+    assert universal_verdict(False, True) == ("refuted", "R1")
+    assert universal_verdict(False, False) == ("refuted", "R1")
+
+
+def test_test1_with_a_control_that_cannot_fail_is_untested(rng, monkeypatch):
+    # make every solve return Test 1's answer: the evidence "holds", but so does the control
+    real = experiments.solve_alpha
+
+    def fixed(lt, lT, method):
+        sol = real(lt, lT, method)
+        sol.alpha[:] = 0.5
+        return sol
+
+    monkeypatch.setattr(experiments, "solve_alpha", fixed)
+    monkeypatch.setattr(experiments, "log_q_alpha",
+                        lambda lt, lT, a: np.log(np.full(lt.shape, 0.5)))
+    res = checks.claim_test1([], rng, False)
+    assert res.verdict == "untested" and res.clause == "U"
 
 
 def test_entropy_start_verdict_follows_the_measured_passes(rng):
@@ -357,3 +394,33 @@ def test_every_claim_id_is_registered_once():
     assert ids[-1] == "sequence-ess-balance"
     assert {"boundary-values", "root-existence", "entropy-start-speedup", "off-policy-unstable",
             "alpha-star-best"} <= set(ids)
+
+
+def test_root_existence_repaired_check_is_independent_of_the_solver(monkeypatch):
+    # the repaired claim is checked against sums computed apart from the solver: a classifier
+    # that claims a root everywhere must fail it (before, the check reused the classifier's own
+    # limits and could not fail)
+    real = foundations.classify_rows
+
+    def always_a_root(lt, lT):
+        cls = real(lt, lT)
+        cls.status[cls.status == NO_ROOT] = OK
+        return cls
+
+    honest = foundations.claim_root_existence([], np.random.default_rng(0), False, 0)
+    assert honest.repaired.confirmed and honest.data["grid_mismatches"] == 0
+    monkeypatch.setattr(foundations, "classify_rows", always_a_root)
+    fooled = foundations.claim_root_existence([], np.random.default_rng(0), False, 0)
+    assert not fooled.repaired.confirmed
+    assert fooled.data["limit_rule_mismatches"] > 0 and fooled.data["grid_mismatches"] > 0
+
+
+def test_independent_root_evidence_on_the_theory_counterexample():
+    with np.errstate(divide="ignore"):
+        lt = np.log(np.array([[0.6, 0.4, 0.0]]))
+    lT = np.log(np.array([[0.1, 0.2, 0.7]]))
+    d0, d1, root = foundations._independent_root_evidence(lt, lT)
+    # on S = {0, 1}: pi_t|S = (1/3, 2/3), l = (log(1/6), log(1/2))
+    assert_allclose(d0, [(math.log(1 / 6) + 2 * math.log(1 / 2)) / 3], rtol=1e-14)
+    assert_allclose(d1, [0.6 * math.log(1 / 6) + 0.4 * math.log(1 / 2)], rtol=1e-14)
+    assert not root[0]

@@ -384,6 +384,36 @@ def test_efficiency_study_and_confirmation_use_fresh_seeds(monkeypatch, tiny_pai
     assert any(a.ratio_ci != c.ratio_ci or a.wins != c.wins for a, c in zip(again, cells))
 
 
+def test_learning_repaired_claims_are_confirmed_only_when_the_rerun_replicates(monkeypatch,
+                                                                              tiny_pairs):
+    # planted outcomes: whether a repaired claim is 'confirmed' follows the fresh-seed rerun; a
+    # setting that does not replicate narrows the statement and leaves it NOT confirmed
+    import geomix_cli.simulate.evidence as ev
+    from geomix_cli.checks import efficiency
+
+    monkeypatch.setattr(ev, "load_case", lambda case: (("tiny", *tiny_pairs), None))
+    cfg = EvidenceConfig(cases=(EvidenceCase("tiny", "tiny", 64),),
+                         simulation=replace(TINY, objectives=("reverse-kl",)))
+    study = efficiency_study(cfg)
+    cells = comparison_cells("tiny", study.runs[0].judged)
+    off = cells["off-policy-unstable"]
+    assert len(off) >= 3
+    planted = {"off-policy-unstable": [replace(off[0], outcome="meets"),
+                                       replace(off[1], outcome="contradicts"),
+                                       replace(off[2], outcome="inconclusive")]}
+
+    def rerun(outcome):
+        return lambda chosen: [replace(c, outcome=outcome) for c in chosen]
+
+    kept = efficiency.claim_off_policy(study, planted, rerun("meets"))
+    assert kept.verdict == "refuted" and kept.repaired.confirmed
+    assert "undecided (the CI straddles 2)" in kept.repaired.statement  # not silently dropped
+    lost = efficiency.claim_off_policy(study, planted, rerun("contradicts"))
+    assert not lost.repaired.confirmed and "not confirmed" in lost.repaired.check
+    nothing = {"off-policy-unstable": [replace(off[1], outcome="contradicts")]}
+    assert not efficiency.claim_off_policy(study, nothing, rerun("meets")).repaired.confirmed
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI
 

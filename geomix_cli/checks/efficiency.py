@@ -82,6 +82,15 @@ def _replicated(chosen, again):
     return [c for c in chosen if c.key in ok], [c for c in chosen if c.key not in ok]
 
 
+def _narrowed(lost) -> str:
+    """The check's verdict when the rerun dropped settings: the statement was narrowed after the
+    check, so it is not confirmed (data it was not read from would be a third set of seeds)."""
+    if not lost:
+        return ""
+    return (f"; {len(lost)} did not replicate, so the statement above was narrowed after this "
+            f"check and is not confirmed (a third set of seeds would confirm it)")
+
+
 class Confirmer:
     """Reruns the cells of repaired claims with fresh seeds, all claims' cells in one pass per
     case. Called with cells before `run()` it only collects them (and returns []); after `run()`
@@ -197,9 +206,9 @@ def claim_sample_efficiency(study, cells, confirmer=None) -> ClaimResult:
             check=(f"rerun with fresh tuning and evaluation seeds: {len(kept)} of {len(chosen)} "
                    f"settings meet {factor:g}x again: "
                    + "; ".join(f"{c.case}, {c.estimator}, {c.metric}: {_ratio_text(c)}"
-                               for c in again) if chosen else
-                   "nothing to rerun: no setting was faster"),
-            confirmed=True)
+                               for c in again) + _narrowed(lost) if chosen else
+                   "nothing to rerun: no setting was faster, so the fresh seeds were not run"),
+            confirmed=bool(chosen) and not lost)
     final = [c for c in all_cells if not c.judged]
     evidence = (
         f"{_header(study)} Judged: samples to each target, q* (kl-symmetry) against on-policy "
@@ -264,6 +273,7 @@ def claim_off_policy(study, cells, confirmer=None) -> ClaimResult:
     rows = cells["off-policy-unstable"]
     meets = [c for c in rows if c.outcome == "meets"]
     contra = [c for c in rows if c.outcome == "contradicts"]
+    undecided = [c for c in rows if c.outcome not in ("meets", "contradicts")]
     better_off = [c for c in rows if c.ratio_ci[1] < 1]
     if contra:
         verdict, clause = "refuted", "R1"
@@ -286,10 +296,13 @@ def claim_off_policy(study, cells, confirmer=None) -> ClaimResult:
                        f"(final reverse KL off-policy / q* >= 2, on the evaluation seeds and "
                        f"again on fresh seeds) only in: {_describe(kept) or 'no setting'}"
                        + (f" (met once but not again: {_describe(lost)})" if lost else "")
-                       + f"; not in: {_describe(contra)}."),
+                       + f"; not in: {_describe(contra)}"
+                       + (f"; undecided (the CI straddles 2): {_describe(undecided)}"
+                          if undecided else "") + "."),
             check=(f"rerun with fresh seeds: {len(kept)} of {len(meets)} settings meet 2x again"
-                   if meets else "nothing to rerun"),
-            confirmed=True)
+                   + _narrowed(lost) if meets else
+                   "nothing to rerun: no setting met 2x, so the fresh seeds were not run"),
+            confirmed=bool(meets) and not lost)
     evidence = (
         f"{_header(study)} Judged: final reverse KL at the budget, off-policy / q* (each at its "
         f"tuned learning rate), per case and estimator: {_describe(rows)}. 'Markedly': at least "
@@ -340,8 +353,9 @@ def claim_alpha_star_best(study, cells, confirmer=None) -> ClaimResult:
                           f"{'; '.join(f'{a}, {b}' for a, b in lost)})" if lost else "")
                        + "; elsewhere some fixed alpha does better: " + _describe(beaten) + "."),
             check=(f"rerun with fresh seeds: {len(still)} of {len(unbeaten)} settings still "
-                   f"unbeaten" if unbeaten else "nothing to rerun"),
-            confirmed=True)
+                   f"unbeaten" + _narrowed(lost) if unbeaten else
+                   "nothing to rerun: every setting was beaten, so the fresh seeds were not run"),
+            confirmed=bool(unbeaten) and not lost)
     evidence = (
         f"{_header(study)} Judged: final reverse KL at the budget, alpha / q* for each alpha of "
         f"the sweep (on-policy = 1, off-policy = 0, and 0.25, 0.5, 0.75), every sampler at its "

@@ -8,8 +8,9 @@ import math
 import numpy as np
 
 from geomix_cli.cases import delta_uniform_log_probs
-from geomix_cli.checks.families import solve_ok
+from geomix_cli.checks.families import Family, solve_ok
 from geomix_cli.checks.rule import (MOST, ClaimResult, Repaired, choose_condition, fmt,
+                                    universal_verdict,
                                     most_rule, q4, q6)
 from geomix_cli.core.family import (effective_sample_size, entropy_formula_alpha, kl_divergence,
                                     log_q_alpha, log_ratio_on_support, tilted_moments)
@@ -45,7 +46,7 @@ def claim_test1(fams, rng, thorough) -> ClaimResult:
     # negative control: a slightly different pair must fail the same comparison
     a_ctrl, q_ctrl, _, _ = solve([0.71, 0.29])
     err_ctrl = max(abs(a_ctrl - 0.5), float(np.max(np.abs(q_ctrl - 0.5))))
-    verdict, clause = ("holds", "H") if holds and err_ctrl > 1e-12 else ("refuted", "R1")
+    verdict, clause = universal_verdict(holds, err_ctrl > 1e-12)
     evidence = (
         f"Computed: alpha* = {a:.12g} (Newton; brentq {ref:.12g}), q* = ({q[0]:.12g}, "
         f"{q[1]:.12g}), w = {w:.12g}; KL(q*||pi_theta) = {kl_th:.10g} = KL(q*||pi_t) = "
@@ -160,8 +161,11 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
         check=(f"the closed form's sign against the solved alpha* at all {int(finite.sum())} sweep "
                f"points: {mismatches} mismatches"),
         confirmed=mismatches == 0)
-    control = (f"The check could have confirmed the claim: had alpha* stayed below 0.5 on the whole "
-               f"sweep it would hold; it counts {above} points above.")
+    below_closed = finite & (closed < 0)
+    ctrl_above = int(np.sum(alpha[below_closed] > 0.5))
+    control = (f"The same count on the {int(below_closed.sum())} sweep points where the closed form "
+               f"places alpha* below 1/2 (where the claim is true) finds {ctrl_above} above 0.5: "
+               f"the check can pass; on the whole sweep it finds {above}.")
     headline = (("0.34 and 0.002 together only at " + ", ".join(
         f"V = {r['V']}, eps = {r['eps_for_0.34']:.2g}" for r in both)) if both else
         "0.34 and 0.002 never together") + f"; alpha* > 0.5 at {frac_above:.0%} of the (V, eps) sweep"
@@ -209,6 +213,17 @@ def _condition_ok(ratio_by_family, c_by_family, c0) -> tuple[bool, int, float]:
         within += int(np.sum(ratio[m] <= 1 + ESS_BAND))
     share = within / inside if inside else float("nan")
     return bool(ok and inside > 0), inside, share
+
+
+def _planted_balanced(fam, rng, scale: float = 0.01):
+    """The family's pi_theta against a small perturbation of itself (log-probabilities moved by
+    `scale` x N(0, 1) on the support, renormalised): pairs for which Test 3's balance is true."""
+    lt = fam.log_pi_theta
+    with np.errstate(invalid="ignore"):
+        moved = np.where(np.isfinite(lt), lt + scale * rng.standard_normal(lt.shape), -np.inf)
+    top = np.max(moved, axis=-1, keepdims=True)
+    moved = moved - (top + np.log(np.sum(np.exp(moved - top), axis=-1, keepdims=True)))
+    return Family(f"{fam.name} (planted balanced)", "control", lt, moved)
 
 
 def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
@@ -271,8 +286,20 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
         f"{worst['ess_target']:.3g} (ratio {worst['ratio']:.3g}). Equal KLs do not make the "
         f"chi-square divergences equal: the balance holds as C -> 0 (both ESS -> 1) and breaks "
         f"for peaked or far pairs.")
-    control = ("The rule could have passed: it needed more than half of all pairs, and more than "
-               "half of the pairs in more than half of the families, within the band.")
+    # control: planted pairs for which the balance is true, through the same rule
+    ctrl_frac, ctrl_counts = {}, {}
+    for fam in fams:
+        ratio, *_ = _ess_and_c(_planted_balanced(fam, rng))
+        if ratio.size:
+            ctrl_frac[fam.name] = float(np.mean(ratio <= 1 + ESS_BAND))
+            ctrl_counts[fam.name] = int(ratio.size)
+    ctrl_met, ctrl_overall, ctrl_fams = most_rule(ctrl_frac, ctrl_counts)
+    control = (f"Planted balanced pairs (each family's pi_theta against a 1% perturbation of "
+               f"itself, {sum(ctrl_counts.values())} pairs) through the same rule: "
+               f"{ctrl_overall:.0%} within 10%, more than half within in {ctrl_fams} of "
+               f"{len(ctrl_frac)} families: the rule "
+               f"{'returns holds on them, so the check can pass' if ctrl_met else 'does NOT pass them'}"
+               f".")
     headline = (f"within 10% for {overall:.0%} of pairs and in {fams_most} of {len(rows)} "
                 f"families ('most' needs more than half)"
                 + (f"; repaired: C <= {c0:g}, {'confirmed' if confirmed else 'not confirmed'} "
@@ -287,7 +314,10 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
         control=control, repaired=repaired, headline=headline,
         data={"pairs": sum(counts.values()), "fraction_within_10pct": q4(overall),
               "families_with_most": fams_most, "band": ESS_BAND, "worst": worst,
-              "repaired_C_max": c0, "per_family": rows},
+              "repaired_C_max": c0, "per_family": rows,
+              "control_planted_balanced": {"pairs": sum(ctrl_counts.values()),
+                                           "fraction_within_10pct": q4(ctrl_overall),
+                                           "rule_met": bool(ctrl_met)}},
         would_change="More than half of all pairs within the band, and in most families, would "
                      "make it hold.",
         tables={"test3_ess_balance": rows},

@@ -49,6 +49,16 @@ def verdict_of(clause: str) -> str:
     return CLAUSES[clause][0]
 
 
+def universal_verdict(supported: bool, control_failed: bool) -> tuple[str, str]:
+    """(verdict, clause) for a claim stated without conditions: R1 when the evidence contradicts
+    it; H when it is supported AND the negative control (a planted wrong answer) failed the same
+    check; U when it is supported but the control passed too, since a check that cannot fail is
+    not evidence either way."""
+    if not supported:
+        return "refuted", "R1"
+    return ("holds", "H") if control_failed else ("untested", "U")
+
+
 @dataclass
 class Repaired:
     """A repaired claim for a refuted one, and the check it passed (or failed) on data it was not

