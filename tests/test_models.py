@@ -213,12 +213,47 @@ def test_pairs_writer_leaves_nothing_on_failure(loaded, records, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# q*: the plain function against the numpy core and an independent brentq
+# q*: the plain function (the public API underneath) against independent numpy and brentq
 
 
-def test_q_star_rows_match_core_and_brentq(loaded, records):
-    from geomix_cli.core import solve_alpha
-    from geomix_cli.core.family import entropy_formula_alpha, log_q_alpha
+def reference_family(la: np.ndarray, lt: np.ndarray, alpha: float) -> dict:
+    """log q_alpha, KL(q||pi_theta), KL(q||pi_t), ESS_theta(q), ESS_t(q) of one row, written out
+    in plain numpy (alpha = 1 and 0: pi_theta and pi_t themselves, mass off the common support
+    included)."""
+    if alpha == 1.0:
+        log_q = la.copy()
+    elif alpha == 0.0:
+        log_q = lt.copy()
+    else:
+        both = np.isfinite(la) & np.isfinite(lt)
+        s = np.where(both, alpha * np.where(both, la, 0) + (1 - alpha) * np.where(both, lt, 0),
+                     -np.inf)
+        log_q = s - (s[both].max() + np.log(np.sum(np.exp(s[both] - s[both].max()))))
+    q = np.exp(log_q)
+    on_q = q > 0
+
+    def kl(log_p):
+        return float(np.sum(q[on_q] * (log_q[on_q] - log_p[on_q])))
+
+    def ess(log_p):
+        on_p = np.isfinite(log_p)
+        if np.any(on_p & ~on_q):
+            return 0.0
+        return float(1.0 / np.sum(np.exp(2 * log_p[on_p] - log_q[on_p])))
+
+    return {"log_q": log_q, "kl_q_theta": kl(la), "kl_q_target": kl(lt),
+            "ess_theta": ess(la), "ess_target": ess(lt)}
+
+
+def reference_chernoff(la: np.ndarray, lt: np.ndarray, alpha: float) -> float:
+    """C = -log Z(alpha*) = -log sum_S pi_theta^alpha pi_t^(1-alpha)."""
+    both = np.isfinite(la) & np.isfinite(lt)
+    s = alpha * la[both] + (1 - alpha) * lt[both]
+    return float(-(s.max() + np.log(np.sum(np.exp(s - s.max())))))
+
+
+def test_q_star_rows_match_brentq_and_numpy(loaded):
+    from geomix_cli.core.family import entropy_formula_alpha
     from geomix_cli.models.qstar import q_star_logits, q_star_rows
 
     theta, target = loaded["theta"], loaded["target"]
@@ -227,16 +262,19 @@ def test_q_star_rows_match_core_and_brentq(loaded, records):
     t = torch.as_tensor(full_logits(target, ids), dtype=torch.float32)
     la, lt = log_softmax(a.double().numpy()), log_softmax(t.double().numpy())
     rows = q_star_rows(a, t)
-    assert rows.status == ["ok"] * a.shape[0]
+    assert list(rows.status) == ["ok"] * a.shape[0] and bool(rows.has_q.all())
+    assert rows.log_q.dtype == torch.float64 and not rows.log_q.requires_grad
     ref = np.array([reference_alpha_brentq(x, y) for x, y in zip(la, lt)])
     assert_allclose(rows.alpha.numpy(), ref, rtol=0, atol=1e-10)
-    core = solve_alpha(la, lt, "newton")
-    assert_allclose(rows.log_q.numpy(), log_q_alpha(la, lt, core.alpha), rtol=0, atol=1e-10)
-    # both KLs equal at alpha*
+    assert_allclose(rows.alpha_star.numpy(), ref, rtol=0, atol=1e-10)
+    expected = np.stack([reference_family(x, y, r)["log_q"] for x, y, r in zip(la, lt, ref)])
+    assert_allclose(rows.log_q.numpy(), expected, rtol=0, atol=1e-10)
+    # both KLs equal at alpha*, and equal to C
     q = np.exp(rows.log_q.numpy())
     kl_theta = np.sum(q * (rows.log_q.numpy() - la), axis=1)
     kl_t = np.sum(q * (rows.log_q.numpy() - lt), axis=1)
     assert_allclose(kl_theta, kl_t, rtol=1e-9, atol=1e-12)
+    assert_allclose(rows.solution.chernoff.numpy(), kl_theta, rtol=1e-9, atol=1e-12)
     logits, alpha = q_star_logits(a, t)
     assert logits.dtype == torch.float32 and alpha.shape == (a.shape[0],)
     assert_allclose(torch.softmax(logits, -1).double().numpy(), q, rtol=1e-5, atol=1e-7)
@@ -246,36 +284,225 @@ def test_q_star_rows_match_core_and_brentq(loaded, records):
     off = q_star_rows(a, t, sampler="off-policy", target_temperature=0.5)
     assert_allclose(off.log_q.numpy(), log_softmax(t.double().numpy() / 0.5), atol=1e-12)
     fixed = q_star_rows(a, t, sampler="fixed:0.3")
-    assert_allclose(fixed.log_q.numpy(), log_q_alpha(la, lt, np.full(len(la), 0.3)), atol=1e-12)
+    assert_allclose(fixed.log_q.numpy(),
+                    np.stack([reference_family(x, y, 0.3)["log_q"] for x, y in zip(la, lt)]),
+                    atol=1e-12)
     ent = q_star_rows(a, t, sampler="entropy")
     assert_allclose(ent.alpha.numpy(), entropy_formula_alpha(la, lt), rtol=1e-12)
-    # a single row [V] keeps its shape
+    # a single row [V] and a [B, T, V] batch with a mask keep their shapes
     single = q_star_rows(a[0], t[0])
     assert single.log_q.shape == (a.shape[1],) and float(single.alpha) == pytest.approx(ref[0])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    mask[1, 2] = False
+    batch = q_star_rows(a[:6].reshape(2, 3, -1), t[:6].reshape(2, 3, -1), mask=mask)
+    assert batch.log_q.shape == (2, 3, a.shape[1]) and batch.status[1, 2] == "masked"
+    assert not bool(batch.has_q[1, 2]) and math.isnan(float(batch.alpha[1, 2]))
+    assert_allclose(batch.alpha.reshape(-1)[:5].numpy(), ref[:5], atol=1e-10)
 
 
-def test_q_star_rows_without_root():
+def test_q_star_rows_without_root_or_without_q():
     from geomix_cli.models.qstar import parse_sampler, q_star_rows
 
-    v = 6
-    same = torch.randn(1, v)
+    inf = math.inf
+    same = torch.randn(1, 6)
     rows = q_star_rows(same, same.clone())
-    assert rows.status == ["degenerate"] and float(rows.alpha[0]) == 0.5
+    assert list(rows.status) == ["degenerate"] and float(rows.alpha[0]) == 0.5
     assert math.isnan(float(rows.alpha_star[0]))
-    # disjoint supports (-inf logits from a masking processor): no q exists, sample on-policy
-    a = torch.tensor([[0.0, 0.0, -math.inf, -math.inf]])
-    t = torch.tensor([[-math.inf, -math.inf, 0.0, 0.0]])
+    # disjoint supports (-inf logits from a masking processor): no q between, sample on-policy
+    a = torch.tensor([[0.0, 0.0, -inf, -inf]])
+    t = torch.tensor([[-inf, -inf, 0.0, 0.0]])
     rows = q_star_rows(a, t)
-    assert rows.status == ["disjoint-support"] and float(rows.alpha[0]) == 1.0
+    assert list(rows.status) == ["disjoint-support"] and float(rows.alpha[0]) == 1.0
     assert_allclose(rows.log_q.numpy(), log_softmax(a.numpy()))
+    # ... but the entropy heuristic (alpha_H = 1/2 here) has no q there: no alpha, no q
+    rows = q_star_rows(a, t, sampler="entropy")
+    assert not bool(rows.has_q[0]) and math.isnan(float(rows.alpha[0]))
+    # no-root: supports differ, so one side has mass off the common support S and its KL is the
+    # larger for every alpha; l = log pi_t - log pi_theta constant on S (rows 0, 1) or not (2, 3);
+    # the stand-in is the end point where D comes closest to 0, for both signs of D
+    a = torch.tensor([[0.0, 1.0, 2.0, 3.0], [2.0, 3.0, -inf, -inf], [0.0, 1.0, 2.0, 3.0],
+                      [1.0, 0.0, -inf, -inf]])
+    t = torch.tensor([[0.0, 1.0, -inf, -inf], [0.0, 1.0, 2.0, 3.0], [1.0, 0.0, -inf, -inf],
+                      [0.0, 1.0, 2.0, 3.0]])
+    rows = q_star_rows(a, t)
+    assert list(rows.status) == ["no-root"] * 4 and bool(rows.has_q.all())
+    la, lt = log_softmax(a.double().numpy()), log_softmax(t.double().numpy())
+    d_mid = np.array([_delta(x, y, 0.5) for x, y in zip(la, lt)])
+    assert list(np.sign(d_mid)) == [1, -1, 1, -1]
+    assert rows.alpha.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert_allclose(rows.log_q.numpy(), np.where([[1], [0], [1], [0]], la, lt))
+    # invalid rows: raise by default; with on_invalid='status' that row has no q, the others do
+    bad_a = torch.tensor([[0.0, math.nan], [0.0, 1.0]])
+    bad_t = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     with pytest.raises(InputError, match="NaN"):
-        q_star_rows(torch.tensor([[0.0, math.nan]]), torch.tensor([[0.0, 1.0]]))
+        q_star_rows(bad_a, bad_t)
+    for sampler in ("kl-symmetry", "entropy", "on-policy", "fixed:0.2"):
+        rows = q_star_rows(bad_a, bad_t, sampler=sampler, on_invalid="status")
+        assert list(rows.status) == ["invalid", "ok"] and "NaN" in rows.message[0]
+        assert rows.has_q.tolist() == [False, True]
+        assert math.isnan(float(rows.alpha[0])) and bool(torch.isnan(rows.log_q[0]).all())
+        assert bool(torch.isfinite(rows.log_q[1]).all())
     with pytest.raises(InputError, match="differ in shape"):
         q_star_rows(torch.zeros(2, 3), torch.zeros(2, 4))
     for bad in ("fixed:1.5", "fixed:x", "greedy"):
         with pytest.raises(InputError):
             parse_sampler(bad)
     assert parse_sampler("fixed:0.25").label == "fixed:0.25"
+
+
+def _delta(la, lt, alpha):
+    from conftest import reference_delta
+
+    return reference_delta(la, lt, alpha)
+
+
+def test_step_records_equal_an_independent_numpy_computation():
+    """One sampling step over a batch with every kind of row and sampler: alpha, alpha*, C, log q,
+    both KLs and both ESS of the q drawn from, and log pi(y) at the drawn tokens, against plain
+    numpy (brentq for alpha*), to 1e-10."""
+    from conftest import random_logit_pair
+
+    from geomix_cli.models.qstar import parse_sampler
+    from geomix_cli.models.sampling import draw, step_distributions, token_log_probs
+
+    rng = np.random.default_rng(2)  # the 12 random pairs all have a root
+    vocab, inf = 40, math.inf
+    rows = [random_logit_pair(rng, vocab, 2.0) for _ in range(8)]
+    rows += [random_logit_pair(rng, vocab, 2.0, zero_fraction=0.3) for _ in range(4)]
+    same = rng.integers(-8, 8, size=vocab) / 2.0  # exact in float32, also after the temperature
+    rows.append((same, (same + 1.0) * 0.5))                          # degenerate
+    const = rng.normal(size=vocab)
+    rows.append((const, np.where(np.arange(vocab) < 20, const + 0.7, -inf)))   # no-root
+    rows.append((np.where(np.arange(vocab) < 20, 0.0, -inf),
+                 np.where(np.arange(vocab) < 20, -inf, 0.0)))        # disjoint-support
+    nan_row = rng.normal(size=vocab)
+    nan_row[3] = np.nan
+    rows.append((nan_row, rng.normal(size=vocab)))                   # invalid
+    rows.append(random_logit_pair(rng, vocab, 2.0))                  # finished (masked)
+    theta = torch.tensor(np.stack([r[0] for r in rows]), dtype=torch.float32)
+    target = torch.tensor(np.stack([r[1] for r in rows]), dtype=torch.float32)
+    n = theta.shape[0]
+    samplers = [parse_sampler(s) for s in ("kl-symmetry", "entropy", "on-policy", "off-policy",
+                                           "fixed:0.3")]
+    row_sampler = torch.as_tensor([i % len(samplers) for i in range(n)])
+    row_sampler[12:16] = 0  # the special rows under kl-symmetry
+    alive = torch.ones(n, dtype=torch.bool)
+    alive[-1] = False
+    temperature = 0.5
+    dist = step_distributions(theta, target, samplers, row_sampler, temperature, alive=alive)
+    generator = torch.Generator().manual_seed(0)
+    drawn = draw(dist["log_q"], generator, dist["has_q"])
+    at_token = token_log_probs(dist, drawn)
+    assert dist["status"][12:] == ["degenerate", "no-root", "disjoint-support", "invalid",
+                                   "masked"]
+    assert dist["has_q"].tolist() == [True] * 15 + [False, False]
+    la_all = log_softmax(theta.double().numpy())
+    lt_all = log_softmax(target.double().numpy() / temperature)
+    for i in range(15):
+        la, lt = la_all[i], lt_all[i]
+        sampler = samplers[int(row_sampler[i])].name
+        star = reference_alpha_brentq(la, lt) if i < 12 else math.nan
+        if sampler == "kl-symmetry":
+            if i == 13:  # no-root: the end point D comes closest to 0 at
+                alpha = 0.0 if _delta(la, lt, 0.5) <= 0 else 1.0
+            else:
+                alpha = star if i < 12 else {12: 0.5, 14: 1.0}[i]
+        elif sampler == "entropy":
+            h = [-np.sum(np.exp(x[np.isfinite(x)]) * x[np.isfinite(x)]) for x in (la, lt)]
+            alpha = h[0] / (h[0] + h[1])
+        else:
+            alpha = {"on-policy": 1.0, "off-policy": 0.0, "fixed": 0.3}[sampler]
+        ref = reference_family(la, lt, alpha)
+        got = {k: float(dist[k][i]) for k in ("alpha", "alpha_star", "chernoff", "kl_q_theta",
+                                              "kl_q_target", "ess_theta", "ess_target")}
+        assert got["alpha"] == pytest.approx(alpha, abs=1e-10), i
+        if i < 12:
+            assert got["alpha_star"] == pytest.approx(star, abs=1e-10), i
+            assert got["chernoff"] == pytest.approx(reference_chernoff(la, lt, star),
+                                                    abs=1e-10), i
+        else:
+            assert math.isnan(got["alpha_star"]), i
+        for name in ("kl_q_theta", "kl_q_target", "ess_theta", "ess_target"):
+            assert got[name] == pytest.approx(ref[name], rel=1e-10, abs=1e-10), (i, name)
+        assert_allclose(dist["log_q"][i].numpy(), ref["log_q"], rtol=0, atol=1e-10)
+        y = int(drawn[i])
+        assert float(dist["log_q"][i, y]) > -inf
+        assert float(at_token["log_q"][i]) == pytest.approx(ref["log_q"][y], abs=1e-10), i
+        assert float(at_token["log_pi_theta"][i]) == pytest.approx(la[y], abs=1e-10), i
+        assert float(at_token["log_pi_t"][i]) == pytest.approx(lt[y], abs=1e-10), i
+    for i in (15, 16):  # invalid and finished rows: nothing made up
+        for name in ("alpha", "log_q", "chernoff", "kl_q_theta", "ess_theta"):
+            assert bool(torch.isnan(dist[name][i]).all()), (i, name)
+        for name in ("log_q", "log_pi_theta", "log_pi_t"):
+            assert math.isnan(float(at_token[name][i])), (i, name)
+    assert "NaN" in dist["message"][15]
+
+
+def test_models_layer_agrees_with_geomix_solve_json(loaded, tmp_path, runner):
+    """The models layer and `geomix solve --json` on the very same float32 logits (real rows of
+    the tiny models, and one row of every status): the same statuses and messages, and alpha*,
+    C, both KLs and both ESS of q* (from `q_star_rows` and from a sampling step) to the
+    tolerances float64 allows for each row (conftest.alpha_tolerance; eps times the size of the
+    log-probabilities for the KLs and ESS)."""
+    from conftest import EPS64, alpha_tolerance, log_scale
+
+    from geomix_cli.cli import app
+    from geomix_cli.models.qstar import parse_sampler, q_star_rows
+    from geomix_cli.models.sampling import step_distributions
+
+    theta, target = loaded["theta"], loaded["target"]
+    ids = theta.tokenizer("<|user|> w5 w6 w7 <|end|> <|asst|> w8 w9")["input_ids"]
+    real_a, real_t = full_logits(theta, ids), full_logits(target, ids)
+    vocab, inf = real_a.shape[1], math.inf
+    half = np.arange(vocab) < vocab // 2
+    special_a = np.stack([real_a[0], real_a[1], np.where(half, 0.0, -inf), real_a[2]])
+    special_t = np.stack([real_a[0] + 3.0,                      # degenerate (a shift)
+                          np.where(half, real_a[1] - 0.5, -inf),  # no-root (constant l on S)
+                          np.where(half, -inf, 0.0),              # disjoint-support
+                          real_t[2]])
+    special_a[3, 7] = math.nan                                    # invalid
+    a = torch.as_tensor(np.concatenate([real_a, special_a]), dtype=torch.float32)
+    t = torch.as_tensor(np.concatenate([real_t, special_t]), dtype=torch.float32)
+    n_real = real_a.shape[0]
+    path = tmp_path / "same_logits.npz"
+    np.savez(path, logits_theta=a.numpy(), logits_t=t.numpy())
+    result = runner.invoke(app, ["solve", str(path), "--json"])
+    assert result.exit_code == 3, result.output  # 3: some row is not 'ok'
+    cli = json.loads(result.stdout)["rows"]
+    assert [r["status"] for r in cli] == (["ok"] * n_real + ["degenerate", "no-root",
+                                                            "disjoint-support", "invalid"])
+
+    rows = q_star_rows(a, t, on_invalid="status")
+    sol = rows.solution
+    kl_symmetry = [parse_sampler("kl-symmetry")]
+    step = step_distributions(a, t, kl_symmetry, torch.zeros(a.shape[0], dtype=torch.long))
+    assert list(rows.status) == [r["status"] for r in cli] == step["status"]
+    for i, rec in enumerate(cli):
+        if rec["status"] == "invalid":  # the CLI names the file's key, the API its argument
+            assert rows.message[i] == "key 'theta': NaN at column 7"
+            assert rec["message"] == "key 'logits_theta': NaN at column 7"
+        else:
+            assert rows.message[i] == rec["message"] == step["message"][i], i
+
+    la = log_softmax(a.double().numpy()[:n_real])
+    lt = log_softmax(t.double().numpy()[:n_real])
+    want = {k: np.array([r[k] for r in cli[:n_real]]) for k in (
+        "alpha", "chernoff", "kl_q_theta", "kl_q_target", "ess_theta", "ess_target")}
+    alpha_tol = alpha_tolerance(la, lt, want["alpha"])
+    value_tol = 64 * EPS64 * (1.0 + log_scale(la, lt))
+    for got in (rows.alpha_star, rows.alpha, step["alpha"], step["alpha_star"]):
+        assert np.all(np.abs(got.numpy()[:n_real] - want["alpha"]) <= alpha_tol)
+    ours = {"chernoff": sol.chernoff, "kl_q_theta": sol.kl_q_theta, "kl_q_target": sol.kl_q_t,
+            "ess_theta": sol.ess_theta, "ess_target": sol.ess_t}
+    for name, got in ours.items():
+        for values in (got, step[name]):
+            assert_allclose(values.numpy()[:n_real], want[name], rtol=0, atol=value_tol.max(),
+                            err_msg=name)
+    # rows without alpha*: the stand-ins of the module doc, and the CLI's C where it has one
+    assert rows.alpha[n_real:].tolist()[:3] == [0.5, 1.0, 1.0]
+    assert math.isnan(float(rows.alpha[-1])) and rows.has_q.tolist()[n_real:] == [True] * 3 + [
+        False]
+    assert float(sol.chernoff[n_real]) == pytest.approx(cli[n_real]["chernoff"], abs=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,6 +564,34 @@ def test_logits_processor_in_generate(loaded):
                                num_return_sequences=3, logits_processor=[proc2],
                                pad_token_id=0, eos_token_id=None)
     assert out.shape[0] == 3 and proc2.history[0]["alpha"].shape == (3,)
+
+
+def test_logits_processor_keeps_a_bad_row_and_says_so(loaded):
+    """A row whose target logits are NaN keeps generate's scores (no made-up q), with a warning
+    and its status in the history; the other rows get q*."""
+    from geomix_cli.models.qstar import QStarLogitsProcessor, q_star_rows
+
+    theta, target = loaded["theta"], loaded["target"]
+    ids = torch.as_tensor([theta.tokenizer("<|user|> w5 w6 <|end|> <|asst|>")["input_ids"]] * 2)
+    proc = QStarLogitsProcessor(target.model, ids)
+    start = proc._lm.start
+
+    def poisoned(prompts):
+        logits = start(prompts).clone()
+        logits[0, 3] = math.nan
+        return logits
+
+    proc._lm.start = poisoned
+    scores = torch.as_tensor(full_logits(theta, ids[0].tolist())[-1:], dtype=torch.float32)
+    scores = scores.repeat(2, 1)
+    with pytest.warns(RuntimeWarning, match="invalid 1"):
+        out = proc(ids, scores)
+    assert torch.equal(out[0], scores[0])
+    expected = q_star_rows(scores[1], torch.as_tensor(full_logits(target, ids[0].tolist())[-1]))
+    assert_allclose(out[1].double().numpy(), expected.log_q.numpy(), atol=1e-6)
+    record = proc.history[0]
+    assert record["status"] == ["invalid", "ok"] and record["has_q"].tolist() == [False, True]
+    assert "NaN" in record["message"][0] and math.isnan(float(record["alpha"][0]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,6 +673,87 @@ def test_per_token_records_are_exact(loaded, records):
                             run.fields["kl_q_theta"][r, :len(toks)], rtol=1e-8, atol=1e-12)
             assert_allclose(run.fields["kl_q_theta"][r, :len(toks)],
                             run.fields["kl_q_target"][r, :len(toks)], rtol=1e-8, atol=1e-12)
+
+
+def test_generated_records_equal_numpy_on_the_models_logits(loaded, records, monkeypatch):
+    """Every per-token record of a run (five samplers, a target temperature) against plain numpy
+    on the very logits the models gave at that step (captured), to 1e-10."""
+    from geomix_cli.models import sampling
+
+    theta, target = loaded["theta"], loaded["target"]
+    seen = []
+    original = sampling.step_distributions
+
+    def capture(logits_theta, logits_t, samplers, row_sampler, temperature, alive=None):
+        seen.append((logits_theta.double().numpy().copy(), logits_t.double().numpy().copy()))
+        return original(logits_theta, logits_t, samplers, row_sampler, temperature, alive=alive)
+
+    monkeypatch.setattr(sampling, "step_distributions", capture)
+    labels = ["kl-symmetry", "entropy", "on-policy", "off-policy", "fixed:0.3"]
+    run = sampling.generate(theta, target, records[:2], samplers=labels, n=2, max_new_tokens=4,
+                            target_system="w3 w4", seed=6, batch_size=20,
+                            target_temperature=0.7)
+    assert run.n_rows == 20 and len(seen) == int(run.length.max())
+    checked = 0
+    for step, (raw_theta, raw_t) in enumerate(seen):
+        la_all, lt_all = log_softmax(raw_theta), log_softmax(raw_t / 0.7)
+        for r in np.flatnonzero(run.tokens[:, step] >= 0):
+            la, lt, y = la_all[r], lt_all[r], int(run.tokens[r, step])
+            star = reference_alpha_brentq(la, lt)
+            sampler = labels[int(run.row_sampler[r])]
+            h = [-np.sum(np.exp(x) * x) for x in (la, lt)]
+            alpha = {"kl-symmetry": star, "entropy": h[0] / (h[0] + h[1]), "on-policy": 1.0,
+                     "off-policy": 0.0, "fixed:0.3": 0.3}[sampler]
+            ref = reference_family(la, lt, alpha)
+            expected = {"alpha": alpha, "alpha_star": star,
+                        "chernoff": reference_chernoff(la, lt, star),
+                        "log_pi_theta": la[y], "log_pi_t": lt[y], "log_q": ref["log_q"][y],
+                        **{k: ref[k] for k in ("kl_q_theta", "kl_q_target", "ess_theta",
+                                               "ess_target")}}
+            for name, value in expected.items():
+                assert run.fields[name][r, step] == pytest.approx(value, rel=1e-10, abs=1e-10), (
+                    step, r, sampler, name)
+            assert run.status[r, step] == "ok"
+            checked += 1
+    assert checked == int(run.length.sum()) and checked >= 40
+    assert set(run.end_reason) <= {"eos", "max-new-tokens"}
+
+
+def test_one_bad_row_never_stops_the_batch(loaded, records, monkeypatch):
+    """NaN logits from the target model for one sequence at step 2: that sequence ends there
+    ('no-q', with the status and the reason), every other sequence is the same as without it."""
+    from geomix_cli.models import sampling
+
+    theta, target = loaded["theta"], loaded["target"]
+    kwargs = dict(samplers=["kl-symmetry", "on-policy"], n=2, max_new_tokens=5, seed=9,
+                  batch_size=8, stop_at_eos=False, target_system="w3 w4")
+    clean = sampling.generate(theta, target, records[:2], **kwargs)
+    original = sampling.IncrementalLM.step
+    calls = {"target": 0}
+
+    def poisoned(self, tokens):
+        logits = original(self, tokens)
+        if self.model is target.model:
+            calls["target"] += 1
+            if calls["target"] == 2:  # the logits of step 2
+                logits = logits.clone()
+                logits[1, 4] = math.nan
+        return logits
+
+    monkeypatch.setattr(sampling.IncrementalLM, "step", poisoned)
+    run = sampling.generate(theta, target, records[:2], **kwargs)
+    assert run.end_reason[1] == "no-q" and run.length[1] == 2
+    assert run.end_message[1].startswith("step 2: status 'invalid'") and "NaN" in \
+        run.end_message[1]
+    assert (run.tokens[1, :2] == clean.tokens[1, :2]).all() and (run.tokens[1, 2:] == -1).all()
+    others = np.arange(run.n_rows) != 1
+    assert (run.tokens[others] == clean.tokens[others]).all()
+    assert list(run.end_reason[others]) == ["max-new-tokens"] * 7
+    for name in sampling.TOKEN_FIELDS:
+        assert_allclose(run.fields[name][others], clean.fields[name][others], rtol=0, atol=0)
+    stats = sampling.sequence_statistics(run)
+    assert stats["end_reason_counts"] == {"max-new-tokens": 7, "no-q": 1}
+    assert [s["message"] for s in stats["sequences_without_q"]] == [run.end_message[1]]
 
 
 def test_same_seed_same_samples_and_eos_stops(loaded, records):
@@ -535,3 +871,41 @@ def test_pairs_writer_removes_a_dead_writers_leftovers(loaded, records, tmp_path
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_pairs_writer_is_the_atomic_writer(loaded, records, tmp_path, suffix, monkeypatch):
+    """Both formats through writers.AtomicFile: a new file gets 0666 minus the umask (here 027),
+    a replaced one keeps its mode, a failure leaves the old file and no temporary, and no scratch
+    member outlives a write."""
+    import os
+    import stat
+
+    from geomix_cli.models.pairs import plan_pairs, write_pairs
+
+    theta = loaded["theta"]
+    plans = plan_pairs(records[:2], theta.tokenizer, theta.tokenizer, positions="last")
+    out = tmp_path / f"p{suffix}"
+    from geomix_cli.io import writers
+
+    monkeypatch.setattr(writers, "_UMASK", None)  # geomix reads the umask once per process
+    old_umask = os.umask(0o027)
+    try:
+        write_pairs(out, theta, theta, plans, dtype="float16")
+    finally:
+        os.umask(old_umask)
+        writers._UMASK = None
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    out.chmod(0o600)
+    write_pairs(out, theta, theta, plans, dtype="float32")  # the command checked --force
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    before = out.read_bytes()
+
+    def explode(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(out, theta, theta, plans, progress=explode)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]

@@ -156,6 +156,41 @@ def test_sample_report_and_json(setup, runner, tmp_path):
     assert strict_json((out / "summary.json").read_text())["n"] == 2
 
 
+def test_sample_with_one_bad_row_reports_it_and_the_others(setup, runner, tmp_path,
+                                                           monkeypatch):
+    """NaN target logits for one sequence mid-run: exit 0, that sequence ends there ('no-q', in
+    samples.jsonl, summary and report, and a warning on stderr), the others are complete."""
+    import math
+
+    from geomix_cli.models import sampling
+
+    original = sampling.IncrementalLM.step
+    calls = []
+
+    def poisoned(self, tokens):
+        logits = original(self, tokens)
+        calls.append(self)
+        if len(calls) == 3:  # theta's logits of step 2 (the theta and target sides alternate)
+            logits = logits.clone()
+            logits[0, 5] = math.nan
+        return logits
+
+    monkeypatch.setattr(sampling.IncrementalLM, "step", poisoned)
+    out = tmp_path / "samples"
+    result = runner.invoke(app, sample_args(setup, "--n", "2", "--max-new-tokens", "4",
+                                            "--no-stop-at-eos", "--out", str(out), "--json"))
+    assert result.exit_code == 0, result.stderr
+    assert "1 sequence(s) ended early with no q" in result.stderr
+    assert "status 'invalid': key 'theta': NaN" in result.stderr
+    stats = strict_json(result.stdout)["statistics"]
+    assert stats["end_reason_counts"] == {"max-new-tokens": 5, "no-q": 1}
+    sequences = [strict_json(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["end_reason"] for s in sequences] == ["no-q"] + ["max-new-tokens"] * 5
+    assert sequences[0]["length"] == 2 and sequences[0]["end_message"].startswith("step 2")
+    assert all(s["length"] == 4 for s in sequences[1:])
+    assert "no-q 1" in (out / "report.md").read_text()
+
+
 def test_sample_bad_input(setup, runner, tmp_path):
     assert_refused(runner.invoke(app, sample_args(setup, "--sampler", "greedy")),
                    "unknown sampler")

@@ -111,6 +111,14 @@ def register(app: typer.Typer) -> None:
 
             warning_line("tokens drawn where alpha* does not exist (their q is the documented "
                          f"stand-in): {', '.join(f'{k} {v}' for k, v in other.items())}")
+        stuck = statistics["sequences_without_q"]
+        if stuck:
+            from geomix_cli.cli import warning_line
+
+            warning_line(f"{len(stuck)} sequence(s) ended early with no q to sample from (the "
+                         "others went on; end_message in samples.jsonl says why), first: "
+                         f"{stuck[0]['sampler']}, {stuck[0]['prompt']} #{stuck[0]['sample']}: "
+                         f"{stuck[0]['message']}")
         if json_out:
             from geomix_cli.io import dumps_json
 
@@ -151,6 +159,7 @@ def _records(run, tokenizer):
                "prompt": run.prompt_ids[int(run.row_prompt[r])],
                "sample": int(run.row_sample[r]), "text": tokenizer.decode(ids),
                "length": length, "ended_by_eos": bool(run.ended_by_eos[r]),
+               "end_reason": str(run.end_reason[r]), "end_message": str(run.end_message[r]),
                "log_w_theta": float(log_w_theta[r]), "log_w_target": float(log_w_t[r]),
                "tokens": ids, "token_text": texts}
         for name in TOKEN_FIELDS:
@@ -238,7 +247,13 @@ def report_markdown(summary: dict, sequences: list[dict], figures) -> str:
              markdown_table(_thin(stats["along_length"]), max_rows=120),
              f"\nalpha* statuses of the drawn tokens: "
              + ", ".join(f"{k} {v}" for k, v in stats["alpha_star_status_counts"].items())
-             + "\n"]
+             + ". How the sequences ended: "
+             + ", ".join(f"{k} {v}" for k, v in stats["end_reason_counts"].items())
+             + (" (no-q: no q to sample from at the next token, see below; that sequence ended "
+                "there and the others went on)" if stats["sequences_without_q"] else "")
+             + ".\n"]
+    if stats["sequences_without_q"]:
+        lines.append("\n" + markdown_table(stats["sequences_without_q"], max_rows=50))
     for name, _make, caption in figures:
         lines.append(f"\n![{caption}]({name})\n\n*{caption}.*\n")
     lines.append("\n## Example sequences\n")
@@ -277,7 +292,8 @@ def render(summary: dict, out: Optional[str]) -> None:
              ("time", f"{seconds['total']:.1f} s ({_render.fmt_num(summary['tokens_per_second'])}"
                       f" tokens/s), models loaded in {seconds['load']:.1f} s"),
              ("alpha* statuses", ", ".join(f"{k} {v}" for k, v in
-                                           stats["alpha_star_status_counts"].items()))]
+                                           stats["alpha_star_status_counts"].items())),
+             ("ended", ", ".join(f"{k} {v}" for k, v in stats["end_reason_counts"].items()))]
     if out:
         facts.append(("report", f"{out}/report.md"))
     _render.print_summary("sample: ESS balance at token and sequence level (within "

@@ -231,9 +231,13 @@ def newton_update(ns, alpha, d, var, third, lo, hi, step_before, last_step, prev
     candidate = alpha + step
     size = ns.abs(step)
     stall = math.sqrt(eps) if eps > 1e-10 else 0.0
-    converged = ((d == 0.0) | (size <= xtol) | (hi - lo <= 2.0 * eps)
-                 | ((size <= stall) & (size >= 0.5 * prev_size)))
-    inside = (candidate > lo) & (candidate < hi) & (size <= 0.5 * step_before)
+    # where Var underflows to 0, D is flat to working precision (q is a point mass there) and the
+    # step says nothing: Halley's is then 0 (2 D Var / (D E(l-D)^3)), which would read as
+    # converged far from the root. Such a row bisects and is never converged by its step size.
+    curved = var > 0.0
+    converged = ((d == 0.0) | ((size <= xtol) & curved) | (hi - lo <= 2.0 * eps)
+                 | ((size <= stall) & (size >= 0.5 * prev_size) & curved))
+    inside = (candidate > lo) & (candidate < hi) & (size <= 0.5 * step_before) & curved
     candidate = ns.where(inside, candidate, 0.5 * (lo + hi))
     return lo, hi, candidate, converged, ns.abs(candidate - alpha), size
 

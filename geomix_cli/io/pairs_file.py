@@ -1,18 +1,19 @@
 """Streamed `[B, T, V]` pair files (`geomix pairs`): written row by row, never held in memory.
 
-`PairsFileWriter` builds the file under a temporary name in the destination's folder (the same
-naming as `writers.write_bytes_atomic`, so the next write removes a dead writer's leftover),
-created with the mode the umask asks for (or the replaced file's), and renames it into place on
-`commit()`; `abort()` (or an exception inside `with`) removes it. The output path follows the file
-rule of `outputs.check_output_file` (an existing file only with --force, never an input).
+`PairsFileWriter` writes through `writers.AtomicFile`, the one atomic writer: the file is built
+under a temporary name in the destination's folder, with the mode the umask asks for (or the
+replaced file's), and renamed into place on `commit()`; `abort()` (or an exception inside `with`)
+removes it and the output path is left as it was. The scratch `.npy` members of an `.npz` are
+AtomicFile temporaries of the same path that are never committed, so the next write of that path
+removes those a killed writer left. The output path follows the file rule of
+`outputs.check_output_file` (an existing file only with --force, never an input), checked by
+`check_pairs_output` before any work.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import stat
 import struct
 from pathlib import Path
 
@@ -21,8 +22,7 @@ import numpy as np
 from geomix_cli.core.validation import LOGITS
 from geomix_cli.errors import InputError, OutputError
 from geomix_cli.io.readers import KEY_PAIRS, os_error_text
-from geomix_cli.io.writers import (HOST_TAG, dumps_json, file_mode, remove_stale_temp_files,
-                                   temp_tag)
+from geomix_cli.io.writers import AtomicFile, dumps_json
 
 PAIRS_MARKER_KEY = "geomix"  # safetensors __metadata__ key / npz member naming the writer
 PAIRS_MARKER = "pairs"
@@ -85,22 +85,17 @@ class PairsFileWriter:
             raise ValueError("meta needs one string per [b, t] position")
         self.itemsize = 4 if dtype == "float32" else 2
         self.row_bytes = self.shape[1] * self.shape[2] * self.itemsize
-        self.tmp = self._temp_path()
-        self._members: dict[str, Path] = {}  # .npz: member name -> its temporary .npy file
+        self._out: AtomicFile | None = None
+        self._members: dict[str, AtomicFile] = {}  # .npz: member name -> its scratch .npy file
         self._written = np.zeros(self.shape[0], dtype=bool)
         self._closed = False
-        self._fd = None
         self._maps = {}
         self._arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         self._meta = [str(m) for m in meta]
         self._info = dict(info or {})
-        self._mode = file_mode()
-        try:  # replacing a file keeps its permissions (as write_bytes_atomic does)
-            self._mode = stat.S_IMODE(os.stat(self.path).st_mode)
-        except OSError:
-            pass
-        remove_stale_temp_files(self.path)  # also the .npy members of a killed .npz writer
         try:
+            # removes a dead writer's leftovers of this path (its .npy members too)
+            self._out = AtomicFile(self.path)
             if self.format == ".safetensors":
                 self._open_safetensors()
             else:
@@ -113,11 +108,17 @@ class PairsFileWriter:
             self.abort()
             raise
 
-    def _temp_path(self) -> Path:
-        """A temporary file name in the output's folder, in `writers`' pattern (the next write
-        to the same path removes it if this process dies)."""
-        return self.path.parent / (f".{temp_tag(self.path.name)}.{HOST_TAG}.{os.getpid()}."
-                                   f"{secrets.token_hex(4)}.tmp")
+    @property
+    def tmp(self) -> Path:
+        """The temporary file that `commit()` renames into place."""
+        return self._out.tmp
+
+    def _scratch(self, key: str) -> AtomicFile:
+        """A scratch file for the .npz member `key`: an AtomicFile temporary of the output path,
+        never committed (removed by `abort`/`commit`, or by the next write of the path if this
+        process dies)."""
+        member = self._members[key] = AtomicFile(self.path, clean=False)
+        return member
 
     def _open_safetensors(self):
         """One preallocated file: header and small arrays first, then the two logit tensors,
@@ -144,7 +145,7 @@ class PairsFileWriter:
         head = json.dumps(header).encode("utf-8")
         head += b" " * (-len(head) % 8)
         self._data_start = 8 + len(head)
-        self._fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = self._out.handle.fileno()  # rows go in place with pwrite, never buffered
         os.ftruncate(self._fd, self._data_start + offset)
         os.pwrite(self._fd, struct.pack("<Q", len(head)) + head + b"".join(small), 0)
 
@@ -153,9 +154,10 @@ class PairsFileWriter:
         (stored, not compressed) at commit."""
         storage = PAIRS_DTYPES[self.dtype][1]
         for key in KEY_PAIRS[LOGITS]:
-            self._members[key] = self._temp_path()
-            self._maps[key] = np.lib.format.open_memmap(self._members[key], mode="w+",
-                                                        dtype=storage, shape=self.shape)
+            member = self._scratch(key)
+            member.handle.close()  # the memory map opens it by name
+            self._maps[key] = np.lib.format.open_memmap(member.tmp, mode="w+", dtype=storage,
+                                                        shape=self.shape)
 
     def write_row(self, b: int, theta: np.ndarray, target: np.ndarray) -> None:
         """Store prompt b's [T_b, V] logits (T_b <= T; the rest of the row stays 0, masked)."""
@@ -187,14 +189,9 @@ class PairsFileWriter:
             missing = int(np.flatnonzero(~self._written)[0])
             raise RuntimeError(f"pairs file committed with row {missing} unwritten")
         try:
-            if self.format == ".safetensors":
-                os.fchmod(self._fd, self._mode)
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
-            else:
+            if self.format == ".npz":
                 self._zip_members()
-            os.replace(self.tmp, self.path)
+            self._out.commit()  # flush, fsync, rename over the path
         except OSError as exc:
             self.abort()
             raise OutputError(f"cannot write: {os_error_text(exc)} (nothing was written)",
@@ -205,7 +202,7 @@ class PairsFileWriter:
 
     def _remove_members(self) -> None:
         for member in self._members.values():
-            member.unlink(missing_ok=True)
+            member.discard()
 
     def _zip_members(self):
         import zipfile
@@ -218,29 +215,22 @@ class PairsFileWriter:
         members[PAIRS_MARKER_KEY] = np.asarray(PAIRS_MARKER)
         members["geomix_info"] = np.asarray(dumps_json(self._info, indent=None))
         for key, value in members.items():
-            self._members[key] = self._temp_path()
-            with open(self._members[key], "wb") as handle:
-                np.save(handle, value, allow_pickle=False)
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED,
-                                 allowZip64=True) as archive:
-                for key in sorted(self._members):
-                    archive.write(self._members[key], arcname=f"{key}.npy")
-            os.fchmod(handle.fileno(), self._mode)
-            handle.flush()
-            os.fsync(handle.fileno())
+            member = self._scratch(key)
+            np.save(member.handle, value, allow_pickle=False)
+            member.handle.close()
+        with zipfile.ZipFile(self._out.handle, "w", compression=zipfile.ZIP_STORED,
+                             allowZip64=True) as archive:
+            for key in sorted(self._members):
+                archive.write(self._members[key].tmp, arcname=f"{key}.npy")
 
     def abort(self) -> None:
         """Remove everything this writer created (the output path is left as it was)."""
         if self._closed:
             return
         self._closed = True
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         self._maps = {}
-        Path(self.tmp).unlink(missing_ok=True)
+        if self._out is not None:
+            self._out.discard()
         self._remove_members()
 
     def __enter__(self):

@@ -1,20 +1,35 @@
 """(policy logits, target logits) -> q* logits, per row: a plain function and a LogitsProcessor.
 
-    log q_alpha = log_softmax(alpha * log pi_theta + (1 - alpha) * log pi_t)
+    log q_alpha = log normalise(pi_theta^alpha pi_t^(1 - alpha))
 
 with alpha per row chosen by a *sampler*:
 
-- `kl-symmetry`: the exact alpha* with KL(q*||pi_theta) = KL(q*||pi_t) (Newton on
-  D(alpha) = E_q[log pi_t - log pi_theta], float64), i.e. q* is the Chernoff point;
+- `kl-symmetry`: the exact alpha* with KL(q*||pi_theta) = KL(q*||pi_t), i.e. q* is the Chernoff
+  point;
 - `entropy`: the derivation's heuristic alpha_H = H(pi_theta) / (H(pi_theta) + H(pi_t));
 - `on-policy` (alpha = 1: q = pi_theta), `off-policy` (alpha = 0: q = pi_t), `fixed:A`.
 
-Rows where alpha* does not exist get a documented stand-in, never a silent one (their `status`
-says what happened): `degenerate` (pi_theta = pi_t on the common support: every alpha gives the
-same q) uses 0.5; `no-root` (D keeps one sign on (0, 1), which for full-support softmax rows
-happens only within rounding of an end point) uses the end point D approaches 0 at (0 when
-D(0+) <= 0, 1 when D(1-) >= 0); `disjoint-support` (no q exists) samples on-policy (alpha = 1).
-Invalid rows (NaN or +inf logits) are refused.
+Every number comes from the public array API (`geomix_cli.api`, the code behind `geomix solve`),
+on the logits' device, in float64, without an autograd graph: `gx.solve` (kind "logits": the API
+normalises; alpha*, its status, C, alpha_H), `gx.geometric_mean` (log q), `gx.diagnostics` (the
+KLs and ESS of a q at any alpha) and `gx.importance_weights` (pi / q at drawn tokens).
+
+Rows where alpha* does not exist get a documented stand-in under `kl-symmetry`, never a silent one
+(their `status` says what happened): `degenerate` (pi_theta = pi_t on the common support: every
+alpha gives the same q) uses 0.5; `no-root` (D(alpha) = KL(q||pi_theta) - KL(q||pi_t) keeps one
+sign on (0, 1), which for full-support softmax rows happens only within rounding of an end point)
+uses the end point where D comes closest to 0: 0 when D <= 0, 1 when D > 0 (D is non-increasing,
+so its sign at alpha = 1/2 is its sign on all of (0, 1)); `disjoint-support` (no q exists in
+between) samples on-policy (alpha = 1). The entropy heuristic is 0/0 when both distributions are
+point masses: alpha_H = 0.5 there.
+
+Rows for which nothing is sampleable get no alpha and no q (alpha NaN, a NaN row of log q,
+`has_q` False), never a made-up one: with `on_invalid="status"` an invalid row (NaN or +inf
+logits, no finite entry: status 'invalid' with the reason in `message`), a `max-iter` row under
+`kl-symmetry` (no alpha*, and no rule to stand in for it), an interior alpha on disjoint supports
+(`entropy`, `fixed:A`), and positions masked by the caller. The other rows of the batch are
+computed as usual. The sampler ends such a sequence (its end reason says why); the processor
+leaves that row's scores as generate gave them and warns.
 
 Example (any two models with one vocabulary; the processor runs the target model itself):
 
@@ -30,9 +45,6 @@ Example (any two models with one vocabulary; the processor runs the target model
     out = policy.generate(**ids, do_sample=True, top_k=0, max_new_tokens=32,
                           logits_processor=LogitsProcessorList([qstar]))
     qstar.history[0]["alpha"]   # alpha* of each row at the first generated token
-
-The per-row solve lives in `_solve_alpha` only, so that it can move to the public array API in one
-place.
 """
 
 from __future__ import annotations
@@ -40,10 +52,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from geomix_cli.errors import InputError
 
 SAMPLERS = ("kl-symmetry", "entropy", "on-policy", "off-policy")
 SAMPLER_HELP = "kl-symmetry, entropy, on-policy, off-policy or fixed:A with A in [0, 1]"
+# How the models layer calls the API: raw logits (normalised there), solved in float64.
+API_OPTIONS = {"kind": "logits", "compute_dtype": "float64"}
+# alpha* stand-ins of kl-symmetry (module doc); no-root is decided per row by the sign of D.
+STAND_IN = {"degenerate": 0.5, "disjoint-support": 1.0}
 
 
 @dataclass(frozen=True)
@@ -76,166 +94,176 @@ def parse_sampler(text: str | Sampler) -> Sampler:
     raise InputError(f"unknown sampler '{text}'; choose {SAMPLER_HELP}")
 
 
-def _solve_alpha(log_pi_theta, log_pi_t):
-    """alpha* per row of normalised float64 log-probabilities [N, V] (torch, any device):
-    (alpha [N] float64 tensor, NaN where there is no root; statuses (numpy str array);
-    D(0+) and D(1-) [N] float64 tensors). The one place that calls the solver."""
+def prepare_logits(policy_logits, target_logits, target_temperature: float = 1.0):
+    """(theta, target): both logit tensors detached, as float64 on the policy's device, the
+    target's divided by `target_temperature`. Validation (NaN, +inf, no finite entry) is the
+    API's, row by row."""
     import torch
 
-    from geomix_cli.backends import solve_alpha_device
-
-    device = log_pi_theta.device
-    sol = solve_alpha_device(log_pi_theta, log_pi_t, "newton", device=str(device),
-                             compute_dtype="float64", kind="logits")
-
-    def tensor(values):
-        return torch.as_tensor(values, dtype=torch.float64, device=device)
-
-    return tensor(sol.alpha), sol.status, tensor(sol.d_at_0), tensor(sol.d_at_1)
+    if tuple(policy_logits.shape) != tuple(target_logits.shape):
+        raise InputError(f"policy logits {tuple(policy_logits.shape)} and target logits "
+                         f"{tuple(target_logits.shape)} differ in shape (one shared vocabulary)")
+    theta = policy_logits.detach().to(torch.float64)
+    target = target_logits.detach().to(device=theta.device, dtype=torch.float64)
+    if target_temperature != 1.0:
+        target = target / target_temperature
+    return theta, target
 
 
-def log_softmax64(logits, temperature: float = 1.0):
-    """Row log-softmax in float64 (logits / temperature first), with a check for NaN / +inf."""
+def _flat(values):
+    return values.reshape(-1)
+
+
+def _no_root_end_points(theta, target, rows: np.ndarray):
+    """alpha (0 or 1) for `no-root` rows (host bool [N] over the flattened positions): the end
+    point where D comes closest to 0. D is non-increasing and keeps one sign on (0, 1) there, so
+    its sign at 1/2 decides: D <= 0 -> 0, D > 0 -> 1 (NaN if D could not be evaluated)."""
     import torch
 
-    x = logits.detach().to(torch.float64)
-    if temperature != 1.0:
-        x = x / temperature
-    bad = torch.isnan(x).any(dim=-1) | torch.isposinf(x).any(dim=-1) | torch.isneginf(x).all(
-        dim=-1)
-    if bool(bad.any()):
-        row = int(torch.nonzero(bad)[0, 0])
-        raise InputError(f"row {row} of the logits has NaN, +inf or no finite entry")
-    return torch.log_softmax(x, dim=-1)
+    from geomix_cli import api as gx
+
+    lead = tuple(theta.shape[:-1])
+    mask = torch.as_tensor(rows.reshape(lead), device=theta.device)
+    delta = _flat(gx.diagnostics(theta, target, 0.5, mask=mask, on_invalid="status",
+                                 **API_OPTIONS).delta)
+    end = (delta > 0.0).to(torch.float64)
+    return end.masked_fill(torch.isnan(delta), math.nan)
 
 
-def log_geometric_mean(log_pi_theta, log_pi_t, alpha):
-    """log q_alpha [N, V] from normalised log-probabilities and alpha [N] (torch, float64).
-
-    alpha = 1 and 0 give pi_theta and pi_t exactly; in between q lives on the common support."""
+def kl_symmetry_alpha(theta, target, solution):
+    """alpha* where it exists, else the stand-ins of the module doc (degenerate 0.5, no-root the
+    end point, disjoint-support 1); NaN for every other status (invalid, max-iter, masked).
+    Flat float64 [N] over the positions of `solution` (a `gx.solve` result for theta, target)."""
     import torch
 
-    a = alpha.to(log_pi_theta.dtype)[:, None]
-    inner = a * log_pi_theta + (1.0 - a) * log_pi_t
-    unnorm = torch.where(a == 1.0, log_pi_theta, torch.where(a == 0.0, log_pi_t, inner))
-    return unnorm - torch.logsumexp(unnorm, dim=-1, keepdim=True)
+    status = solution.status.reshape(-1)
+    alpha = _flat(solution.alpha).clone()
+    for name, value in STAND_IN.items():
+        rows = torch.as_tensor(status == name, device=alpha.device)
+        alpha = alpha.masked_fill(rows, value)
+    no_root = status == "no-root"
+    if no_root.any():
+        rows = torch.as_tensor(no_root, device=alpha.device)
+        alpha = torch.where(rows, _no_root_end_points(theta, target, no_root), alpha)
+    return alpha
 
 
-def entropy_alpha(log_pi_theta, log_pi_t):
-    """alpha_H = H(pi_theta) / (H(pi_theta) + H(pi_t)) per row (0.5 where both are 0)."""
+def alpha_for(samplers, row_sampler, theta, target, solution):
+    """The alpha each position samples with: flat float64 [N] on the logits' device.
+
+    samplers: Sampler objects; row_sampler: which one each position uses (an index per flattened
+    position: an int tensor, array or list). NaN where the position has no alpha: an invalid or
+    masked position for every sampler, and under kl-symmetry every status without a stand-in."""
     import torch
 
-    def entropy(lp):
-        return -torch.where(lp > -math.inf, lp.exp() * lp, torch.zeros_like(lp)).sum(dim=-1)
-
-    h_theta, h_t = entropy(log_pi_theta), entropy(log_pi_t)
-    total = h_theta + h_t
-    return torch.where(total > 0, h_theta / torch.where(total > 0, total, 1.0),
-                       torch.full_like(total, 0.5))
-
-
-def kl_rows(log_p, log_q):
-    """KL(p||q) per row (0 log 0 = 0; +inf where q = 0 < p)."""
-    import torch
-
-    terms = torch.where(log_p > -math.inf, log_p.exp() * (log_p - log_q),
-                        torch.zeros_like(log_p))
-    return terms.sum(dim=-1)
-
-
-def ess_rows(log_pi, log_q):
-    """ESS_pi(q) = 1 / sum pi^2 / q per row (0 when q misses mass of pi)."""
-    import torch
-
-    terms = torch.where(log_pi > -math.inf, 2.0 * log_pi - log_q,
-                        torch.full_like(log_pi, -math.inf))
-    return torch.exp(-torch.logsumexp(terms, dim=-1))
+    status = solution.status.reshape(-1)
+    n = status.size
+    device = theta.device
+    which = torch.as_tensor(row_sampler, device=device).reshape(-1)
+    if which.numel() == 1 and n != 1:
+        which = which.expand(n)
+    alpha = torch.full((n,), math.nan, dtype=torch.float64, device=device)
+    for k, sampler in enumerate(samplers):
+        rows = which == k
+        if not bool(rows.any()):
+            continue
+        if sampler.name == "kl-symmetry":
+            values = kl_symmetry_alpha(theta, target, solution)
+        elif sampler.name == "entropy":
+            values = _flat(solution.alpha_entropy)
+            both_point_masses = torch.isnan(values) & torch.as_tensor(
+                ~np.isin(status, ("invalid", "masked")), device=device)
+            values = values.masked_fill(both_point_masses, 0.5)
+        else:
+            value = {"on-policy": 1.0, "off-policy": 0.0}.get(sampler.name, sampler.alpha)
+            values = torch.full((n,), float(value), dtype=torch.float64, device=device)
+        alpha = torch.where(rows, values.to(torch.float64), alpha)
+    # no q from an invalid row (or a position the caller masked), whatever the sampler
+    unusable = torch.as_tensor(np.isin(status, ("invalid", "masked")), device=device)
+    return alpha.masked_fill(unusable, math.nan)
 
 
 @dataclass
 class QStarRows:
-    """The sampling distribution per row and what chose it (torch tensors over rows)."""
+    """The sampling distribution per position and what chose it (torch, float64, on the logits'
+    device; the leading shape of the logits).
 
-    log_q: object          # [N, V] float64
-    alpha: object          # [N] the alpha used
-    alpha_star: object     # [N] the exact alpha* (NaN where it does not exist)
-    status: list           # per row: the alpha* status (ok, degenerate, no-root, ...)
-    log_pi_theta: object   # [N, V] float64, normalised
-    log_pi_t: object       # [N, V] float64, normalised (after the target temperature)
+    log_q:      [..., V] log q_alpha (a NaN row where `has_q` is False)
+    alpha:      [...] the alpha used (NaN where there is none)
+    alpha_star: [...] the exact alpha* (NaN where it does not exist: see `status`)
+    status, message: numpy string arrays [...]: the alpha* status per position (`gx.solve`'s:
+                ok, degenerate, no-root, disjoint-support, invalid, max-iter, masked) and what is
+                true instead
+    has_q:      [...] bool: whether the position has a q to sample from
+    solution:   the `gx.solve` result itself (C, both KLs and both ESS at alpha*, alpha_H, ...)
+    theta, target: [..., V] the float64 logits given to the API (the target's divided by the
+                temperature), for further API calls on the same pair
+    """
 
-
-def alpha_for(sampler: Sampler, log_pi_theta, log_pi_t, alpha_star, status, d_at_0, d_at_1):
-    """The alpha each row samples with, for one sampler (float64 [N])."""
-    import torch
-
-    n = log_pi_theta.shape[0]
-    f64 = {"dtype": torch.float64, "device": log_pi_theta.device}
-    if sampler.name == "on-policy":
-        return torch.ones(n, **f64)
-    if sampler.name == "off-policy":
-        return torch.zeros(n, **f64)
-    if sampler.name == "fixed":
-        return torch.full((n,), float(sampler.alpha), **f64)
-    if sampler.name == "entropy":
-        return entropy_alpha(log_pi_theta, log_pi_t)
-    return kl_symmetry_alpha(alpha_star, status, d_at_0, d_at_1)
-
-
-def kl_symmetry_alpha(alpha_star, status, d_at_0, d_at_1):
-    """alpha* where it exists, else the stand-ins of the module doc (degenerate 0.5, no-root the
-    end point, disjoint-support 1)."""
-    import torch
-
-    alpha = alpha_star.clone()
-    for i, s in enumerate(status):
-        if s == "ok":
-            continue
-        if s == "degenerate":
-            alpha[i] = 0.5
-        elif s == "no-root":
-            alpha[i] = 0.0 if float(d_at_0[i]) <= 0.0 else 1.0 if float(d_at_1[i]) >= 0.0 else 0.5
-        elif s == "disjoint-support":
-            alpha[i] = 1.0
-        else:
-            raise InputError(f"row {i}: no sampling distribution (status {s})")
-    return alpha.to(torch.float64)
+    log_q: object
+    alpha: object
+    alpha_star: object
+    status: np.ndarray
+    message: np.ndarray
+    has_q: object
+    solution: object
+    theta: object
+    target: object
 
 
 def q_star_rows(policy_logits, target_logits, *, sampler: str | Sampler = "kl-symmetry",
-                target_temperature: float = 1.0) -> QStarRows:
-    """The sampler's q per row from two logit tensors [N, V] (or [V]); see the module doc."""
+                target_temperature: float = 1.0, mask=None, on_invalid: str = "raise",
+                samplers=None, row_sampler=None) -> QStarRows:
+    """The sampler's q per position from two logit tensors [..., V]; see the module doc.
+
+    mask: optional, of the leading shape (1 = real, 0 = padded: status 'masked', no q).
+    on_invalid: 'raise' (default: InputError naming the first invalid position) or 'status'
+    (status 'invalid', no q; the other positions are computed).
+    samplers, row_sampler: several samplers in one batch (a list of Sampler and, per flattened
+    position, the index of its sampler) in place of `sampler`."""
     import torch
 
-    sampler = parse_sampler(sampler)
-    if tuple(policy_logits.shape) != tuple(target_logits.shape):
-        raise InputError(f"policy logits {tuple(policy_logits.shape)} and target logits "
-                         f"{tuple(target_logits.shape)} differ in shape (one shared vocabulary)")
-    squeeze = policy_logits.dim() == 1
-    if squeeze:
-        policy_logits, target_logits = policy_logits[None], target_logits[None]
-    log_theta = log_softmax64(policy_logits)
-    log_t = log_softmax64(target_logits.to(policy_logits.device), target_temperature)
+    from geomix_cli import api as gx
+
+    if samplers is None:
+        samplers, row_sampler = [parse_sampler(sampler)], 0
+    theta, target = prepare_logits(policy_logits, target_logits, target_temperature)
     with torch.no_grad():
-        alpha_star, status, d0, d1 = _solve_alpha(log_theta, log_t)
-        alpha = alpha_for(sampler, log_theta, log_t, alpha_star, status, d0, d1)
-        log_q = log_geometric_mean(log_theta, log_t, alpha)
-    rows = QStarRows(log_q=log_q, alpha=alpha, alpha_star=alpha_star, status=list(status),
-                     log_pi_theta=log_theta, log_pi_t=log_t)
-    if squeeze:
-        rows.log_q, rows.alpha, rows.alpha_star = rows.log_q[0], rows.alpha[0], rows.alpha_star[0]
-        rows.log_pi_theta, rows.log_pi_t = rows.log_pi_theta[0], rows.log_pi_t[0]
-    return rows
+        solution = gx.solve(theta, target, mask=mask, on_invalid=on_invalid, **API_OPTIONS)
+        alpha = alpha_for(samplers, row_sampler, theta, target, solution)
+        alpha = alpha.reshape(tuple(theta.shape[:-1]))
+        log_q = gx.geometric_mean(theta, target, alpha, mask=mask, on_invalid="status",
+                                  **API_OPTIONS)
+        has_q = ~torch.isnan(log_q).any(dim=-1)
+        alpha = alpha.masked_fill(~has_q, math.nan)
+    return QStarRows(log_q=log_q, alpha=alpha, alpha_star=solution.alpha,
+                     status=solution.status, message=solution.message, has_q=has_q,
+                     solution=solution, theta=theta, target=target)
 
 
 def q_star_logits(policy_logits, target_logits, *, sampler: str | Sampler = "kl-symmetry",
-                  target_temperature: float = 1.0):
-    """(q logits [N, V] in the policy logits' dtype and device, alpha used [N] float64).
+                  target_temperature: float = 1.0, mask=None, on_invalid: str = "raise"):
+    """(q logits [..., V] in the policy logits' dtype and device, alpha used [...] float64).
 
     The returned logits are log q (normalised), so `softmax(q_logits)` is q and
-    `torch.distributions.Categorical(logits=q_logits)` samples from it."""
+    `torch.distributions.Categorical(logits=q_logits)` samples from it. With
+    on_invalid='status' a position without q is a NaN row (see `q_star_rows`)."""
     rows = q_star_rows(policy_logits, target_logits, sampler=sampler,
-                       target_temperature=target_temperature)
+                       target_temperature=target_temperature, mask=mask, on_invalid=on_invalid)
     return rows.log_q.to(policy_logits.dtype), rows.alpha
+
+
+def without_q_summary(rows: QStarRows) -> str:
+    """'invalid 1 (key 'target': NaN at column 3)' for the positions without q ('' if none)."""
+    missing = ~rows.has_q.detach().cpu().numpy()
+    if not missing.any():
+        return ""
+    status, message = rows.status[missing], rows.message[missing]
+    parts = []
+    for name in dict.fromkeys(status.tolist()):
+        first = message[status == name][0]
+        parts.append(f"{name} {int((status == name).sum())}" + (f" ({first})" if first else ""))
+    return ", ".join(parts)
 
 
 _PROCESSOR_CLASS = None
@@ -248,11 +276,19 @@ PROCESSOR_DOC = """A transformers LogitsProcessor: the policy's scores become lo
     The policy is the model `generate` runs; this processor runs `target_model` itself (with its
     own KV cache) on `target_input_ids` (its prompts, left- or right-padded, with
     `target_attention_mask`) followed by the tokens the policy generates, and combines the two
-    next-token distributions with the sampler's alpha (module doc). One target prompt per
-    generated row (with `num_return_sequences=k` each target prompt is repeated k times, as
-    generate does with the policy's). `history` keeps, per step, alpha, alpha* and the statuses.
+    next-token distributions with the sampler's alpha (module doc), through the public API
+    (`gx.solve`, `gx.geometric_mean`). One target prompt per generated row (with
+    `num_return_sequences=k` each target prompt is repeated k times, as generate does with the
+    policy's). `history` keeps, per step, alpha, alpha* (float64 CPU tensors), the statuses and
+    messages (lists) and `has_q` (bool tensor).
+
+    One bad row never stops the batch: a row without q (invalid logits on either side, or no
+    alpha under the sampler; module doc) keeps the scores generate gave it, its history entry
+    says why (alpha NaN, its status and message), and a RuntimeWarning names it. (If those scores
+    are themselves NaN, generate fails as it would without the processor.)
     Use it with `do_sample=True` and no warper after it (top-k / top-p would change q), and one
-    processor per `generate` call (it holds that call's target cache). The class is built on first use (it subclasses transformers.LogitsProcessor, imported then)."""
+    processor per `generate` call (it holds that call's target cache). The class is built on
+    first use (it subclasses transformers.LogitsProcessor, imported then)."""
 
 
 def __getattr__(name: str):
@@ -294,6 +330,8 @@ def _processor_class():
             self.history: list[dict] = []
 
         def __call__(self, input_ids, scores):
+            import torch
+
             if self._seen is None:
                 rows = input_ids.shape[0]
                 if rows % len(self._prompts):
@@ -307,11 +345,19 @@ def _processor_class():
                 for k in range(new.shape[1]):
                     self._target_logits = self._lm.step(new[:, k])
             self._seen = input_ids.shape[1]
-            rows = q_star_rows(scores, self._target_logits.to(scores.device),
-                               sampler=self.sampler, target_temperature=self.target_temperature)
+            rows = q_star_rows(scores, self._target_logits, sampler=self.sampler,
+                               target_temperature=self.target_temperature, on_invalid="status")
             self.history.append({"alpha": rows.alpha.cpu(), "alpha_star": rows.alpha_star.cpu(),
-                                 "status": rows.status})
-            return rows.log_q.to(scores.dtype)
+                                 "status": rows.status.tolist(),
+                                 "message": rows.message.tolist(), "has_q": rows.has_q.cpu()})
+            missing = without_q_summary(rows)
+            if missing:
+                import warnings
+
+                warnings.warn(f"QStarLogitsProcessor, step {len(self.history) - 1}: rows "
+                              f"without q keep generate's scores: {missing}", RuntimeWarning,
+                              stacklevel=2)
+            return torch.where(rows.has_q[:, None], rows.log_q.to(scores.dtype), scores)
 
     QStarLogitsProcessor.__module__ = __name__
     _PROCESSOR_CLASS = QStarLogitsProcessor

@@ -13,6 +13,15 @@ Per sequence the importance log-weights are sums over its tokens:
 which are exact likelihood ratios of the whole sequence (stopping at EOS or at the length limit is
 the same rule under every distribution), so E_q[w] = 1. `sequence_statistics` turns them into
 sequence-level ESS per prompt and sampler, and along the length.
+
+Every number of a step comes from the public array API (`geomix_cli.api`) through `qstar`:
+alpha*, its status and C from `gx.solve`; log q from `gx.geometric_mean`; the KLs and ESS of the
+q a token is drawn from from `gx.solve` (at alpha*) or `gx.diagnostics` (at any other alpha);
+log pi(y) = log q(y) + log w(y) with `gx.importance_weights`. Finished sequences are masked out
+of every call. One bad row never stops the batch: a sequence whose next step has no q (invalid
+logits, or no alpha under its sampler; `qstar` module doc) ends there, with end reason 'no-q' and
+the status and message that say why; the others go on. (Ending there is a rule that depends on the
+prefix only, the same under every distribution, so the weights stay exact likelihood ratios.)
 """
 
 from __future__ import annotations
@@ -25,9 +34,9 @@ import numpy as np
 
 from geomix_cli.errors import InputError
 from geomix_cli.models.loading import threads_scoped
-from geomix_cli.models.qstar import (Sampler, _solve_alpha, alpha_for, ess_rows, kl_rows,
-                                     log_geometric_mean, log_softmax64, parse_sampler)
+from geomix_cli.models.qstar import API_OPTIONS, Sampler, parse_sampler, q_star_rows
 
+END_REASONS = ("eos", "max-new-tokens", "no-q")
 TOKEN_FIELDS = ("alpha", "alpha_star", "chernoff", "log_pi_theta", "log_pi_t", "log_q",
                 "ess_theta", "ess_target", "kl_q_theta", "kl_q_target")
 
@@ -107,6 +116,8 @@ class SampleRun:
     ended_by_eos: np.ndarray       # [R] bool
     fields: dict                   # name -> [R, L] float64 (TOKEN_FIELDS)
     status: np.ndarray             # [R, L] alpha* status per token ('' after the end)
+    end_reason: np.ndarray         # [R] 'eos', 'max-new-tokens' or 'no-q' (END_REASONS)
+    end_message: np.ndarray        # [R] for 'no-q': the step, status and why ('' otherwise)
     seconds: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
@@ -136,40 +147,64 @@ def eos_token_ids(loaded) -> set[int]:
 
 
 def step_distributions(logits_theta, logits_t, samplers: list[Sampler], row_sampler,
-                       target_temperature: float = 1.0) -> dict:
+                       target_temperature: float = 1.0, alive=None) -> dict:
     """One generation step for a batch: per row the sampler's log q and the token-independent
-    records (alpha, alpha*, C, KLs, ESS). row_sampler: [N] index into `samplers` (torch)."""
+    records (alpha, alpha*, C, KLs and ESS of the q drawn from). row_sampler: [N] index into
+    `samplers` (torch); alive: [N] bool (None: all rows), the rows still generating (the others
+    are masked out of every API call). Rows without q (`has_q` False) have NaN records; `status`
+    and `message` say why."""
     import torch
 
-    log_theta = log_softmax64(logits_theta)
-    log_t = log_softmax64(logits_t.to(logits_theta.device), target_temperature)
-    alpha_star, status, d0, d1 = _solve_alpha(log_theta, log_t)
-    alpha = torch.empty_like(alpha_star)
-    for k, sampler in enumerate(samplers):
-        rows = row_sampler == k
-        if bool(rows.any()):
-            idx = torch.nonzero(rows)[:, 0]
-            status_k = [status[i] for i in idx.tolist()]
-            alpha[idx] = alpha_for(sampler, log_theta[idx], log_t[idx], alpha_star[idx],
-                                   status_k, d0[idx], d1[idx])
-    log_q = log_geometric_mean(log_theta, log_t, alpha)
-    # C = -log Z(alpha*) = -logsumexp(alpha* log pi_theta + (1 - alpha*) log pi_t) (NaN w/o root)
-    a = torch.nan_to_num(alpha_star, nan=0.5)[:, None]
-    chernoff = -torch.logsumexp(torch.where(torch.isfinite(log_theta) & torch.isfinite(log_t),
-                                            a * log_theta + (1.0 - a) * log_t,
-                                            torch.full_like(log_t, -math.inf)), dim=-1)
-    chernoff = torch.where(torch.isnan(alpha_star), alpha_star, chernoff)
-    return {"log_pi_theta": log_theta, "log_pi_t": log_t, "log_q": log_q, "alpha": alpha,
-            "alpha_star": alpha_star, "status": list(status), "chernoff": chernoff,
-            "ess_theta": ess_rows(log_theta, log_q), "ess_target": ess_rows(log_t, log_q),
-            "kl_q_theta": kl_rows(log_q, log_theta), "kl_q_target": kl_rows(log_q, log_t)}
+    from geomix_cli import api as gx
+
+    rows = q_star_rows(logits_theta, logits_t, samplers=samplers, row_sampler=row_sampler,
+                       target_temperature=target_temperature, mask=alive, on_invalid="status")
+    sol, has_q, theta, target = rows.solution, rows.has_q, rows.theta, rows.target
+    # the KLs and ESS of the q drawn from: the solve's at alpha* (kl-symmetry, status ok), the
+    # family at the row's alpha for the others
+    kl_symmetry = [samplers[k].name == "kl-symmetry"
+                   for k in torch.as_tensor(row_sampler).reshape(-1).tolist()]
+    at_star = has_q & sol.ok & torch.as_tensor(kl_symmetry, device=theta.device)
+    records = {"kl_q_theta": sol.kl_q_theta, "kl_q_target": sol.kl_q_t,
+               "ess_theta": sol.ess_theta, "ess_target": sol.ess_t}
+    records = {k: torch.where(at_star, v, math.nan) for k, v in records.items()}
+    others = has_q & ~at_star
+    if bool(others.any()):
+        diag = gx.diagnostics(theta, target, rows.alpha, mask=others, on_invalid="status",
+                              **API_OPTIONS)
+        for name, value in (("kl_q_theta", diag.kl_q_theta), ("kl_q_target", diag.kl_q_t),
+                            ("ess_theta", diag.ess_theta), ("ess_target", diag.ess_t)):
+            records[name] = torch.where(others, value, records[name])
+    return {"theta": theta, "target": target, "log_q": rows.log_q, "alpha": rows.alpha,
+            "alpha_star": rows.alpha_star, "status": rows.status.tolist(),
+            "message": rows.message.tolist(), "has_q": has_q,
+            "chernoff": sol.chernoff, **records}
 
 
-def draw(log_q, generator):
-    """One token per row from q = exp(log_q) (torch.multinomial with the run's generator)."""
+def token_log_probs(dist: dict, drawn) -> dict:
+    """log q(y), log pi_theta(y), log pi_t(y) [N] at the drawn tokens (NaN for rows without q):
+    log pi(y) = log q(y) + log w(y) with the API's exact log importance weights."""
+    import torch
+
+    from geomix_cli import api as gx
+
+    has_q = dist["has_q"]
+    log_q = dist["log_q"].gather(1, drawn[:, None])[:, 0]
+    weights = gx.importance_weights(dist["theta"], dist["target"], dist["alpha"], drawn,
+                                    log=True, mask=has_q, on_invalid="status", **API_OPTIONS)
+    return {"log_q": log_q, "log_pi_theta": log_q + weights.theta,
+            "log_pi_t": log_q + weights.t}
+
+
+def draw(log_q, generator, has_q=None):
+    """One token per row from q = exp(log_q) (torch.multinomial with the run's generator). Rows
+    without q (has_q False) draw from a uniform placeholder, to be ignored: every row consumes
+    the generator alike, so the other rows' draws do not depend on which rows have a q."""
     import torch
 
     probs = torch.exp(log_q)
+    if has_q is not None:
+        probs = torch.where(has_q[:, None], probs, 1.0)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
@@ -212,6 +247,8 @@ def generate(theta, target, records, *, samplers=("kl-symmetry",), n: int = 4,
     status = np.full((n_rows, max_new_tokens), "", dtype=object)
     length = np.zeros(n_rows, dtype=np.int64)
     ended = np.zeros(n_rows, dtype=bool)
+    end_reason = np.full(n_rows, "max-new-tokens", dtype=object)
+    end_message = np.full(n_rows, "", dtype=object)
     eos = sorted(eos_token_ids(theta)) if stop_at_eos else []
     device = theta.device
     generator = torch.Generator(device=device)
@@ -232,18 +269,29 @@ def generate(theta, target, records, *, samplers=("kl-symmetry",), n: int = 4,
         for step in range(max_new_tokens):
             t0 = time.perf_counter()
             dist = step_distributions(logits_theta, logits_t, sampler_objs, row_sampler,
-                                      target_temperature)
-            drawn = draw(dist["log_q"], generator)
+                                      target_temperature, alive=alive)
+            stuck = alive & ~dist["has_q"]
+            if bool(stuck.any()):  # these sequences end here; the others go on
+                for j in torch.nonzero(stuck)[:, 0].tolist():
+                    end_reason[rows[j]] = "no-q"
+                    end_message[rows[j]] = (f"step {step}: status '{dist['status'][j]}'"
+                                            + (f": {dist['message'][j]}" if dist["message"][j]
+                                               else ""))
+                alive = alive & ~stuck
+            drawn = draw(dist["log_q"], generator, dist["has_q"])
+            at_token = {**dist, **token_log_probs(dist, drawn)}  # log q, log pi at the draws
             solve_seconds += time.perf_counter() - t0
             if on_step is not None:
                 on_step(rows, step, dist, drawn)
-            _record(rows, step, alive, dist, drawn, tokens, fields, status)
+            _record(rows, step, alive, at_token, drawn, tokens, fields, status)
             steps_run += 1
             live_rows = np.asarray(rows)[alive.cpu().numpy()]
             length[live_rows] += 1
             if eos:
                 hit = alive & torch.isin(drawn, eos_t)
-                ended[np.asarray(rows)[hit.cpu().numpy()]] = True
+                hit_rows = np.asarray(rows)[hit.cpu().numpy()]
+                ended[hit_rows] = True
+                end_reason[hit_rows] = "eos"
                 alive = alive & ~hit
             if step + 1 == max_new_tokens or not bool(alive.any()):
                 break
@@ -259,6 +307,7 @@ def generate(theta, target, records, *, samplers=("kl-symmetry",), n: int = 4,
         row_sampler=np.asarray([g[1] for g in grid]), row_prompt=np.asarray([g[0] for g in grid]),
         row_sample=np.asarray([g[2] for g in grid]), tokens=tokens, length=length,
         ended_by_eos=ended, fields=fields, status=status,
+        end_reason=end_reason.astype(str), end_message=end_message.astype(str),
         seconds={"total": total, "models": model_seconds, "solve_and_draw": solve_seconds,
                  "tokens": int(length.sum()), "batch_steps": steps_run},
         config={"n": n, "max_new_tokens": max_new_tokens, "seed": seed,
@@ -276,10 +325,7 @@ def _record(rows, step, alive, dist, drawn, tokens, fields, status):
     tok = drawn[idx]
     out_rows = np.asarray(rows)[idx.cpu().numpy()]
     tokens[out_rows, step] = tok.cpu().numpy()
-    for name in ("log_pi_theta", "log_pi_t", "log_q"):
-        fields[name][out_rows, step] = dist[name][idx, tok].cpu().numpy()
-    for name in ("alpha", "alpha_star", "chernoff", "ess_theta", "ess_target", "kl_q_theta",
-                 "kl_q_target"):
+    for name in TOKEN_FIELDS:
         fields[name][out_rows, step] = dist[name][idx].cpu().numpy()
     for j, r in zip(idx.tolist(), out_rows.tolist()):
         status[r, step] = dist["status"][j]
@@ -336,7 +382,9 @@ def prefix_log_weights(run: SampleRun) -> tuple[np.ndarray, np.ndarray]:
 def sequence_statistics(run: SampleRun, *, band: float = 1.1) -> dict:
     """Per prompt and sampler: sequence-level ESS of both weight sets (`sequence_ess`), their
     balance ratio and whether it is within `band` (the derivation's 10%), along the length
-    (prefixes of k tokens), next to the token-level ESS balance of the same tokens. Plain data."""
+    (prefixes of k tokens), next to the token-level ESS balance of the same tokens; how the
+    sequences ended (`end_reason_counts`) and those that ended without a q to sample from
+    (`sequences_without_q`: sampler, prompt, sample, length, message). Plain data."""
     lw_theta_k, lw_t_k = prefix_log_weights(run)
     n_len = run.tokens.shape[1]
     per_prompt, along, samplers = [], [], []
@@ -394,6 +442,14 @@ def sequence_statistics(run: SampleRun, *, band: float = 1.1) -> dict:
             "sequence_fraction_within_band": float(np.mean([r["within_band"] for r in mine])),
             "prompts": len(mine)})
     statuses, counts = np.unique(run.status[run.tokens >= 0].astype(str), return_counts=True)
+    reasons, reason_counts = np.unique(run.end_reason.astype(str), return_counts=True)
+    without_q = [{"sampler": run.samplers[int(run.row_sampler[r])],
+                  "prompt": run.prompt_ids[int(run.row_prompt[r])],
+                  "sample": int(run.row_sample[r]), "length": int(run.length[r]),
+                  "message": str(run.end_message[r])}
+                 for r in np.flatnonzero(run.end_reason == "no-q")]
     return {"band": band, "samplers": samplers, "per_prompt": per_prompt,
             "along_length": along,
-            "alpha_star_status_counts": {str(s): int(c) for s, c in zip(statuses, counts)}}
+            "alpha_star_status_counts": {str(s): int(c) for s, c in zip(statuses, counts)},
+            "end_reason_counts": {str(s): int(c) for s, c in zip(reasons, reason_counts)},
+            "sequences_without_q": without_q}
