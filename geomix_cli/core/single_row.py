@@ -66,8 +66,9 @@ def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
 def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, **options) -> dict | None:
     """`solve_row` on one row [V] (float64, C-contiguous), its numbers as Python floats in a dict
     (ROW_FIELDS, and DIAGNOSTIC_FIELDS with `diagnostics`; iterations an int), or None.
-    Under a caller's np.seterr(all="raise") an underflow in a pass raises: such a row is
-    declined too (the general path runs under its own error state)."""
+    The lane sets no floating-point state and trips no overflow, invalid or divide flag; under a
+    caller's np.seterr(under="raise") an underflow in a pass raises, and such a row is declined
+    too (the general path then meets the caller's error state as before)."""
     try:
         return _solve_row_numbers(log_pi_theta, log_pi_t, **options)
     except FloatingPointError:
