@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geomix_cli.core import kernel
-from geomix_cli.core.kernel import RECENTRE_MAX_ABS_L  # noqa: F401  (re-exported)
+from geomix_cli.core.prepare import RECENTRE_MAX_ABS_L  # noqa: F401  (re-exported)
 
 NEG_INF = -np.inf
 

@@ -31,8 +31,8 @@ import math
 
 import numpy as np
 
-from geomix_cli.core.kernel import (EPS64, RECENTRE_MAX_ABS_L, newton_one_row,
-                                    recentring_constant_rows)
+from geomix_cli.core.kernel import newton_one_row
+from geomix_cli.core.prepare import EPS64, RECENTRE_MAX_ABS_L, recentring_constant_rows
 from geomix_cli.core.passes import _grid_alphas, _grid_values, rows_moments, scratch
 from geomix_cli.core.rules import (GRID_ELEMENTS, _RowScalars, constant_tolerance,
                                    family_numbers, grid_size, root_inside)
