@@ -107,11 +107,11 @@ class RowClassification:
 
 def constant_ratio_tolerance(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
                              support: np.ndarray) -> np.ndarray:
-    """Spread of l below which it counts as constant on S (`kernel.constant_tolerance` with the
+    """Spread of l below which it counts as constant on S (`rules.constant_tolerance` with the
     largest |log pi_theta| + |log pi_t| on S)."""
     with np.errstate(invalid="ignore"):
         scale = np.max(np.where(support, np.abs(log_pi_theta) + np.abs(log_pi_t), 0.0), axis=-1)
-    return kernel.constant_tolerance(_EPS, scale)
+    return rules.constant_tolerance(_EPS, scale)
 
 
 def hermite_start(d0, d1, v0, v1) -> np.ndarray:
@@ -164,9 +164,9 @@ def run_blocks(log_pi_theta, log_pi_t, row_errors, tolerance, fn) -> dict:
                   None if invalid is None else invalid[block],
                   None if row_errors is None else row_errors[block])
 
-    # the first pass evaluates kernel.grid_size(V) alphas per row at once: blocks of rows small
+    # the first pass evaluates rules.grid_size(V) alphas per row at once: blocks of rows small
     # enough that its [grid, rows, V] buffers stay cache-sized too
-    blocks = list(row_blocks(n_rows, n_cols * kernel.grid_size(n_cols)))
+    blocks = list(row_blocks(n_rows, n_cols * rules.grid_size(n_cols)))
     parts = map_row_blocks(one_block, blocks)
     return parts[0] if len(parts) == 1 else _concat_rows(parts)
 
