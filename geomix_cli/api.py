@@ -435,20 +435,25 @@ def _solve_one_row(theta: np.ndarray, target: np.ndarray, kind: str, method: str
         kl_t = max(row["kl_q_t"], 0.0) + 0.0
         h_theta, h_t = row["entropy_theta"], row["entropy_t"]
         alpha_h = h_theta / (h_theta + h_t) if h_theta + h_t > 0 else math.nan
-        extra = (np.array(row["ess_theta"]), np.array(row["ess_t"]), np.array(alpha_h))
+        extra = {"ess_theta": np.array(row["ess_theta"]), "ess_t": np.array(row["ess_t"]),
+                 "alpha_entropy": np.array(alpha_h)}
     else:             # _lean_rows on floats: from the last pass's log Z and D
         delta = row["residual"]
         log_z = min(row["log_z_at_alpha"], 0.0) + 0.0
         kl_theta = max((1.0 - alpha) * delta - log_z, 0.0) + 0.0
         kl_t = max(-alpha * delta - log_z, 0.0) + 0.0
-        extra = (None, None, None)
-    values = [np.array(alpha), np.array(-log_z + 0.0), np.array(kl_theta), np.array(kl_t),
-              np.array(log_z), *extra, np.array(row["residual"]),
-              np.array(row["iterations"], dtype=np.int64), np.array(OK), np.array("")]
+        extra = {"ess_theta": None, "ess_t": None, "alpha_entropy": None}
+    values = {"alpha": np.array(alpha), "chernoff": np.array(-log_z + 0.0),
+              "kl_q_theta": np.array(kl_theta), "kl_q_t": np.array(kl_t),
+              "log_z": np.array(log_z), **extra, "residual": np.array(row["residual"]),
+              "iterations": np.array(row["iterations"], dtype=np.int64),
+              "status": np.array(OK), "message": np.array("")}
     lead = theta.shape[:-1]
     if lead:          # [1, ..., 1, V]: every array of the leading shape
-        values = [None if value is None else value.reshape(lead) for value in values]
-    return SolveResult(*values, values[-2] == OK, method, kind, "float64")   # ok as there
+        values = {name: None if value is None else value.reshape(lead)
+                  for name, value in values.items()}
+    return SolveResult(**values, ok=values["status"] == OK, method=method, kind=kind,
+                       compute_dtype="float64")
 
 
 def _solve_torch(pair, kind, method, work, renormalize, on_invalid, diagnostics,

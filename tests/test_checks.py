@@ -310,7 +310,9 @@ def test_complexity_holds_and_its_control_fails(rng):
     res = checks.claim_complexity(fams, rng, False)
     assert res.verdict == "holds" and res.data["cases_over_bound"] == 0
     assert res.data["reference_never_within_1e-6"]  # the reference code fails the same test
-    assert res.data["control_wasted_pass_over_bound"] > 0  # the planted wasted pass is caught
+    assert res.data["control_quarter_cut_over_bound"] > 0  # the planted slow method is caught
+    # a sound bisection reaches the derivation's count with one pass to spare on most cases
+    assert res.data["cases_at_sound_minimum"] > 0
 
 
 def test_a_check_whose_control_passes_is_untested_not_holds_or_refuted():
@@ -376,6 +378,18 @@ def test_optional_claim_is_untested_without_its_extra_and_runs_with_it(monkeypat
                                    lambda *a: made)
     assert "not importable" in checks.suite._optional_result(
         missing, ("models",), fams, None, False).evidence
+
+
+def test_an_optional_claim_whose_evidence_fails_is_untested_and_the_suite_goes_on():
+    from geomix_cli.errors import InputError
+
+    def broken(*args):
+        raise InputError("model.gguf: not a GGUF file")
+
+    fams = [_fam("f", *_dirichlet(82, 3, 5, 1.0))]
+    opt = checks.OptionalClaim("opt", "s", "sec", "models", ("numpy",), broken)
+    res = checks.suite._optional_result(opt, ("models",), fams, None, False)
+    assert res.verdict == "untested" and "not a GGUF file" in res.evidence
 
 
 def test_claims_are_deterministic_given_their_rng():

@@ -218,6 +218,8 @@ def test_default_report_dir_names_every_setting():
     assert default_report_dir("s") == Path("outputs/s")
     assert default_report_dir("s", thorough=True, seed=2, threshold=0.001, device="cuda:1") == \
         Path("outputs/s_thorough_seed2_threshold0.001_device-cuda1")
+    # an extra asked for twice is one extra (the suite runs it once, the folder names it once)
+    assert default_report_dir("s", extras=("models", "models")) == Path("outputs/s_with-models")
 
 
 # ------------------------------------------------------------------------------------------------

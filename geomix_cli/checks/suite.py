@@ -104,12 +104,14 @@ def _optional_result(claim: OptionalClaim, extras, fams, rng, thorough,
                               f"({', '.join(claim.modules)}) are not importable here: {need}")
     if claim.maker is None:
         return claim.untested("no check for this claim is registered in this version of geomix")
-    from geomix_cli.errors import UnavailableError
+    from geomix_cli.errors import GeomixError, UnavailableError
 
     try:
         return claim.maker(fams, rng, thorough, seed)
     except UnavailableError as exc:  # e.g. the shipped model is missing: say what to install
         return claim.untested(str(exc))
+    except GeomixError as exc:  # e.g. a model that does not load: the rest of the report stands
+        return claim.untested(f"its evidence could not be computed: {exc}")
 
 
 CLAIM_IDS = ("theorem1-pareto", "delta-kl-identity", "boundary-values", "root-existence",

@@ -65,11 +65,12 @@ def register(app: typer.Typer) -> None:
         _shared.check_seed(seed)
         from geomix_cli.checks.suite import optional_extras
 
-        unknown = sorted(set(with_extras or ()) - set(optional_extras()))
+        extras = tuple(sorted(set(with_extras or ())))  # --with models --with models: once
+        unknown = sorted(set(extras) - set(optional_extras()))
         if unknown:
             raise InputError(f"--with {unknown[0]}: no optional claim needs that extra; known: "
                              f"{', '.join(optional_extras())}")
-        _warn_unavailable(tuple(with_extras or ()))
+        _warn_unavailable(extras)
         out_dir = None
         if not no_report:  # checked before the suite runs: a refusal costs nothing
             from pathlib import Path
@@ -78,14 +79,14 @@ def register(app: typer.Typer) -> None:
 
             out_dir = Path(out) if out else default_report_dir(
                 suite, thorough=thorough, seed=seed, threshold=threshold, device=device,
-                extras=tuple(with_extras or ()))
+                extras=extras)
             _shared.report_dir(out_dir, command="verify", sources=[real_sample_path()])
         device_options = {}
         if device is not None:
             device_options = _device.suite_solver(device=device, dtype=dtype,
                                                   max_memory=max_memory)
         result = _run_with_progress(suite, thorough=thorough, seed=seed, threshold=threshold,
-                                    extras=tuple(with_extras or ()), **device_options)
+                                    extras=extras, **device_options)
         if out_dir is not None:
             from geomix_cli.reports import write_suite_report
 
@@ -136,7 +137,7 @@ def default_report_dir(suite: str, *, thorough: bool = False, seed: int = 0,
     if device is not None:
         parts.append(f"device-{device.replace(':', '')}")
     if extras:
-        parts.append("with-" + "-".join(sorted(extras)))
+        parts.append("with-" + "-".join(sorted(set(extras))))
     return Path("outputs") / "_".join(parts)
 
 

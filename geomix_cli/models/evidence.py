@@ -163,7 +163,8 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
                                     run.fields["ess_target"][rows][tok])
         per_prompt.append({
             "prompt": record.id, "user_prompt": record.prompt,
-            "target_system": record.target_system, "mean_length": est["mean_length"], "ess_theta": est["ess_theta"],
+            "target_system": record.target_system, "mean_length": est["mean_length"],
+            "tokens": int(tok.sum()), "ess_theta": est["ess_theta"],
             "ess_target": est["ess_target"], "ess_ratio": est["ess_ratio"],
             "ratio": est["ess_theta"] / est["ess_target"] if est["ess_target"] > 0 else math.inf,
             "ratio_low": low, "ratio_high": high, "classification": label,
