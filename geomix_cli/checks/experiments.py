@@ -249,9 +249,9 @@ def _planted_unbalanced(fam, power: float = 4.0):
                   sharp - logsumexp(sharp, keepdims=True))
 
 
-def _rule_on(planted, rng=None):
+def _rule_on(planted):
     """most_rule on one planted family per suite family: (met, overall share, families with most,
-    pairs)."""
+    pairs, families)."""
     frac, counts = {}, {}
     for fam in planted:
         ratio, *_ = _ess_and_c(fam)
