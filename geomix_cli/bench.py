@@ -311,7 +311,7 @@ def run_bench(config: BenchConfig, log=lambda text: None) -> dict:
                    if k in ("temporaries_bytes_estimate", "chunk_rows", "chunks",
                             "compute_dtype")}))
 
-    # -- the seed's reference (torch, float32), and its numpy port
+    # -- the derivation's reference (torch, float32), and its numpy port
     if torch_devices and want("reference"):
         from geomix_cli.backends.reference import reference_alpha
 

@@ -51,7 +51,7 @@ def test_numpy_only_bench_reports_every_field():
     assert by["brentq"]["rows"] == 1 and "subsample" in by["brentq"]["note"]
     assert by["brentq"]["max_abs_alpha_error"] <= 1e-13
     assert by["newton"]["max_abs_alpha_error"] == 0.0  # it is the float64 reference
-    assert 1e-8 < by["bisection"]["max_abs_alpha_error"] < 1e-3  # the seed's bias
+    assert 1e-8 < by["bisection"]["max_abs_alpha_error"] < 1e-3  # the derivation's reference code's bias
     assert by["newton"]["passes"] <= 8 < by["bisection"]["passes"]
     assert payload["machine"]["bandwidth_gb_s"]["cpu"] > 0
     assert payload["input_bytes"] == 2 * 3 * 2000 * 4

@@ -292,7 +292,7 @@ def test_one_bad_row_never_changes_the_others():
 
 
 def _smoothed_root(log_theta, log_t, smoothing=1e-10):
-    """Root of the seed's objective in float64: its float32 probabilities, + 1e-10 before logs."""
+    """Root of the derivation's reference objective in float64: its float32 probabilities, + 1e-10 before logs."""
     p = np.exp(log_theta).astype(np.float32).astype(np.float64)
     r = np.exp(log_t).astype(np.float32).astype(np.float64)
     ls_theta, ls_t = np.log(p + smoothing), np.log(r + smoothing)

@@ -300,7 +300,7 @@ def test_bad_arguments_are_input_errors():
 
 
 # ------------------------------------------------------------------------------------------------
-# the seed's reference in torch
+# the derivation's reference in torch
 
 
 def test_reference_reproduces_the_numpy_port_and_its_bias(smollm2_logits, smollm2_log_probs):

@@ -90,7 +90,7 @@ def solve_alpha_device(log_pi_theta, log_pi_t, method: str = "newton", *, device
 
 
 def reference_bisection_torch(pi_theta, pi_t, **options):
-    """The seed's section-6.2 `OptimalSamplingDistribution` (kl_symmetry), verbatim in torch."""
+    """The derivation's section-6.2 `OptimalSamplingDistribution` (kl_symmetry), verbatim in torch."""
     from geomix_cli.backends.reference import reference_alpha
 
     return reference_alpha(pi_theta, pi_t, **options)

@@ -1,13 +1,14 @@
-"""The derivation's reference solver (seed, section 6.2), reproduced verbatim in torch.
+"""The derivation's reference solver (section 6.2), reproduced verbatim in torch.
 
 This is the *baseline* that `geomix bench` times and measures against: the class body below is the
-seed's code unchanged (comments translated), including what makes it slow and biased — float32,
+derivation's code unchanged (comments translated), including what makes it slow and biased — float32,
 `log(p + 1e-10)` on both sides, the log-ratio recomputed in every iteration (two extra logs per
 pass), softmax over the whole [batch, vocab] per iteration, 20-50 passes. Do not "fix" it here:
 geomix's own solvers are the fix, and bench reports the difference.
 
 The only additions are outside the class: `reference_alpha` turns logits/log-probs into the
-probabilities the seed expects (softmax, as its usage example does) and counts the iterations.
+probabilities the derivation's code expects (softmax, as its usage example does) and counts the
+iterations.
 """
 
 from __future__ import annotations
@@ -96,11 +97,11 @@ def _make_class():
 
 def reference_alpha(theta, target, *, kind: str = "logits", device: str = "cpu",
                     tol: float = 1e-6, max_iter: int = 50, with_q: bool = False):
-    """Run the seed's solver on [B, V] inputs; returns (alpha float64 numpy, iterations).
+    """Run the derivation's solver on [B, V] inputs; returns (alpha float64 numpy, iterations).
 
     kind="logits": logits or log-probabilities, turned into float32 probabilities by softmax
-    (the seed's usage example); kind="probs": probabilities, cast to float32. `with_q` also
-    computes the seed's q_star (one more pass), as its `__call__` does."""
+    (the derivation's usage example); kind="probs": probabilities, cast to float32. `with_q` also
+    computes the derivation's q_star (one more pass), as its `__call__` does."""
     import numpy as np
     import torch
 
