@@ -7,7 +7,7 @@ import numpy as np
 
 from geomix_cli.checks.families import kl_scale, solve_ok
 from geomix_cli.checks.rule import (EPS64, ClaimResult, Repaired, below, decade_bound, fmt, q4,
-                                    universal_verdict,
+                                    refuted_verdict, universal_verdict,
                                     q6, snap)
 from geomix_cli.core.family import (kl_divergence, log_q_alpha, log_ratio_on_support, logsumexp,
                                     tilted_moments)
@@ -385,7 +385,11 @@ def claim_root_existence(fams, rng, thorough, seed) -> ClaimResult:
     same_support_no_root = sum(r["no_root"] for r in rows[:len(fams)])
     refuted = partial_no_root > 0 or str(ce.status[0]) == NO_ROOT
     repaired_ok = same_support_no_root == 0 and mismatches == 0 and grid_mismatches == 0
-    verdict, clause = ("refuted", "R1") if refuted else ("holds", "H")
+    # the same status count passes the same-support pairs of the families (a root on each, as
+    # the repaired claim says): the check can pass; the proved counterexample keeps H out of reach
+    n_same = sum(r["distinct_pairs"] for r in rows[:len(fams)])
+    verdict, clause = (refuted_verdict("R1", n_same > 0 and same_support_no_root == 0) if refuted
+                       else ("holds", "H"))
     frac = "; ".join(f"{r['no_root']} of {r['distinct_pairs']} with "
                      f"{r['pairs'].split('(')[1].rstrip(')')}" for r in rows[len(fams):])
     evidence = (
@@ -410,10 +414,9 @@ def claim_root_existence(fams, rng, thorough, seed) -> ClaimResult:
                f"{_OPEN_GRID.size} alphas of (0, 1) (down to 1e-12 from each end) takes both signs "
                f"exactly where the solver finds a root ({grid_mismatches} mismatches)"),
         confirmed=repaired_ok)
-    control = (f"The check could have passed: it counts the solver's statuses, which find a root "
-               f"on all {sum(r['distinct_pairs'] for r in rows[:len(fams)])} same-support pairs; "
-               f"had they found one on every partial-overlap pair too, no counterexample would "
-               f"exist but the theory one.")
+    control = (f"The same status count on the {n_same} same-support pairs of the families finds "
+               f"{same_support_no_root} without a root, so the check can pass; the unconditional "
+               f"statement is refuted by the proved counterexample whatever the random pairs show.")
     headline = (f"no root on {partial_no_root} of {3 * n_partial} random partial-overlap pairs and "
                 f"on the theory counterexample; repaired (equal supports, or opposite one-sided "
                 f"limits, checked apart from the solver): {mismatches + grid_mismatches} mismatches")
