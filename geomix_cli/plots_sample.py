@@ -40,6 +40,16 @@ def _color(sampler: str, k: int) -> str:
     return _COLORS.get(sampler, ["#CC79A7", "#56B4E9", "#000000", "#777777"][k % 4])
 
 
+def _quartiles(v: np.ndarray):
+    """Median, 25% and 75% over axis 0, ignoring NaN (all-NaN columns give NaN, quietly)."""
+    import warnings
+
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return (np.nanmedian(v, axis=0), np.nanpercentile(v, 25, axis=0),
+                np.nanpercentile(v, 75, axis=0))
+
+
 def alpha_along_sequence_figure(run):
     """alpha* of the pair at each generated token (median over sequences and the 25-75% band) per
     sampler, with a few single sequences of the first sampler as thin lines."""
@@ -52,13 +62,7 @@ def alpha_along_sequence_figure(run):
         has = np.isfinite(v).any(axis=0)
         if not has.any():
             continue
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                med = np.nanmedian(v, axis=0)
-                lo, hi = np.nanpercentile(v, 25, axis=0), np.nanpercentile(v, 75, axis=0)
+        med, lo, hi = _quartiles(v)
         color = _color(sampler, k)
         ax.plot(steps[has], med[has], color=color, label=f"{sampler}: median α* over sequences")
         ax.fill_between(steps[has], lo[has], hi[has], color=color, alpha=0.15, linewidth=0)

@@ -765,6 +765,7 @@ def test_same_seed_same_samples_and_eos_stops(loaded, records):
     again = generate(theta, theta, records[:1], **kwargs)
     assert (first.tokens == again.tokens).all()
     ended = first.ended_by_eos
+    assert 0 < ended.sum() < first.n_rows  # both branches below are exercised
     for r in range(first.n_rows):
         if ended[r]:
             assert first.tokens[r, first.length[r] - 1] == 2  # '</s>' ends the sequence

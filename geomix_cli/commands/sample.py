@@ -76,8 +76,7 @@ def register(app: typer.Typer) -> None:
                              f"{target_temperature}")
         if threads is not None and threads < 1:
             raise InputError(f"--threads must be at least 1, got {threads}")
-        if seed < 0:
-            raise InputError(f"--seed must be a non-negative integer, got {seed}")
+        _shared.check_seed(seed)
         if out is not None:
             from geomix_cli.io import prepare_report_dir
 
@@ -173,7 +172,7 @@ def _records(run, tokenizer):
                 row[name] = float(run.fields[name][r, step])
             row["status"] = seq["status"][step]
             tokens.append(row)
-    return sequences, tokens, np
+    return sequences, tokens
 
 
 def write_sample_report(run, statistics: dict, summary: dict, tokenizer, out) -> Path:
@@ -187,7 +186,7 @@ def write_sample_report(run, statistics: dict, summary: dict, tokenizer, out) ->
     from geomix_cli.plots_sample import (alpha_along_sequence_figure, ess_vs_length_figure,
                                          log_weight_figure)
 
-    sequences, tokens, _ = _records(run, tokenizer)
+    sequences, tokens = _records(run, tokenizer)
     figures = [("alpha_along_sequence.png", lambda: alpha_along_sequence_figure(run),
                 "α* of the pair at each generated token, per sampler"),
                ("log_weights.png", lambda: log_weight_figure(run),

@@ -45,7 +45,6 @@ class PairPlan:
     theta_index: np.ndarray
     target_index: np.ndarray
     next_token: np.ndarray
-    completion_tokens: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -92,7 +91,7 @@ def plan_pairs(records: list[PromptRecord], theta_tokenizer, target_tokenizer, *
         plans.append(PairPlan(record=record, theta_ids=theta_ids, target_ids=target_ids,
                               theta_index=np.asarray(ti, dtype=np.int64),
                               target_index=np.asarray(gi, dtype=np.int64),
-                              next_token=np.asarray(nxt, dtype=np.int64), completion_tokens=c))
+                              next_token=np.asarray(nxt, dtype=np.int64)))
     return plans
 
 

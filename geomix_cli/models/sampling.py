@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geomix_cli.core.family import logsumexp
 from geomix_cli.errors import InputError
 from geomix_cli.models.loading import threads_scoped
 from geomix_cli.models.qstar import API_OPTIONS, Sampler, parse_sampler, q_star_rows
@@ -335,13 +336,6 @@ def _record(rows, step, alive, dist, drawn, tokens, fields, status):
 # statistics (numpy only)
 
 
-def _logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    peak = np.max(x, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    with np.errstate(divide="ignore"):
-        return (np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak).squeeze(axis)
-
-
 def sequence_ess(log_w: np.ndarray, axis: int = -1) -> dict:
     """Sequence-level ESS estimates from n importance log-weights along `axis`.
 
@@ -352,10 +346,10 @@ def sequence_ess(log_w: np.ndarray, axis: int = -1) -> dict:
       it exceeds 1 when the sample misses the weights' tail, which is why `ess` is the headline);
     mean_w = mean(w): should be near 1; far below 1 says the sample has not reached the weights'
       tail, and both ESS figures are then optimistic."""
-    log_w = np.asarray(log_w, dtype=np.float64)
-    n = log_w.shape[axis]
-    lse1 = _logsumexp(log_w, axis)
-    lse2 = _logsumexp(2.0 * log_w, axis)
+    log_w = np.moveaxis(np.asarray(log_w, dtype=np.float64), axis, -1)
+    n = log_w.shape[-1]
+    lse1 = logsumexp(log_w)
+    lse2 = logsumexp(2.0 * log_w)
     with np.errstate(over="ignore"):  # a weight beyond float range has mean_w = inf: say so
         return {"ess": np.exp(2.0 * lse1 - lse2) / n,
                 "ess_unnormalized": np.exp(-(lse2 - math.log(n))),
