@@ -514,14 +514,10 @@ def _softmax_rows(logits: np.ndarray) -> np.ndarray:
     return w / w.sum(axis=-1, keepdims=True)
 
 
-def _best_interleaved(functions: dict, *, budget: float = 0.15, rounds: int = 5) -> dict:
-    from geomix_cli.timing import best_interleaved
-
-    return best_interleaved(functions, budget=budget, rounds=rounds)
-
-
 def run_peers(config: BenchConfig, theta: np.ndarray, target: np.ndarray, log) -> dict:
     """Each peer against geomix_cli.api.solve on the same probability rows (see module doc)."""
+    from geomix_cli.timing import best_interleaved
+
     out = {}
     if "dit" in config.peers:
         out["dit"] = _run_dit(config, theta, target, log)
@@ -559,7 +555,7 @@ def _run_dit(config: BenchConfig, theta, target, log) -> dict:
         def peer():
             return [chernoff_information_pmf(p[i], q[i]) for i in range(n_rows)]
 
-        times = _best_interleaved({"geomix": geomix_full, "geomix_alpha_c": geomix_lean,
+        times = best_interleaved({"geomix": geomix_full, "geomix_alpha_c": geomix_lean,
                                    "dit": peer}, rounds=3 if vocab * n_rows > 1e6 else 5)
         res = geomix_full()
         c_geomix = np.atleast_1d(np.asarray(res.chernoff, dtype=np.float64))

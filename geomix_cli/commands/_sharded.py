@@ -363,8 +363,10 @@ def render_summary(agg: dict, *, out: Optional[str], outcome, scheduler) -> None
         values = [d["min"] if q == 0.0 else d["max"] if q == 1.0 else _quantile(d, q)
                   for q, _ in _render.SUMMARY_QUANTILES]
         qrows.append((LABELS.get(name, name), values, fmt))
+    from geomix_cli.scale.stats import QUANTILE_RELATIVE_ERROR
+
     _render.print_summary(f"{agg['source']} — {agg['command']}", facts, qrows,
-                          "over rows (quantiles within 7.6e-6 relative):")
+                          f"over rows (quantiles within {QUANTILE_RELATIVE_ERROR:.2g} relative):")
     shards = agg["per_shard"]
     if len(shards) > 1 or any("error" in s for s in shards):
         table = Table(title="rows per shard", title_justify="left")

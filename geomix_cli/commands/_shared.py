@@ -49,7 +49,9 @@ def forced_kind(logits: bool, probs: bool) -> Optional[str]:
 
 def check_seed(seed: int, option: str = "--seed") -> int:
     """Seeds are whole numbers from 0 to 2**63 - 1 (numpy's generators refuse negative seeds)."""
-    if not 0 <= seed <= 2**63 - 1:
+    from geomix_cli.cases import MAX_SEED
+
+    if not 0 <= seed <= MAX_SEED:
         raise InputError(f"{option} {seed} must be a whole number from 0 to 2**63 - 1")
     return seed
 

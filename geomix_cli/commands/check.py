@@ -8,8 +8,7 @@ import numpy as np
 import typer
 
 from geomix_cli.commands import _render, _shared, _sharded
-
-CASE_KEYS = ("case1", "case2", "case3", "case4")
+from geomix_cli.core.principles import CASE_KEYS, ESS_BAND_RATIO
 
 
 def records_from(result: dict, row_labels) -> list[dict]:
@@ -33,7 +32,7 @@ def iter_records(result: dict, row_labels):
                "ess_theta": float(result["ess_theta"][i]),
                "ess_target": float(result["ess_target"][i]),
                "ess_ratio": float(result["ess_ratio"][i]),
-               "ess_within_10pct": (bool(result["ess_ratio"][i] <= 1.1)
+               "ess_within_10pct": (bool(result["ess_ratio"][i] <= ESS_BAND_RATIO)
                                     if np.isfinite(result["ess_ratio"][i]) else None),
                "cases": {}, "weights": {}, "message": result["message"][i]}
         for c, key in enumerate(CASE_KEYS):
@@ -153,7 +152,7 @@ def _totals(result: dict) -> dict:
             "tokens": counts.tolist(), "meeting": meeting.tolist(),
             "fraction_meeting": [float(m / c) if c else float("nan")
                                  for m, c in zip(meeting, counts)],
-            "ess_within_10pct": int(np.sum(ratio <= 1.1)) if ratio.size else 0}
+            "ess_within_10pct": int(np.sum(ratio <= ESS_BAND_RATIO)) if ratio.size else 0}
 
 
 def render_human(source, result: dict, pairs, totals: dict, threshold, *, wide: bool = False,

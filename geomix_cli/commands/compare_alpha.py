@@ -117,7 +117,7 @@ def max_min_vs_balance(records: list[dict]) -> dict | None:
 # ----------------------------------------------------------------------------------------------
 # The verdict: which principle for which goal, measured on the rows compared
 
-ESS_BAND = 0.10  # the derivation's "within 10%"
+from geomix_cli.core.principles import ESS_BAND  # noqa: E402  (the derivation's "within 10%")
 
 # goal -> (question, metric, the principle designed for it, tie tolerance on the median)
 GOALS = {

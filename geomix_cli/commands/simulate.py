@@ -296,7 +296,7 @@ def write_report(result, payload: dict, out: str) -> None:
     from geomix_cli.io import (atomic_directory, write_bytes_atomic, write_csv_atomic,
                                write_json_atomic, write_text_atomic)
     from geomix_cli.plots_simulate import learning_curves_figure, speedup_figure
-    from geomix_cli.reports import figure_bytes
+    from geomix_cli.io.writers import figure_bytes
 
     records = []
     for r in result.results:

@@ -258,7 +258,6 @@ def family_at(prep: Prepared, rows: np.ndarray, alpha: np.ndarray, *, known=None
     S (where q = 0). At alpha = 0 and 1 the family is pi_t and pi_theta themselves (possibly with
     mass outside S): computed directly (KLs may be +inf). `known`: (log_z, delta) already
     evaluated at these alphas (by the iteration's last pass), so that pass is not repeated."""
-    xp = prep.xp
     k = int(rows.size)
     alpha = np.asarray(alpha, dtype=np.float64)
     interior = (alpha > 0.0) & (alpha < 1.0)
@@ -275,7 +274,6 @@ def family_at(prep: Prepared, rows: np.ndarray, alpha: np.ndarray, *, known=None
     for j, value in zip(ends, _end_points(prep, rows[ends], alpha[ends])):
         for name in FAMILY_FIELDS:
             out[name][j] = value[name]
-    del xp
     return out
 
 
@@ -309,7 +307,6 @@ def _end_points(prep: Prepared, rows: np.ndarray, alpha: np.ndarray) -> list[dic
     """family_at for alpha in {0, 1}: q is pi_t or pi_theta itself (mass outside S included).
     log Z = 0; KL(q||pi_theta) at alpha = 0 is KL(pi_t||pi_theta) (+inf where pi_t > 0 = pi_theta);
     ESS of q for the other side is 1 / sum pi_other^2 / q (0 where q misses its mass)."""
-    xp = prep.xp
     log_theta = host(prep.log_probs("theta", rows)).astype(np.float64)
     log_t = host(prep.log_probs("t", rows)).astype(np.float64)
     out = []
@@ -329,7 +326,6 @@ def _end_points(prep: Prepared, rows: np.ndarray, alpha: np.ndarray) -> list[dic
             rec["log_z"] = 0.0
             rec["delta"] = rec["kl_q_theta"] - rec["kl_q_t"]
             out.append(rec)
-    del xp
     return out
 
 

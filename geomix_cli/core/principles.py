@@ -237,6 +237,11 @@ def solve_principle(log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
 # ----------------------------------------------------------------------------------------------
 # The four behaviour cases (section 1.3 of the derivation)
 
+# the derivation's "within 10%" for ESS_theta(q) and ESS_t(q): max / min <= ESS_BAND_RATIO
+ESS_BAND = 0.10
+ESS_BAND_RATIO = 1.0 + ESS_BAND
+
+CASE_KEYS = ("case1", "case2", "case3", "case4")  # the cases' column prefixes in tables
 CASE_NAMES = ("1 large/large: maintained", "2 small/large: boosted, not beyond pi_t",
               "3 large/small: suppressed, not below pi_t", "4 small/small: rarely sampled")
 CASE_EXPECTATIONS = (

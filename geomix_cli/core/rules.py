@@ -129,9 +129,6 @@ def row_namespace(n: int):
     return _RowScalars if n == 1 else _RowArrays
 
 
-
-
-
 def constant_tolerance(eps: float, scale):
     """Spread of l below which it counts as constant on S (and D as within rounding of 0): the
     rounding of l = log pi_t - log pi_theta, a few ulps of the largest |log pi_theta| + |log pi_t|

@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from geomix_cli.core.kernel import newton_one_row
+from geomix_cli.core.kernel import FAMILY_FIELDS, newton_one_row
 from geomix_cli.core.prepare import EPS64, RECENTRE_MAX_ABS_L, recentring_constant_rows
 from geomix_cli.core.passes import _grid_alphas, _grid_values, rows_moments, scratch
 from geomix_cli.core.rules import (GRID_ELEMENTS, _RowScalars, constant_tolerance,
@@ -41,8 +41,7 @@ _OK = np.array(["ok"], dtype=object)
 
 # The numbers of one solved row, as Python floats (what `solve_row` returns as length-1 arrays).
 ROW_FIELDS = ("alpha", "residual", "iterations", "d_at_0", "d_at_1", "log_z_at_alpha")
-DIAGNOSTIC_FIELDS = ("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t",
-                     "entropy_theta", "entropy_t")
+DIAGNOSTIC_FIELDS = FAMILY_FIELDS + ("entropy_theta", "entropy_t")
 
 
 def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
@@ -161,7 +160,7 @@ def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float,
     if shift != 0.0:
         above, below = above + 0.0 + (2.0 - a) * shift, below + 0.0 + (-a) * shift
     numbers = family_numbers(_RowScalars, a, log_z, delta, above, below, False, False)
-    return dict(zip(("log_z", "delta", "kl_q_theta", "kl_q_t", "ess_theta", "ess_t"), numbers))
+    return dict(zip(FAMILY_FIELDS, numbers))
 
 
 _MAX, _MIN, _SUM = np.maximum.reduce, np.minimum.reduce, np.add.reduce

@@ -361,10 +361,15 @@ def write_csv_atomic(path, frame) -> Path:
     return write_text_atomic(path, frame.to_csv(index=False))
 
 
-def figure_bytes(figure, *, format: str = "png", dpi: int = 150) -> bytes:
-    """A matplotlib figure rendered to bytes (to be written with `write_bytes_atomic`)."""
+def figure_bytes(figure, fmt: str = "png", *, dpi: int = 150) -> bytes:
+    """A matplotlib figure rendered to bytes (to be written with `write_bytes_atomic`),
+    deterministically: no software version or date in the file's metadata, so the same figure
+    gives the same bytes on every run and machine (with the same matplotlib)."""
+    meta = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
+            "pdf": {"CreationDate": None, "ModDate": None, "Producer": None,
+                    "Creator": None}}.get(fmt.lower(), None)
     buffer = _stdlib_io.BytesIO()
-    figure.savefig(buffer, format=format, dpi=dpi, bbox_inches="tight")
+    figure.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
     return buffer.getvalue()
 
 
@@ -372,7 +377,7 @@ def save_figure_atomic(figure, path, *, dpi: int = 150) -> Path:
     """Save a matplotlib figure atomically; the format follows the extension."""
     path = Path(path)
     return write_bytes_atomic(path, figure_bytes(
-        figure, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi))
+        figure, path.suffix.lstrip(".").lower() or "png", dpi=dpi))
 
 
 def write_pairs_npz(path, *, theta: np.ndarray, target: np.ndarray, kind: str,

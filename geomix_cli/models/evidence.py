@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from geomix_cli.core.principles import ESS_BAND_RATIO
 from geomix_cli.errors import UnavailableError
 
 CLAIM_ID = "sequence-ess-balance"
@@ -66,7 +67,7 @@ def command_line(model: str = "MODEL.gguf", prompts: str = "steering.jsonl", n: 
 
 def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dict] | None = None,
                                   n: int = 24, max_new_tokens: int = 12, seed: int = 0,
-                                  band: float = 1.1, bootstrap: int = 400,
+                                  band: float = ESS_BAND_RATIO, bootstrap: int = 400,
                                   interval: float = 0.9, device: str = "cpu",
                                   batch_size: int = 48, threads: int | None = None,
                                   loaded=None, sampler: str = "kl-symmetry") -> dict:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geomix_cli.core.family import logsumexp
+from geomix_cli.core.principles import ESS_BAND_RATIO
 from geomix_cli.errors import InputError
 from geomix_cli.models.loading import threads_scoped
 from geomix_cli.models.qstar import API_OPTIONS, Sampler, parse_sampler, q_star_rows
@@ -373,7 +374,7 @@ def prefix_log_weights(run: SampleRun) -> tuple[np.ndarray, np.ndarray]:
     return lw_theta, lw_t
 
 
-def sequence_statistics(run: SampleRun, *, band: float = 1.1) -> dict:
+def sequence_statistics(run: SampleRun, *, band: float = ESS_BAND_RATIO) -> dict:
     """Per prompt and sampler: sequence-level ESS of both weight sets (`sequence_ess`), their
     balance ratio and whether it is within `band` (the derivation's 10%), along the length
     (prefixes of k tokens), next to the token-level ESS balance of the same tokens; how the

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geomix_cli.core.principles import CASE_KEYS, ESS_BAND_RATIO
 from geomix_cli.errors import InputError
 from geomix_cli.scale import memory
 from geomix_cli.scale.shards import ShardLayout, ShardRef, describe_shard, whole_file_estimate
@@ -232,7 +233,6 @@ def solve_columns(log_theta, log_t, errors, method: str) -> dict:
                              else getattr(sol, name)) for name in ROW_FIELDS if name != "row"}
 
 
-CASE_KEYS = ("case1", "case2", "case3", "case4")
 
 
 def check_columns(log_theta, log_t, errors, threshold) -> dict:
@@ -242,7 +242,7 @@ def check_columns(log_theta, log_t, errors, threshold) -> dict:
 
     r = check_rows(log_theta, log_t, threshold=threshold, row_errors=list(errors))
     ratio = r["ess_ratio"]
-    within = np.where(np.isfinite(ratio), ratio <= 1.1, False)
+    within = np.where(np.isfinite(ratio), ratio <= ESS_BAND_RATIO, False)
     cols = {"status": r["status"], "alpha": r["alpha"], "alpha_entropy": r["alpha_entropy"],
             "chernoff": r["chernoff"], "threshold": r["threshold"], "ess_theta": r["ess_theta"],
             "ess_target": r["ess_target"], "ess_ratio": ratio,
@@ -278,14 +278,16 @@ def compare_batch(options: RunOptions, shard_label: str, log_theta, log_t, error
     n = len(labels)
     valid = np.array([e is None for e in errors], dtype=bool)
     batches = []
+    if valid.any():  # the valid rows once, not a [B, V] copy per principle and side
+        valid_theta, valid_t = log_theta[valid], log_t[valid]
     for principle in options.principles:
         cols = {"principle": [principle] * n, "status": np.full(n, "invalid", dtype=object),
                 "alpha": np.full(n, np.nan),
                 **{name: np.full(n, np.nan) for name in COMPARE_METRICS},
                 "message": [e or "" for e in errors]}
         if valid.any():
-            sol = solve_principle(log_theta[valid], log_t[valid], principle)
-            metrics = principle_metrics(log_theta[valid], log_t[valid], sol,
+            sol = solve_principle(valid_theta, valid_t, principle)
+            metrics = principle_metrics(valid_theta, valid_t, sol,
                                         threshold=options.threshold)
             cols["status"][valid] = sol.status
             cols["alpha"][valid] = sol.alpha

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 from geomix_cli.scale.stats import MANTISSA_BITS, QUANTILE_RELATIVE_ERROR
+from geomix_cli.core.principles import CASE_KEYS
 
-CASE_KEYS = ("case1", "case2", "case3", "case4")
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 QUANTILE_METHOD = (
     f"nearest-rank quantiles (numpy method 'inverted_cdf') from a fixed-bin histogram whose bins "

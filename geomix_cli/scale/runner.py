@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from geomix_cli.core.principles import CASE_KEYS
 from geomix_cli.errors import EXIT_BUG, GeomixError, InputError
 from geomix_cli.scale import memory
 from geomix_cli.scale.pieces import (Piece, RunOptions, _invalid_for, iter_piece, plan_pieces,
@@ -29,7 +30,6 @@ SUMMARY_COLUMNS = {
               "case1_mass_q", "case2_mass_q", "case3_mass_q", "case4_mass_q"),
 }
 COMPARE_COLUMNS = ("alpha", "kl_gap", "min_ess", "ess_ratio", "four_case_fraction")
-CASE_KEYS = ("case1", "case2", "case3", "case4")
 
 
 class PieceFailed(GeomixError):
