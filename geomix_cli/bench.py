@@ -516,8 +516,6 @@ def _softmax_rows(logits: np.ndarray) -> np.ndarray:
 
 def run_peers(config: BenchConfig, theta: np.ndarray, target: np.ndarray, log) -> dict:
     """Each peer against geomix_cli.api.solve on the same probability rows (see module doc)."""
-    from geomix_cli.timing import best_interleaved
-
     out = {}
     if "dit" in config.peers:
         out["dit"] = _run_dit(config, theta, target, log)
@@ -554,6 +552,8 @@ def _run_dit(config: BenchConfig, theta, target, log) -> dict:
 
         def peer():
             return [chernoff_information_pmf(p[i], q[i]) for i in range(n_rows)]
+
+        from geomix_cli.timing import best_interleaved
 
         times = best_interleaved({"geomix": geomix_full, "geomix_alpha_c": geomix_lean,
                                    "dit": peer}, rounds=3 if vocab * n_rows > 1e6 else 5)

@@ -151,8 +151,10 @@ def test_peer_dit_reports_each_size_with_geomix_exact(monkeypatch):
     from geomix_cli import bench
 
     monkeypatch.setattr(bench, "PEER_SIZES", (10, 300))
-    original = bench._best_interleaved
-    monkeypatch.setattr(bench, "_best_interleaved",
+    from geomix_cli import timing
+
+    original = timing.best_interleaved
+    monkeypatch.setattr(timing, "best_interleaved",
                         lambda functions, rounds=5: original(functions, budget=0.005, rounds=1))
     config = BenchConfig(rows=2, vocab=400, peers=("dit",))
     out = bench.run_peers(config, *make_logits(config), log=lambda text: None)["dit"]

@@ -224,7 +224,8 @@ def test_ess_scatter_one_panel_per_family_each_with_its_visible_band():
                        [[0.9, 0.85], [0.8, 0.81], [0.95, 0.96]])
     assert_array_equal(_collection(panels["b"], "b (1)").get_offsets(), [[0.5, 0.2]])
     for name, ax in panels.items():
-        assert_allclose(_band_ratios(ax), [0.9, 1.1])  # the band is 0.9 x .. 1.1 x
+        # the band where points count as within: max/min <= 1.1, i.e. 1/1.1 x .. 1.1 x
+        assert_allclose(_band_ratios(ax), [1 / 1.1, 1.1])
         diagonal = _line(ax, "ESS_θ = ESS_t")
         assert_array_equal(diagonal.get_xdata(), diagonal.get_ydata())
     # each panel on its own scale: the near-identical family (all ~0.99) is not squashed by
