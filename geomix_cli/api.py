@@ -425,7 +425,8 @@ def _solve_one_row(theta: np.ndarray, target: np.ndarray, kind: str, method: str
         return None
     row = single_row.solve_row_numbers(
         x[0], x[1], order=3 if method == "halley" else 2,
-        check_tolerance=input_logprob_tolerance(x, vocab), diagnostics=diagnostics)
+        check_tolerance=input_logprob_tolerance(x, vocab), diagnostics=diagnostics,
+        finite=True)
     if row is None:
         return None
     alpha = row["alpha"]
@@ -452,8 +453,20 @@ def _solve_one_row(theta: np.ndarray, target: np.ndarray, kind: str, method: str
     if lead:          # [1, ..., 1, V]: every array of the leading shape
         values = {name: None if value is None else value.reshape(lead)
                   for name, value in values.items()}
-    return SolveResult(**values, ok=values["status"] == OK, method=method, kind=kind,
-                       compute_dtype="float64")
+        values["ok"] = np.ones(lead, dtype=bool)
+    else:             # `status == OK` on a 0-d array: numpy's bool scalar
+        values["ok"] = np.True_
+    values.update(method=method, kind=kind, compute_dtype="float64", extra={})
+    return _frozen(SolveResult, values)
+
+
+def _frozen(cls, fields: dict):
+    """cls(**fields) for a frozen dataclass without its __init__ (which sets each of
+    SolveResult's 17 fields through object.__setattr__: a tenth of a short row's call); `fields`
+    must name every field."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
 
 
 def _solve_torch(pair, kind, method, work, renormalize, on_invalid, diagnostics,

@@ -126,51 +126,76 @@ def row_moments(l, log_base, alpha, buf, order: int = 2):
     """`moments(np, l, log_base, [alpha], order=order, supported=True, bounded=True, fused=True)`
     for one float64 row l, log_base [V] (alpha a float; buf: (order + 1, V) scratch), as Python
     floats (log_z, mean, var, third, None): the same products, pairwise sums and divisions, so the
-    same bits, in the fewest numpy calls (a Newton pass over a short row is its calls' overhead).
+    same bits, in the fewest numpy calls (a Newton pass over a short row is its calls' overhead;
+    `_weighted_sums` and `_tilted` are written out here for the same reason).
     alpha may also be a [k, 1] array (buf (order + 1, k, V)): the moments are then those at
     alpha[0], and the last entry lists log Z at all k alphas (the others ride along in the same
     calls). None where a Z leaves [1e-280, 1e280]: `moments` redoes such a pass with the
     max-shift."""
-    sums = _weighted_sums(l, log_base, alpha, buf, order)
+    w = buf[0]
+    _MULTIPLY(l, -alpha, out=w)
+    w += log_base
+    _EXP(w, out=w)
+    for j in range(1, order + 1):
+        _MULTIPLY(buf[j - 1], l, out=buf[j])
+    sums = _SUM(buf, -1)
     log_zs = None
     if sums.ndim == 1:
         raw = sums.tolist()
-        if not raw[0] > 0.0:                        # (Z underflowed: no log of 0 to warn about)
+        z = raw[0]
+        if not z > 0.0:                              # (Z underflowed: no log of 0 to warn about)
             return None
-        log_z = float(_LOG(sums[0]))                # numpy's log, as `moments` (not libm's)
+        log_z = float(_LOG(z))                       # numpy's log, as `moments` (not libm's)
         if not abs(log_z) <= _LOG_Z_LIMIT:
             return None
     else:
         raw = sums[:, 0].tolist()
-        if not min(sums[0].tolist()) > 0.0:
+        z = raw[0]
+        zs = sums[0]
+        if not min(zs.tolist()) > 0.0:
             return None
-        log_zs = _LOG(sums[0]).tolist()
-        if not max(map(abs, log_zs)) <= _LOG_Z_LIMIT:
+        log_zs = _LOG(zs).tolist()
+        if not (max(map(abs, log_zs)) <= _LOG_Z_LIMIT and _no_nan(log_zs)):
             return None
         log_z = log_zs[0]
     if order == 0:
         return log_z, None, None, None, log_zs
-    return (log_z,) + _tilted(raw[1:], raw[0], order) + (log_zs,)
+    mean = raw[1] / z                                # `_tilted` on floats: the same operations
+    if order == 1:
+        return log_z, mean, None, None, log_zs
+    second = raw[2] / z
+    third = None
+    if order >= 3:
+        third = raw[3] / z - mean * (3.0 * second - 2.0 * mean * mean)
+    return log_z, mean, second - mean * mean, third, log_zs
 
 
 def rows_moments(l, log_base, alphas, buf, order: int = 2):
-    """`row_moments` at k alphas at once (alphas [k, 1], buf (order + 1, k, V)): numpy arrays
+    """`row_moments` at k alphas at once (alphas [k, 1], buf (order + 1, k, V)): Python lists
     [k] (log_z, mean, var, third, z; the moments None for order 0), the same bits as `moments`
     at those alphas (z: the sums of the weights buf[0]), or None where a Z leaves
     [1e-280, 1e280]."""
     sums = _weighted_sums(l, log_base, alphas, buf, order)
     z = sums[0]
-    if not float(_MINIMUM(z)) > 0.0:                # (Z underflowed: no log of 0 to warn about)
+    z_list = z.tolist()
+    if not min(z_list) > 0.0:                       # (Z underflowed: no log of 0 to warn about)
         return None
-    log_z = _LOG(z)
-    if not float(_MAXIMUM(abs(log_z))) <= _LOG_Z_LIMIT:
+    log_z = _LOG(z).tolist()
+    if not (max(map(abs, log_z)) <= _LOG_Z_LIMIT and _no_nan(log_z)):
         return None
     if order == 0:
-        return log_z, None, None, None, z
-    return (log_z,) + _tilted(sums[1:], z, order) + (z,)
+        return log_z, None, None, None, z_list
+    moments_at = [None if m is None else m.tolist() for m in _tilted(sums[1:], z, order)]
+    return (log_z, *moments_at, z_list)
 
 
-_MAXIMUM, _MINIMUM = np.maximum.reduce, np.minimum.reduce
+def _no_nan(values: list) -> bool:
+    """No NaN among `values` (Python's min and max skip a NaN that is not first: the checks
+    above need this one too)."""
+    total = sum(values)
+    return total == total
+
+
 
 
 def _device(xp, x):

@@ -105,7 +105,7 @@ class _RowScalars:
         low, high = 0.0 * d, 0.0 * d + 1.0
         for _ in range(steps):
             mid = 0.5 * (low + high)
-            if d + mid * (a + mid * (b + mid * c)) > 0:
+            if d + mid * (a + mid * (b + mid * c)) > 0.0:   # (float to float: the fast compare)
                 low = mid
             else:
                 high = mid
@@ -139,18 +139,23 @@ def constant_tolerance(eps: float, scale):
 
 # A pass over a short row costs the same few dozen numpy calls whatever its length, so for short
 # rows the first pass evaluates D at more alphas than the two end points: a tighter bracket for
-# the Hermite start, and one to three Newton passes fewer. The number depends on V only, so a
+# the Hermite start, and one or two Newton passes fewer. The number depends on V only, so a
 # row's result never depends on the batch it is solved in (a batch = a loop of single solves,
-# to the last bit).
+# to the last bit). GRID_ELEMENTS: below this many elements a block counts as short elsewhere too
+# (one stacked entropy pass, fresh arrays instead of the scratch cache).
 GRID_ELEMENTS = 4096
+# (alphas, up to this V): measured on 30 random rows per length (docs/benchmarks.md, "Grid of the
+# first pass"): more alphas than these cost more in the first pass's exp than the Newton passes
+# they save (17 alphas up to V = 240 made a V = 100 row 10% and a 512 x 100 batch 2.6x slower).
+GRID_POINTS = ((9, 32), (5, 128), (3, 1365))
 
 
 def grid_size(vocab: int) -> int:
-    """Alphas in the first pass: 17, 9, 5 or 3 equally spaced ones while that many x V fit
-    GRID_ELEMENTS (V <= 240, 455, 819, 1365), else 2 (the end points)."""
-    for k in (17, 9, 5, 3):
-        if k * vocab <= GRID_ELEMENTS:
-            return k
+    """Alphas in the first pass: 9, 5 or 3 equally spaced ones up to V = 32, 128, 1,365, else 2
+    (the end points)."""
+    for points, largest in GRID_POINTS:
+        if vocab <= largest:
+            return points
     return 2
 
 
@@ -219,8 +224,8 @@ def newton_update(ns, alpha, d, var, third, lo, hi, step_before, last_step, prev
     correction stopped shrinking below sqrt(eps) (float32's rounding floor: more passes cannot
     improve it). In float64 sqrt(eps) = 1.5e-8 is far above the floor, and a row converging
     linearly there would stop 1e-9 short: float64 runs to xtol or the collapsed bracket."""
-    lo = ns.where(d > 0, alpha, lo)
-    hi = ns.where(d < 0, alpha, hi)
+    lo = ns.where(d > 0.0, alpha, lo)
+    hi = ns.where(d < 0.0, alpha, hi)
     if third is None:   # Newton: alpha_new = alpha - D / D' = alpha + D / Var
         step = ns.divide(d, var)
     else:               # Halley: alpha_new = alpha - 2 D D' / (2 D'^2 - D D''), D'' = E(l-D)^3

@@ -28,6 +28,7 @@ evaluated in the last Newton pass (`newton_one_row(family=...)`), which saves a 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, **options)
     (ROW_FIELDS, and DIAGNOSTIC_FIELDS with `diagnostics`; iterations an int), or None.
     The lane sets no floating-point state and trips no overflow, invalid or divide flag; under a
     caller's np.seterr(under="raise") an underflow in a pass raises, and such a row is declined
-    too (the general path then meets the caller's error state as before)."""
+    too (the general path then meets the caller's error state as before). `finite`: the caller
+    knows that both rows hold finite log-probabilities (validation's plain case)."""
     try:
         return _solve_row_numbers(log_pi_theta, log_pi_t, **options)
     except FloatingPointError:
@@ -76,7 +78,8 @@ def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, **options)
 
 def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
                       xtol: float | None = None, max_iter: int = 60, check_tolerance=None,
-                      diagnostics: bool = False, iterates: dict | None = None) -> dict | None:
+                      diagnostics: bool = False, iterates: dict | None = None,
+                      finite: bool = False) -> dict | None:
     eps = EPS64
     if xtol is None:
         xtol = 1e-14
@@ -84,32 +87,40 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
     # lse_theta + lse_t = 0 (normalised): the scale of the rounding of l; -inf (a zero on either
     # side) or NaN: the general path (so l below is finite, and no floating-point state is set)
     small = GRID_ELEMENTS >= 3 * vocab               # short rows: fresh arrays cost less
-    l = np.empty((1, vocab)) if small else scratch(np, "l", (1, vocab), log_pi_theta)
+    if finite and small:  # l and the sum side by side: the extremes of both in two reductions
+        both = np.empty((2, vocab))
+        np.subtract(log_pi_t, log_pi_theta, out=both[0])
+        np.add(log_pi_theta, log_pi_t, out=both[1])
+        (l_max, _), (l_min, lowest) = _MAX(both, -1).tolist(), _MIN(both, -1).tolist()
+        scale = 0.0 - lowest
+        l = both[:1]
+    else:                 # the sum first: a zero on both sides must not reach the difference
+        l = np.empty((1, vocab)) if small else scratch(np, "l", (1, vocab), log_pi_theta)
+        np.add(log_pi_theta, log_pi_t, out=l[0])
+        scale = 0.0 - _MIN(l[0]).item()
+        if not scale < math.inf:
+            return None
+        np.subtract(log_pi_t, log_pi_theta, out=l[0])
+        l_max, l_min = _MAX(l[0]).item(), _MIN(l[0]).item()
     l_row = l[0]
-    np.add(log_pi_theta, log_pi_t, out=l_row)
-    scale = 0.0 - _MIN(l_row).item()
-    if not scale < math.inf:
-        return None
-    np.subtract(log_pi_t, log_pi_theta, out=l_row)
-    l_max, l_min = _MAX(l_row).item(), _MIN(l_row).item()
     spread = l_max - l_min
     level = max(abs(l_max), abs(l_min))
     tol = constant_tolerance(eps, scale)
     shift = 0.0
     if level <= RECENTRE_MAX_ABS_L:
         shift = 0.0 + float(recentring_constant_rows(np, log_pi_theta[None], l)[0])
-    points = grid_size(vocab)
+    points, alphas, values = _lane_grid(vocab)
     # the first pass (`kernel.prepare_pair`'s): w, w l, w l^2 at the grid's alphas, one reduction
     buf = np.empty((3, points, vocab)) if small else scratch(np, "buf", (3, points, vocab), l)
-    first = rows_moments(l_row, log_pi_t, _grid_alphas(points, 1, np.float64), buf)
+    first = rows_moments(l_row, log_pi_t, alphas, buf)
     if first is None:                                # a Z out of range: the shifted pass there
         return None
     lz, mean, var, _, z = first
-    if check_tolerance is not None and not (abs(float(lz[0])) <= check_tolerance
-                                            and abs(float(lz[-1])) <= check_tolerance):
+    if check_tolerance is not None and not (abs(lz[0]) <= check_tolerance
+                                            and abs(lz[-1]) <= check_tolerance):
         return None                                  # refused by the general path, with its text
-    d_grid = (mean - shift).tolist() if shift != 0.0 else mean.tolist()
-    v_grid = var.tolist()
+    d_grid = [m - shift for m in mean] if shift != 0.0 else mean
+    v_grid = var
     d0, d1 = d_grid[0], d_grid[-1]
     if not root_inside(d0, d1, spread, tol, tol):
         return None                                  # no root: statuses and messages over there
@@ -119,7 +130,7 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
         np.multiply(buf[0][-1], log_pi_theta, out=products[0])
         np.multiply(buf[0][0], log_pi_t, out=products[1])
         weighted_theta, weighted_t = _SUM(products, -1).tolist()
-        z_theta, z_t = float(z[-1]), float(z[0])
+        z_theta, z_t = z[-1], z[0]
         entropy_theta = -(weighted_theta / z_theta) + 0.0 + 0.0
         entropy_t = -(weighted_t / z_t) + 0.0 + 0.0
     # the family's alphas 2 - alpha and -alpha cannot overflow a weight while 2 max|l| < 700:
@@ -128,7 +139,7 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
     a, d, log_z, iterations, converged = newton_one_row(
         np, l, log_pi_t[None], np.empty((order + 1, 1, vocab)) if small
         else scratch(np, "buf", (order + 1, 1, vocab), l), None, np.float64,
-        _grid_values(points), d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol,
+        values, d_grid, v_grid, shift, 0.0, eps, order=order, xtol=xtol,
         max_iter=max_iter, iterates=iterates, fused=True, family=family)
     if not (converged and 0.0 < a < 1.0):
         return None
@@ -140,6 +151,14 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
             return None
         out.update(numbers, entropy_theta=entropy_theta, entropy_t=entropy_t)
     return out
+
+
+@lru_cache(maxsize=64)
+def _lane_grid(vocab: int) -> tuple:
+    """(points, the first pass's alphas [points, 1], the same as a list of floats) for a row of
+    length `vocab`: `grid_size` and the cached grids of `passes`, looked up once."""
+    points = grid_size(vocab)
+    return points, _grid_alphas(points, 1, np.float64), _grid_values(points).tolist()
 
 
 def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float,
@@ -156,7 +175,7 @@ def _family_row(l, log_base, a: float, log_z: float, delta: float, shift: float,
                                scratch(np, "buf", (1, 2, l.shape[-1]), l), order=0)
         if raw is None:
             return None
-        above, below = raw[0].tolist()
+        above, below = raw[0]
     if shift != 0.0:
         above, below = above + 0.0 + (2.0 - a) * shift, below + 0.0 + (-a) * shift
     numbers = family_numbers(_RowScalars, a, log_z, delta, above, below, False, False)

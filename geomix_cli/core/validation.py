@@ -213,9 +213,11 @@ def normalise_plain_rows(x: np.ndarray, kind: str, tolerance: float) -> bool:
     bookkeeping is most of a short row's cost."""
     if kind == PROBS:
         total = _ADD(x, -1, np.float64)
-        if not (float(_MIN(x, None)) > 0.0
-                and all(abs(t - 1.0) <= tolerance for t in total.tolist())):
+        if not float(_MIN(x, None)) > 0.0:
             return False
+        for t in total.tolist():
+            if not abs(t - 1.0) <= tolerance:
+                return False
         np.log(x, out=x)
         x -= np.log(total)[:, None]
         return True
