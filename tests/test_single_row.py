@@ -303,7 +303,7 @@ def test_lean_passes_equal_moments_to_the_last_bit(order):
                 assert one[j] == expected, (vocab, alpha, j)
             # with the other alphas riding along: the same moments, and every log Z
             others = np.concatenate([[[alpha]], alphas])
-            ride = passes.row_moments(l[0], log_t, others, np.empty((order + 1, 7, vocab)),
+            ride = passes.row_moments(l[0], log_t, others, np.empty((7 + order, vocab)),
                                       order)
             assert ride[:4] == one[:4]
             assert ride[4][1:] == reference[0][:, 0].tolist()

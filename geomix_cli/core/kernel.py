@@ -205,7 +205,7 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
     point = None
     family_buf = None
     if family is not None and lean:
-        family_buf = np.empty((order + 1, 3, l.shape[-1]))
+        family_buf = np.empty((3 + order, l.shape[-1]))
     for _ in range(max_iter):
         raw = None
         family_now = None

@@ -128,45 +128,45 @@ def row_moments(l, log_base, alpha, buf, order: int = 2):
     floats (log_z, mean, var, third, None): the same products, pairwise sums and divisions, so the
     same bits, in the fewest numpy calls (a Newton pass over a short row is its calls' overhead;
     `_weighted_sums` and `_tilted` are written out here for the same reason).
-    alpha may also be a [k, 1] array (buf (order + 1, k, V)): the moments are then those at
-    alpha[0], and the last entry lists log Z at all k alphas (the others ride along in the same
-    calls). None where a Z leaves [1e-280, 1e280]: `moments` redoes such a pass with the
-    max-shift."""
-    w = buf[0]
+    alpha may also be a [k, 1] array (buf (k + order, V): the weights at the k alphas, then
+    w(alpha[0]) l^j): the moments are those at alpha[0], and the last entry lists log Z at all k
+    alphas (the others ride along in the same calls, their weights summed, never multiplied by
+    l). None where a Z leaves [1e-280, 1e280]: `moments` redoes such a pass with the max-shift."""
+    k = 1 if isinstance(alpha, float) else alpha.shape[0]
+    w = buf[:k] if k > 1 else buf[0]
     _MULTIPLY(l, -alpha, out=w)
     w += log_base
     _EXP(w, out=w)
-    for j in range(1, order + 1):
-        _MULTIPLY(buf[j - 1], l, out=buf[j])
+    before = buf[0]
+    for j in range(k, k + order):
+        _MULTIPLY(before, l, out=buf[j])
+        before = buf[j]
     sums = _SUM(buf, -1)
+    raw = sums.tolist()
+    z = raw[0]
     log_zs = None
-    if sums.ndim == 1:
-        raw = sums.tolist()
-        z = raw[0]
+    if k == 1:
         if not z > 0.0:                              # (Z underflowed: no log of 0 to warn about)
             return None
         log_z = float(_LOG(z))                       # numpy's log, as `moments` (not libm's)
         if not abs(log_z) <= _LOG_Z_LIMIT:
             return None
     else:
-        raw = sums[:, 0].tolist()
-        z = raw[0]
-        zs = sums[0]
-        if not min(zs.tolist()) > 0.0:
+        if not min(raw[:k]) > 0.0:
             return None
-        log_zs = _LOG(zs).tolist()
+        log_zs = _LOG(sums[:k]).tolist()
         if not (max(map(abs, log_zs)) <= _LOG_Z_LIMIT and _no_nan(log_zs)):
             return None
         log_z = log_zs[0]
     if order == 0:
         return log_z, None, None, None, log_zs
-    mean = raw[1] / z                                # `_tilted` on floats: the same operations
+    mean = raw[k] / z                                # `_tilted` on floats: the same operations
     if order == 1:
         return log_z, mean, None, None, log_zs
-    second = raw[2] / z
+    second = raw[k + 1] / z
     third = None
     if order >= 3:
-        third = raw[3] / z - mean * (3.0 * second - 2.0 * mean * mean)
+        third = raw[k + 2] / z - mean * (3.0 * second - 2.0 * mean * mean)
     return log_z, mean, second - mean * mean, third, log_zs
 
 
