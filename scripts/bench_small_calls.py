@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SIZES = ((1, 10), (1, 100), (1, 1_000), (1, 49_152), (64, 151_936))
+SIZES = ((1, 10), (1, 100), (1, 1_000), (1, 49_152), (512, 100), (64, 151_936))
 
 
 def rows(n_rows: int, vocab: int, seed: int):
