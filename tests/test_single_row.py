@@ -373,3 +373,21 @@ def test_the_family_from_the_last_newton_pass_equals_a_separate_pass(monkeypatch
                 assert merged[key] == alone[key], key
             checked += 1
     assert checked >= 4 and (3,) in merged_passes
+
+
+def test_cubic_bisection_row_by_row_equals_the_array_steps(monkeypatch):
+    """Small blocks bisect the Hermite cubic row by row on floats (`rules._RowArrays.
+    bisect_cubic`): the brackets of the array steps, bit for bit, including NaN and flat rows."""
+    from geomix_cli.core import rules
+
+    rng = np.random.default_rng(11)
+    n = rules.SCALAR_BISECTION_ROWS
+    d = rng.uniform(1e-12, 1.0, n)
+    a, b, c = (rng.standard_normal(n) * s for s in (3.0, 2.0, 1.0))
+    a[0], d[1], c[2] = np.nan, 0.0, 0.0           # NaN, a root at 0, a quadratic
+    by_row = rules._RowArrays.bisect_cubic(d, a, b, c, rules.CUBIC_STEPS)
+    monkeypatch.setattr(rules, "SCALAR_BISECTION_ROWS", 0)
+    by_array = rules._RowArrays.bisect_cubic(d, a, b, c, rules.CUBIC_STEPS)
+    for mine, theirs in zip(by_row, by_array):
+        assert_array_equal(mine, theirs, strict=True)
+    assert np.all(by_row[1] - by_row[0] <= 2.0 ** -rules.CUBIC_STEPS)
