@@ -45,8 +45,13 @@ def test_version(runner, flag):
     assert res.stdout.strip() == f"geomix {__version__}"
 
 
-def test_shell_completion_is_enabled(runner):
-    res = runner.invoke(app, ["--show-completion", "bash"])
+def test_shell_completion_is_enabled(runner, monkeypatch):
+    import typer.completion
+
+    # typer detects the user's shell from the parent processes (shellingham); a test run without
+    # a shell among its parents (a service, a detached job) has none to detect
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
+    res = runner.invoke(app, ["--show-completion"])
     assert res.exit_code == 0
     assert "_GEOMIX_COMPLETE" in res.stdout and "complete" in res.stdout
     top = runner.invoke(app, ["--help"], env={"COLUMNS": "120"}).stdout
