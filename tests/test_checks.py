@@ -214,6 +214,38 @@ def test_four_cases_holds_on_test1_and_is_refuted_by_a_counterexample(rng):
     # the repaired bound min <= q* <= max e^C holds; the unrepaired cap is what fails
     assert res.repaired.confirmed and res.data["tokens_above_max_times_exp_C"] == 0
     assert res.data["tokens_above_max"] > 0 and res.data["tokens_below_min"] == 0
+    # the controls ran through the same token test: q = pi_t passes every token, a point mass on
+    # the least likely token fails some (5 tokens: 2 of test1, 3 of "agree")
+    assert res.data["control_tokens"] == 5 == res.data["control_pi_t_meeting"]
+    assert res.data["control_point_mass_meeting"] < 5
+
+
+def test_four_cases_verdicts_follow_their_controls(rng, monkeypatch):
+    """Without a failing control a supported claim is untested; without a passing one a
+    contradicted claim is untested too (rule.universal_verdict / refuted_verdict)."""
+    from geomix_cli.checks import experiments
+
+    test1 = _fam("t1", np.array([0.7, 0.3]), np.array([0.3, 0.7]))
+    bad = _fam("agree", np.array([0.4, 0.5, 0.1]), np.array([0.4, 0.1, 0.5]))
+    real = experiments.four_cases
+
+    def every_q_meets(lt, lT, lq, threshold=None):
+        out = real(lt, lT, lq, threshold=threshold)
+        out.meeting = out.counts.copy()
+        return out
+
+    monkeypatch.setattr(experiments, "four_cases", every_q_meets)
+    assert checks.claim_four_cases([test1], rng, False).verdict == "untested"
+
+    def planted_always_fail(lt, lT, lq, threshold=None):
+        out = real(lt, lT, lq, threshold=threshold)
+        if lq is lT:                          # the positive control, q = pi_t
+            out.meeting = out.meeting * 0
+        return out
+
+    monkeypatch.setattr(experiments, "four_cases", planted_always_fail)
+    res = checks.claim_four_cases([test1, bad], rng, False)
+    assert (res.verdict, res.clause) == ("untested", "U")
 
 
 def test_entropy_formula_depends_when_the_stated_conditions_are_right(rng):

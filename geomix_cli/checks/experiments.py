@@ -377,6 +377,10 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
     tot_meet = np.zeros(4, dtype=np.int64)
     tot_mass = np.zeros(4)
     n_rows_total, below_min, above_max, above_cap, n_tokens = 0, 0, 0, 0, 0
+    # controls through the same token test: q = pi_t (the family at alpha = 0) meets every case's
+    # expectation by construction (the test can pass); q with all its mass on the token whose
+    # max(pi_theta, pi_t) is smallest breaks that token's cap (the test can fail)
+    control_tokens, control_t_meeting, control_point_meeting = 0, 0, 0
     example = None
     for fam in fams:
         sol, ok = solve_ok(fam)
@@ -397,6 +401,15 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
             above_cap += int(np.sum(exists & (lq > hi + c[:, None] + slack)))
             n_tokens += int(exists.sum())
         counts, meet = fc.counts.sum(axis=0), fc.meeting.sum(axis=0)
+        on_t = four_cases(lt, lT, lT, threshold=threshold)
+        least = np.argmin(np.where(np.isfinite(lt) | np.isfinite(lT), np.fmax(lt, lT), np.inf),
+                          axis=1)
+        point = np.full(lt.shape, -np.inf)
+        point[np.arange(lt.shape[0]), least] = 0.0
+        on_point = four_cases(lt, lT, point, threshold=threshold)
+        control_tokens += int(on_t.counts.sum())
+        control_t_meeting += int(on_t.meeting.sum())
+        control_point_meeting += int(on_point.meeting.sum())
         tot_counts += counts
         tot_meet += meet
         tot_mass += fc.mass_q.sum(axis=0)
@@ -413,7 +426,10 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
     frac = np.where(tot_counts > 0, tot_meet / np.maximum(tot_counts, 1), np.nan)
     mass_avg = tot_mass / max(n_rows_total, 1)
     failing = [f"case {k + 1}" for k in range(4) if tot_meet[k] < tot_counts[k]]
-    verdict, clause = ("refuted", "R1") if failing else ("holds", "H")
+    t_passes = control_tokens > 0 and control_t_meeting == control_tokens
+    point_fails = control_point_meeting < control_tokens
+    verdict, clause = (refuted_verdict("R1", t_passes) if failing
+                       else universal_verdict(True, point_fails))
     per_case = "; ".join(f"case {k + 1} ({CASE_EXPECTATIONS[k]}): {tot_counts[k]} tokens, "
                          f"{frac[k]:.2%} meet it, q-mass {mass_avg[k]:.3f}" for k in range(4))
     ex = ""
@@ -439,8 +455,13 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
         check=(f"all {n_tokens} tokens: {below_min} below the floor, {above_cap} above the cap "
                f"max x e^C (relative slack 1e-9)"),
         confirmed=below_min == 0 and above_cap == 0)
-    control = (f"The same token test with the unrepaired cap (q* <= max(pi_theta, pi_t)) fails on "
-               f"{above_max} tokens: the check separates the two statements.")
+    control = (f"The same token test on the same pairs with a planted q: all of q's mass on the "
+               f"token whose max(pi_theta, pi_t) is smallest fails it on "
+               f"{control_tokens - control_point_meeting} of {control_tokens} tokens, and q = pi_t "
+               f"(the family at alpha = 0, which meets every case's expectation by construction) "
+               f"passes it on {control_t_meeting} of them, so the test can go either way. The "
+               f"unrepaired cap (q* <= max(pi_theta, pi_t)) fails on {above_max} tokens: the "
+               f"check separates the two statements.")
     headline = ("tokens meeting the expectation: " + ", ".join(
         f"case {k + 1} {frac[k]:.1%}" for k in range(4))
         + f"; repaired bound min <= q* <= max e^C: {below_min + above_cap} violations")
@@ -456,7 +477,9 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
               "fraction_meeting": [q4(f) for f in frac], "mean_mass_q": [q4(m) for m in mass_avg],
               "tokens_total": n_tokens, "tokens_below_min": below_min,
               "tokens_above_max": above_max, "tokens_above_max_times_exp_C": above_cap,
-              "counterexample": example, "per_family": rows},
+              "counterexample": example, "per_family": rows,
+              "control_tokens": control_tokens, "control_pi_t_meeting": control_t_meeting,
+              "control_point_mass_meeting": control_point_meeting},
         would_change="Every token of every family meeting its case's expectation would make it "
                      "hold; a changed threshold changes the case counts (try geomix check "
                      "--threshold).",
