@@ -376,11 +376,31 @@ def test_entropy_start_verdict_follows_the_measured_passes(rng):
     fams = [_fam("f", *_dirichlet(73, 8, 12, 0.7)), _fam("near", *_near(74, 8, 30, 0.02))]
     res = checks.claim_entropy_start(fams, rng, False, None, [])
     rows = res.data["per_family"]
+    counted = res.data["counted_solvers"]
     slower = [(r["family"], s) for r in rows for s, a, b in (
         ("Newton", "newton_from_entropy", "newton_from_half"),
         ("bisection", "bisection_entropy_pivot", "bisection")) if r[a] > r[b]]
-    assert len(slower) == len(res.data["slower"])
-    assert (res.verdict == "refuted") == bool(slower)
+    assert len(slower) == len(res.data["slower"]) + len(res.data["slower_not_counted"])
+    assert len(res.data["slower"]) == sum(s in counted for _, s in slower)
+    if any(s in counted for _, s in slower):
+        assert (res.verdict, res.clause) == ("refuted", "R1")
+    else:
+        assert res.verdict in ("untested", "holds")
+
+
+def test_entropy_start_counts_a_solver_only_where_the_exact_start_passes(rng):
+    """The planted starts run through the same comparison: Newton from alpha* itself is never
+    slower (its slowdowns are evidence) and from the far end it is (the comparison can fail);
+    bisection judged by the bracket's midpoint is slower even with alpha* as its first pivot, so
+    its slowdowns are listed, not counted."""
+    fams = [_fam("f", *_dirichlet(73, 8, 12, 0.7)), _fam("near", *_near(74, 8, 30, 0.02))]
+    res = checks.claim_entropy_start(fams, rng, False, None, [])
+    planted = res.data["planted_starts"]
+    assert planted["Newton/exact"]["slower"] == 0 and planted["Newton/exact"]["faster"] > 0
+    assert planted["Newton/far"]["slower"] > 0
+    assert planted["bisection/exact"]["slower"] > 0
+    assert res.data["counted_solvers"] == ["Newton"]
+    assert "not counted" in res.control or not res.data["slower_not_counted"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -470,3 +490,24 @@ def test_independent_root_evidence_on_the_theory_counterexample():
     assert_allclose(d0, [(math.log(1 / 6) + 2 * math.log(1 / 2)) / 3], rtol=1e-14)
     assert_allclose(d1, [0.6 * math.log(1 / 6) + 0.4 * math.log(1 / 2)], rtol=1e-14)
     assert not root[0]
+
+
+def test_entropy_start_holds_only_with_controls_that_can_fail(rng, monkeypatch):
+    from geomix_cli.checks import methods
+
+    row = {"family": "f", "rows": 3, "newton_from_half": 3.0, "newton_from_entropy": 2.0,
+           "newton_from_hermite": 2.0, "bisection": 18.0, "bisection_entropy_pivot": 17.0,
+           "median_abs_alpha_H_error": 0.01}
+    monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [dict(row)])
+    monkeypatch.setattr(methods, "_method_rows", lambda fams, thorough: [])
+
+    def planted(exact_slower, far_slower):
+        return lambda rows_in, acc: {(s, p): [exact_slower if p == "exact" else far_slower, 0]
+                                     for s in ("Newton", "bisection") for p in ("exact", "far")}
+
+    monkeypatch.setattr(methods, "_planted_starts", planted(0, 1))
+    assert methods.claim_entropy_start([], rng, False).clause == "H"
+    monkeypatch.setattr(methods, "_planted_starts", planted(0, 0))   # far start never slower
+    assert methods.claim_entropy_start([], rng, False).clause == "U"
+    monkeypatch.setattr(methods, "_planted_starts", planted(1, 1))   # exact start slower
+    assert methods.claim_entropy_start([], rng, False).clause == "U"
