@@ -126,7 +126,7 @@ def figure_data(obj):
 
 def _suite_figure(key: str, payload):
     """Build the matplotlib figure for a claim's figure payload (None if unknown)."""
-    from geomix_cli import plots
+    from geomix_cli import plots, plots_diagnostics
 
     if key != "efficiency":
         payload = figure_data(payload)
@@ -144,13 +144,15 @@ def _suite_figure(key: str, payload):
                                         reported=(rep, f"α* = {rep} (the derivation's Test 2)")
                                         if rep is not None else None)
     if key == "ess_scatter":
-        return plots.figure_ess_scatter(payload["ess_theta"], payload["ess_target"],
-                                        payload["families"])
+        return plots_diagnostics.figure_ess_scatter(
+            payload["ess_theta"], payload["ess_target"],
+            payload["families"])
     if key == "entropy_error_hist":
-        return plots.figure_entropy_error_hist(payload)
+        return plots_diagnostics.figure_entropy_error_hist(payload)
     if key == "four_cases":
-        return plots.figure_four_cases(payload["case_labels"], payload["counts"],
-                                       payload["mass_q"], payload["fraction_meeting"])
+        return plots_diagnostics.figure_four_cases(
+            payload["case_labels"], payload["counts"],
+            payload["mass_q"], payload["fraction_meeting"])
     if key == "efficiency":
         from geomix_cli.plots_simulate import efficiency_figure
 
@@ -330,11 +332,12 @@ def write_compare_report(records: list[dict], summary: list[dict], max_min: dict
         usable = [r for r in records if r["ess_theta"] is not None
                   and np.isfinite(r["ess_theta"]) and np.isfinite(r["ess_target"])]
         if usable:
-            from geomix_cli import plots
+            from geomix_cli import plots_diagnostics
 
-            fig = plots.figure_principles_ess([r["ess_theta"] for r in usable],
-                                              [r["ess_target"] for r in usable],
-                                              [r["principle"] for r in usable])
+            fig = plots_diagnostics.figure_principles_ess(
+                [r["ess_theta"] for r in usable],
+                [r["ess_target"] for r in usable],
+                [r["principle"] for r in usable])
             _save(fig, staging / "ess_by_principle.png")
             figs.append(("ess_by_principle.png", "Left: ESS_theta(q) against ESS_t(q) with q at "
                          "each principle's alpha, one marker per principle (drawn largest first, "
@@ -397,27 +400,30 @@ def write_check_report(source: str, records: list[dict], flat: list[dict], total
     with atomic_directory(out_dir) as staging:
         write_csv_atomic(staging / "check.csv", _frame(flat))
         figs = []
-        from geomix_cli import plots
+        from geomix_cli import plots_diagnostics
 
         ok = np.isfinite(result["alpha"])
         if ok.any():
             counts = np.asarray(totals["tokens"])
             mass = np.nanmean(result["mass_q"][ok], axis=0)
-            fig = plots.figure_four_cases(list(CASE_NAMES), counts, mass,
-                                          np.asarray(totals["fraction_meeting"], dtype=float),
-                                          title=f"Four behaviour cases at q* ({source})")
+            fig = plots_diagnostics.figure_four_cases(
+                list(CASE_NAMES), counts, mass,
+                np.asarray(totals["fraction_meeting"], dtype=float),
+                title=f"Four behaviour cases at q* ({source})")
             _save(fig, staging / "four_cases.png")
             figs.append(("four_cases.png", "Tokens per case, mean q* mass, fraction meeting "
                          "the case's expectation"))
-            fig = plots.figure_ess_scatter(result["ess_theta"][ok], result["ess_target"][ok],
-                                           [source] * int(ok.sum()),
-                                           title="ESS_θ(q*) vs ESS_t(q*) per row")
+            fig = plots_diagnostics.figure_ess_scatter(
+                result["ess_theta"][ok], result["ess_target"][ok],
+                [source] * int(ok.sum()),
+                title="ESS_θ(q*) vs ESS_t(q*) per row")
             _save(fig, staging / "ess_scatter.png")
             figs.append(("ess_scatter.png", "ESS_theta(q*) against ESS_t(q*) per row, with "
                          "the 10% band"))
             labels = [r["row"] for r in records]
-            fig = plots.figure_alpha_along_sequence(np.asarray(labels), result["alpha"],
-                                                    result["alpha_entropy"])
+            fig = plots_diagnostics.figure_alpha_along_sequence(
+                np.asarray(labels), result["alpha"],
+                result["alpha_entropy"])
             _save(fig, staging / "alpha_per_row.png")
             figs.append(("alpha_per_row.png", "alpha* per row, with the entropy formula"))
         summary = [{"case": CASE_NAMES[c], "expectation": CASE_EXPECTATIONS[c],

@@ -10,7 +10,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.special import log_softmax, logsumexp
 
-from geomix_cli import plots
+from geomix_cli import plots, plots_diagnostics
 from geomix_cli.cli import app
 from geomix_cli.core.front import (DeltaCurve, delta_curve, four_case_summary, pareto_front)
 from geomix_cli.io import write_pairs_npz
@@ -217,7 +217,7 @@ def test_ess_scatter_one_panel_per_family_each_with_its_visible_band():
     ess_t = np.array([0.9, 0.8, 0.5, 0.95, 1e-12, 1e-3, 0.993, 0.995])
     ess_p = np.array([0.85, 0.81, 0.2, 0.96, 1e-3, 1e-9, 0.994, 0.995])
     fams = ["a", "a", "b", "a", "peaked", "peaked", "near", "near"]
-    fig = plots.figure_ess_scatter(ess_t, ess_p, fams)
+    fig = plots_diagnostics.figure_ess_scatter(ess_t, ess_p, fams)
     panels = {ax.get_title().split(" (")[0]: ax for ax in fig.axes if ax.get_title()}
     assert set(panels) == {"a", "b", "peaked", "near"}
     assert_array_equal(_collection(panels["a"], "a (3)").get_offsets(),
@@ -237,7 +237,7 @@ def test_ess_scatter_one_panel_per_family_each_with_its_visible_band():
 
 
 def test_ess_scatter_counts_rows_with_an_ess_of_zero():
-    fig = plots.figure_ess_scatter([0.5, 0.0, 0.6], [0.55, 0.3, 0.6], ["x", "x", "x"])
+    fig = plots_diagnostics.figure_ess_scatter([0.5, 0.0, 0.6], [0.55, 0.3, 0.6], ["x", "x", "x"])
     assert "1 with an ESS of 0 not drawn" in fig.axes[0].get_title()
     assert len(_collection(fig.axes[0], "x (3)").get_offsets()) == 2
 
@@ -248,12 +248,12 @@ def test_principles_figure_keeps_every_principle_visible():
     principles = ["kl-symmetry", "bisection", "ess-balance", "max-min-ess", "entropy", "half"]
     x = np.array([0.5, 0.5, 0.6, 0.6, 0.4, 0.45])
     y = np.array([0.4, 0.4, 0.6, 0.6, 0.5, 0.42])
-    fig = plots.figure_principles_ess(x, y, principles)
+    fig = plots_diagnostics.figure_principles_ess(x, y, principles)
     ax, ax2 = fig.axes[:2]
     drawn = {str(c.get_label()).split(" (")[0]: c for c in ax.collections
              if str(c.get_label()).split(" (")[0] in principles}
     assert set(drawn) == set(principles)
-    markers = {p: plots.PRINCIPLE_STYLE[p]["marker"] for p in principles}
+    markers = {p: plots_diagnostics.PRINCIPLE_STYLE[p]["marker"] for p in principles}
     assert len(set(markers.values())) == len(principles)
     for big, small in (("kl-symmetry", "bisection"), ("ess-balance", "max-min-ess")):
         assert drawn[big].get_sizes()[0] > drawn[small].get_sizes()[0]
@@ -267,7 +267,7 @@ def test_four_cases_bars_match_the_summary():
     lt = np.log(np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]]))
     lT = np.log(np.array([[0.1, 0.2, 0.7], [0.2, 0.3, 0.5]]))
     s = four_case_summary(lt, lT, np.array([0.5, 0.5]))
-    fig = plots.figure_four_cases(s.labels, s.counts, s.mass_q, s.fraction_meeting)
+    fig = plots_diagnostics.figure_four_cases(s.labels, s.counts, s.mass_q, s.fraction_meeting)
     counts_ax, mass_ax, frac_ax = fig.axes[:3]
     assert_array_equal([p.get_height() for p in counts_ax.patches], s.counts)
     assert_allclose([p.get_height() for p in mass_ax.patches], s.mass_q, rtol=0, atol=0)
@@ -282,8 +282,9 @@ def test_four_cases_bars_match_the_summary():
 
 def test_four_cases_count_axis_has_no_stray_zero_tick():
     counts = np.array([22652, 0, 14014, 856953])
-    fig = plots.figure_four_cases(["1", "2", "3", "4"], counts, [0.5, 0.0, 0.2, 0.3],
-                                  [0.8, np.nan, 0.9, 1.0])
+    fig = plots_diagnostics.figure_four_cases(
+        ["1", "2", "3", "4"], counts, [0.5, 0.0, 0.2, 0.3],
+        [0.8, np.nan, 0.9, 1.0])
     counts_ax = fig.axes[0]
     fig.canvas.draw()
     ticks = [t.get_text() for t in counts_ax.get_yticklabels() if t.get_text()]
@@ -297,7 +298,7 @@ def test_four_cases_count_axis_has_no_stray_zero_tick():
 
 def test_entropy_error_histogram_counts_every_finite_value():
     errors = {"real": np.array([0.1, -0.05, 0.02, np.nan]), "peaked": np.array([0.3, 0.31])}
-    fig = plots.figure_entropy_error_hist(errors)
+    fig = plots_diagnostics.figure_entropy_error_hist(errors)
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[:2] == ["real (n = 3)", "peaked (n = 2)"]
@@ -310,14 +311,15 @@ def test_alpha_per_row_points_and_gaps():
     pos = np.arange(5)
     a = np.array([0.4, 0.5, np.nan, 0.6, 0.45])
     h = np.array([0.3, 0.5, 0.2, 0.9, 0.4])
-    fig = plots.figure_alpha_along_sequence(pos, a, h, labels=list("abcde"))
+    fig = plots_diagnostics.figure_alpha_along_sequence(pos, a, h, labels=list("abcde"))
     ax = fig.axes[0]
     assert_array_equal(_line(ax, "α* (exact root)").get_xydata(), np.column_stack([pos, a]))
     # independent pairs: points, not a line through them, and no 'position in the sequence'
     assert _line(ax, "α* (exact root)").get_linestyle() == "None"
     assert _line(ax, "α_H (entropy formula)").get_linestyle() == "None"
     assert "row" in ax.get_xlabel() and "sequence" not in ax.get_xlabel()
-    custom = plots.figure_alpha_along_sequence(pos, a, xlabel="position t in the sequence")
+    custom = plots_diagnostics.figure_alpha_along_sequence(
+        pos, a, xlabel="position t in the sequence")
     assert custom.axes[0].get_xlabel() == "position t in the sequence"
     assert_array_equal(_line(ax, "α_H (entropy formula)").get_ydata(), h)
     assert_array_equal(_collection(ax, "no α*").get_offsets(), [[2, 0]])
@@ -460,13 +462,13 @@ def test_plot_ess_colours_rows_by_meta_family(runner, tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     seen = {}
-    original = plots.figure_ess_scatter
+    original = plots_diagnostics.figure_ess_scatter
 
     def spy(ess_theta, ess_target, families, **kw):
         seen["families"] = list(families)
         return original(ess_theta, ess_target, families, **kw)
 
-    monkeypatch.setattr(plots, "figure_ess_scatter", spy)
+    monkeypatch.setattr(plots_diagnostics, "figure_ess_scatter", spy)
     result = runner.invoke(app, ["plot", "ess", SAMPLE, "--out", str(tmp_path / "e.png"),
                                  "--dpi", "72"])
     assert result.exit_code == 0, result.stderr

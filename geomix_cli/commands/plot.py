@@ -57,7 +57,7 @@ def row_families(pairs, name: str) -> list[str]:
 
 def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], log: bool):
     """(figure, summary dict) for one KIND."""
-    from geomix_cli import plots
+    from geomix_cli import plots, plots_diagnostics
     from geomix_cli.commands.plot_pareto import build_pareto_figure, front_summary, source_name
     from geomix_cli.errors import InputError
 
@@ -91,8 +91,9 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
     ok = diag.solution.status == "ok"
     if kind == "ess":
         families = np.asarray(row_families(pairs, name), dtype=object)[ok]
-        fig = plots.figure_ess_scatter(diag.ess_theta[ok], diag.ess_target[ok], families,
-                                       title=f"ESS at q*: ESS_θ vs ESS_t — {name}")
+        fig = plots_diagnostics.figure_ess_scatter(
+            diag.ess_theta[ok], diag.ess_target[ok], families,
+            title=f"ESS at q*: ESS_θ vs ESS_t — {name}")
         return fig, {"rows": int(ok.sum())}
     if kind == "four-cases":
         from geomix_cli.core.front import four_case_summary
@@ -101,10 +102,10 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
                                     np.where(ok, diag.solution.alpha, np.nan),
                                     threshold=threshold)
         thr = ("1/V" if threshold is None else f"{threshold:g}")
-        fig = plots.figure_four_cases(
+        fig = plots_diagnostics.figure_four_cases(
             summary.labels, summary.counts, summary.mass_q, summary.fraction_meeting,
-            title=f"The derivation's four behaviour cases under q* — {name}, {summary.n_rows} row(s), "
-                  f"'large' = p ≥ {thr}")
+            title=(f"The derivation's four behaviour cases under q* — {name}, "
+                   f"{summary.n_rows} row(s), 'large' = p ≥ {thr}"))
         return fig, {"labels": list(summary.labels), "expectations": list(summary.expectations),
                      "counts": summary.counts, "mass_q": summary.mass_q,
                      "fraction_meeting": summary.fraction_meeting,
@@ -115,8 +116,9 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
         errors = entropy_formula_error(diag.alpha_entropy, diag.solution.alpha)
         families = np.asarray(row_families(pairs, name), dtype=object)
         by_family = {fam: errors[ok & (families == fam)] for fam in dict.fromkeys(families)}
-        fig = plots.figure_entropy_error_hist({k: v for k, v in by_family.items() if v.size},
-                                              title=f"Error of the entropy formula — {name}")
+        fig = plots_diagnostics.figure_entropy_error_hist(
+            {k: v for k, v in by_family.items() if v.size},
+            title=f"Error of the entropy formula — {name}")
         return fig, {"rows": int(ok.sum())}
     if kind == "alpha-sequence":
         alpha = np.where(ok, diag.solution.alpha, np.nan)
@@ -125,7 +127,7 @@ def build_figure(kind: str, source: str, pairs, *, threshold: Optional[float], l
             labels = [str(m).split("|")[2] if str(m).count("|") >= 2 else str(m)
                       for m in pairs.meta]
             labels = [lab if lab else "∅" for lab in labels]
-        fig = plots.figure_alpha_along_sequence(
+        fig = plots_diagnostics.figure_alpha_along_sequence(
             pairs.row_labels, alpha, diag.alpha_entropy, labels,
             title=f"α* and α_H per row — {name}")
         return fig, {"rows": int(ok.sum())}

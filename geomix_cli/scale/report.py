@@ -153,12 +153,13 @@ def check_report_files(outcome, agg: dict, *, threshold=None) -> dict:
     if totals["rows_with_alpha"]:
         import numpy as np
 
-        from geomix_cli import plots
+        from geomix_cli import plots_diagnostics
 
         mass = np.array([agg["quantiles"][f"{k}_mass_q"]["mean"] for k in CASE_KEYS])
-        fig = plots.figure_four_cases(list(CASE_NAMES), np.asarray(totals["tokens"]), mass,
-                                      np.asarray(totals["fraction_meeting"], dtype=float),
-                                      title=f"Four behaviour cases at q* ({source})")
+        fig = plots_diagnostics.figure_four_cases(
+            list(CASE_NAMES), np.asarray(totals["tokens"]), mass,
+            np.asarray(totals["fraction_meeting"], dtype=float),
+            title=f"Four behaviour cases at q* ({source})")
         files["four_cases.png"] = _png(fig)
         figures.append(("four_cases.png", "Tokens per case, mean q* mass, fraction meeting the "
                         "case's expectation"))
