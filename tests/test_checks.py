@@ -202,7 +202,14 @@ def test_test3_verdicts_follow_the_data(rng):
 
 def test_four_cases_holds_on_test1_and_is_refuted_by_a_counterexample(rng):
     test1 = _fam("t1", np.array([0.7, 0.3]), np.array([0.3, 0.7]))
-    assert checks.claim_four_cases([test1], rng, False).verdict == "holds"
+    # test1 alone has tokens in cases 2 and 3 only; with a pair that puts tokens in all four
+    # cases and meets them (found by search, checked below through four_cases) it holds
+    theta = np.array([0.222, 0.011, 0.273, 0.108, 0.005, 0.381])
+    target = np.array([0.027, 0.078, 0.191, 0.252, 0.219, 0.234])
+    four = _fam("four", theta / theta.sum(), target / target.sum())
+    assert checks.claim_four_cases([test1], rng, False).verdict == "untested"
+    res = checks.claim_four_cases([test1, four], rng, False)
+    assert min(res.data["tokens"]) > 0 and (res.verdict, res.clause) == ("holds", "H")
     # q* exceeds max(pi_theta, pi_t) on a token where both agree (1/Z > 1)
     bad = _fam("agree", np.array([0.4, 0.5, 0.1]), np.array([0.4, 0.1, 0.5]))
     res = checks.claim_four_cases([test1, bad], rng, False)
@@ -214,10 +221,11 @@ def test_four_cases_holds_on_test1_and_is_refuted_by_a_counterexample(rng):
     # the repaired bound min <= q* <= max e^C holds; the unrepaired cap is what fails
     assert res.repaired.confirmed and res.data["tokens_above_max_times_exp_C"] == 0
     assert res.data["tokens_above_max"] > 0 and res.data["tokens_below_min"] == 0
-    # the controls ran through the same token test: q = pi_t passes every token, a point mass on
-    # the least likely token fails some (5 tokens: 2 of test1, 3 of "agree")
-    assert res.data["control_tokens"] == 5 == res.data["control_pi_t_meeting"]
-    assert res.data["control_point_mass_meeting"] < 5
+    # the controls ran through the same token test: a point mass on the least likely token fails
+    # some (5 tokens: 2 of test1, 3 of "agree"); the planted mirrored two-point pairs pass every
+    # token through the whole pipeline (5 pairs x 2 tokens)
+    assert res.data["control_tokens"] == 5 and res.data["control_point_mass_meeting"] < 5
+    assert res.data["control_mirrored_tokens"] == 10 == res.data["control_mirrored_meeting"]
 
 
 def test_four_cases_verdicts_follow_their_controls(rng, monkeypatch):
@@ -234,18 +242,34 @@ def test_four_cases_verdicts_follow_their_controls(rng, monkeypatch):
         out.meeting = out.counts.copy()
         return out
 
-    monkeypatch.setattr(experiments, "four_cases", every_q_meets)
-    assert checks.claim_four_cases([test1], rng, False).verdict == "untested"
+    theta = np.array([0.222, 0.011, 0.273, 0.108, 0.005, 0.381])
+    target = np.array([0.027, 0.078, 0.191, 0.252, 0.219, 0.234])
+    four = _fam("four", theta / theta.sum(), target / target.sum())   # all four cases populated
+    assert checks.claim_four_cases([test1, four], rng, False).clause == "H"
+    monkeypatch.setattr(experiments, "four_cases", every_q_meets)    # the point mass passes too
+    res = checks.claim_four_cases([test1, four], rng, False)
+    assert not res.data["empty_cases"] and (res.verdict, res.clause) == ("untested", "U")
 
     def planted_always_fail(lt, lT, lq, threshold=None):
         out = real(lt, lT, lq, threshold=threshold)
-        if lq is lT:                          # the positive control, q = pi_t
-            out.meeting = out.meeting * 0
+        if lt.shape[-1] == 2 and np.allclose(np.exp(lt[:, 0]), [0.6, 0.7, 0.8, 0.9, 0.99]):
+            out.meeting = out.meeting * 0     # the positive control, the mirrored pairs
         return out
 
     monkeypatch.setattr(experiments, "four_cases", planted_always_fail)
     res = checks.claim_four_cases([test1, bad], rng, False)
     assert (res.verdict, res.clause) == ("untested", "U")
+
+
+def test_four_cases_with_an_empty_case_is_untested(rng):
+    """At a threshold no probability reaches, every token is in case 4: 'all four cases' is not
+    tested, whatever case 4 shows."""
+    test1 = _fam("t1", np.array([0.7, 0.3]), np.array([0.3, 0.7]))
+    res = checks.claim_four_cases([test1], rng, False, threshold=0.95)
+    assert res.data["tokens"][:3] == [0, 0, 0] and res.data["empty_cases"] == [
+        "case 1", "case 2", "case 3"]
+    assert (res.verdict, res.clause) == ("untested", "U")
+    assert "No token is in case 1, case 2, case 3 at this threshold" in res.control
 
 
 def test_entropy_formula_depends_when_the_stated_conditions_are_right(rng):
@@ -385,22 +409,47 @@ def test_entropy_start_verdict_follows_the_measured_passes(rng):
     if any(s in counted for _, s in slower):
         assert (res.verdict, res.clause) == ("refuted", "R1")
     else:
-        assert res.verdict in ("untested", "holds")
+        assert res.verdict == ("holds" if len(counted) == 2 else "untested")
 
 
-def test_entropy_start_counts_a_solver_only_where_the_exact_start_passes(rng):
-    """The planted starts run through the same comparison: Newton from alpha* itself is never
-    slower (its slowdowns are evidence) and from the far end it is (the comparison can fail);
-    bisection judged by the bracket's midpoint is slower even with alpha* as its first pivot, so
-    its slowdowns are listed, not counted."""
+
+def test_entropy_start_counts_a_solver_only_where_the_informed_start_passes(rng, monkeypatch):
+    """The planted starts run through the same comparison: Newton from alpha* itself and
+    bisection from the best non-1/2 first pivot (chosen knowing alpha*) are never slower and
+    faster somewhere (the comparison can say 'speeds up'); the far start is slower (it can say
+    'does not'). A solver whose informed start fails is not counted, in either direction."""
+    from geomix_cli.checks import methods
+
     fams = [_fam("f", *_dirichlet(73, 8, 12, 0.7)), _fam("near", *_near(74, 8, 30, 0.02))]
     res = checks.claim_entropy_start(fams, rng, False, None, [])
     planted = res.data["planted_starts"]
-    assert planted["Newton/exact"]["slower"] == 0 and planted["Newton/exact"]["faster"] > 0
-    assert planted["Newton/far"]["slower"] > 0
-    assert planted["bisection/exact"]["slower"] > 0
+    for solver in ("Newton", "bisection"):
+        assert planted[f"{solver}/informed"]["slower"] == 0, solver
+        assert planted[f"{solver}/informed"]["faster"] > 0, solver
+        assert planted[f"{solver}/far"]["slower"] > 0, solver
+    assert res.data["counted_solvers"] == ["Newton", "bisection"]
+    # a pivot at alpha* itself is no informed pivot for bisection: the midpoint estimate then has
+    # alpha* on the edge of every later bracket (error exactly half the bracket each pass)
+    fam, idx, l, log_base, astar, _, _ = methods._method_rows(fams[:1], False)[0]
+    errors = methods.bisection_errors(l, log_base, astar, 12, first=astar)
+    assert_allclose(errors[:, 1:] / errors[:, :-1], 0.5, rtol=1e-9)
+    # with bisection's informed start slower somewhere, its slowdowns and speed-ups are listed
+    # apart and neither decides the verdict
+    real = methods._planted_starts
+
+    def bisection_fails(rows_in, acc):
+        out = real(rows_in, acc)
+        out["bisection", "informed"] = [1, 0]
+        return out
+
+    monkeypatch.setattr(methods, "_planted_starts", bisection_fails)
+    res = checks.claim_entropy_start(fams, rng, False, None, [])
     assert res.data["counted_solvers"] == ["Newton"]
-    assert "not counted" in res.control or not res.data["slower_not_counted"]
+    assert not any(s.startswith("bisection") for s in res.data["slower"])
+    assert all(solver == "Newton" for solver, _ in res.data["faster"])
+    if not res.data["slower"]:
+        assert (res.verdict, res.clause) == ("untested", "U")
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -501,13 +550,19 @@ def test_entropy_start_holds_only_with_controls_that_can_fail(rng, monkeypatch):
     monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [dict(row)])
     monkeypatch.setattr(methods, "_method_rows", lambda fams, thorough: [])
 
-    def planted(exact_slower, far_slower):
-        return lambda rows_in, acc: {(s, p): [exact_slower if p == "exact" else far_slower, 0]
-                                     for s in ("Newton", "bisection") for p in ("exact", "far")}
+    def planted(informed_slower, far_slower):
+        return lambda rows_in, acc: {
+            (s, p): ([informed_slower, 1] if p == "informed" else [far_slower, 0])
+            for s in ("Newton", "bisection") for p in ("informed", "far")}
 
     monkeypatch.setattr(methods, "_planted_starts", planted(0, 1))
     assert methods.claim_entropy_start([], rng, False).clause == "H"
     monkeypatch.setattr(methods, "_planted_starts", planted(0, 0))   # far start never slower
     assert methods.claim_entropy_start([], rng, False).clause == "U"
-    monkeypatch.setattr(methods, "_planted_starts", planted(1, 1))   # exact start slower
+    monkeypatch.setattr(methods, "_planted_starts", planted(1, 1))   # informed start slower
     assert methods.claim_entropy_start([], rng, False).clause == "U"
+    # and a counted solver slower with the entropy start refutes it
+    slow = dict(row, newton_from_entropy=4.0)
+    monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [slow])
+    monkeypatch.setattr(methods, "_planted_starts", planted(0, 1))
+    assert methods.claim_entropy_start([], rng, False).clause == "R1"

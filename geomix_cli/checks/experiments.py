@@ -377,10 +377,10 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
     tot_meet = np.zeros(4, dtype=np.int64)
     tot_mass = np.zeros(4)
     n_rows_total, below_min, above_max, above_cap, n_tokens = 0, 0, 0, 0, 0
-    # controls through the same token test: q = pi_t (the family at alpha = 0) meets every case's
-    # expectation by construction (the test can pass); q with all its mass on the token whose
-    # max(pi_theta, pi_t) is smallest breaks that token's cap (the test can fail)
-    control_tokens, control_t_meeting, control_point_meeting = 0, 0, 0
+    # the negative control through the same token test: q with all its mass on one token (the one
+    # whose max(pi_theta, pi_t) is smallest) is 0 below the floor min(pi_theta, pi_t) of every
+    # other token of cases 1-3 (the test can fail)
+    control_tokens, control_point_meeting = 0, 0
     example = None
     for fam in fams:
         sol, ok = solve_ok(fam)
@@ -401,14 +401,12 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
             above_cap += int(np.sum(exists & (lq > hi + c[:, None] + slack)))
             n_tokens += int(exists.sum())
         counts, meet = fc.counts.sum(axis=0), fc.meeting.sum(axis=0)
-        on_t = four_cases(lt, lT, lT, threshold=threshold)
         least = np.argmin(np.where(np.isfinite(lt) | np.isfinite(lT), np.fmax(lt, lT), np.inf),
                           axis=1)
         point = np.full(lt.shape, -np.inf)
         point[np.arange(lt.shape[0]), least] = 0.0
         on_point = four_cases(lt, lT, point, threshold=threshold)
-        control_tokens += int(on_t.counts.sum())
-        control_t_meeting += int(on_t.meeting.sum())
+        control_tokens += int(on_point.counts.sum())
         control_point_meeting += int(on_point.meeting.sum())
         tot_counts += counts
         tot_meet += meet
@@ -426,10 +424,27 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
     frac = np.where(tot_counts > 0, tot_meet / np.maximum(tot_counts, 1), np.nan)
     mass_avg = tot_mass / max(n_rows_total, 1)
     failing = [f"case {k + 1}" for k in range(4) if tot_meet[k] < tot_counts[k]]
-    t_passes = control_tokens > 0 and control_t_meeting == control_tokens
+    # the positive control through the whole pipeline (solve, q*, the token test): pairs on which
+    # the claim is true, pi_t the mirror image of pi_theta on two tokens (alpha* = 1/2, q* uniform:
+    # every token meets its case at any threshold)
+    p = np.array([[0.6], [0.7], [0.8], [0.9], [0.99]])
+    mirrored = Family("planted mirrored two-point", "control", np.log(np.hstack([p, 1 - p])),
+                      np.log(np.hstack([1 - p, p])))
+    sol_m, ok_m = solve_ok(mirrored)
+    on_mirrored = four_cases(mirrored.log_pi_theta[ok_m], mirrored.log_pi_t[ok_m],
+                             log_q_alpha(mirrored.log_pi_theta[ok_m], mirrored.log_pi_t[ok_m],
+                                         sol_m.alpha[ok_m]), threshold=threshold)
+    mirrored_tokens = int(on_mirrored.counts.sum())
+    mirrored_meeting = int(on_mirrored.meeting.sum())
+    mirrored_passes = mirrored_tokens > 0 and mirrored_meeting == mirrored_tokens
     point_fails = control_point_meeting < control_tokens
-    verdict, clause = (refuted_verdict("R1", t_passes) if failing
-                       else universal_verdict(True, point_fails))
+    empty = [f"case {k + 1}" for k in range(4) if tot_counts[k] == 0]
+    if failing:
+        verdict, clause = refuted_verdict("R1", mirrored_passes)
+    elif empty:     # "all four cases" says nothing about a case no token is in
+        verdict, clause = "untested", "U"
+    else:
+        verdict, clause = universal_verdict(True, point_fails)
     per_case = "; ".join(f"case {k + 1} ({CASE_EXPECTATIONS[k]}): {tot_counts[k]} tokens, "
                          f"{frac[k]:.2%} meet it, q-mass {mass_avg[k]:.3f}" for k in range(4))
     ex = ""
@@ -455,13 +470,16 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
         check=(f"all {n_tokens} tokens: {below_min} below the floor, {above_cap} above the cap "
                f"max x e^C (relative slack 1e-9)"),
         confirmed=below_min == 0 and above_cap == 0)
-    control = (f"The same token test on the same pairs with a planted q: all of q's mass on the "
-               f"token whose max(pi_theta, pi_t) is smallest fails it on "
-               f"{control_tokens - control_point_meeting} of {control_tokens} tokens, and q = pi_t "
-               f"(the family at alpha = 0, which meets every case's expectation by construction) "
-               f"passes it on {control_t_meeting} of them, so the test can go either way. The "
-               f"unrepaired cap (q* <= max(pi_theta, pi_t)) fails on {above_max} tokens: the "
-               f"check separates the two statements.")
+    control = (f"The same token test with a planted q on the same pairs: all of q's mass on the "
+               f"token whose max(pi_theta, pi_t) is smallest (q = 0 below every other token's "
+               f"floor min(pi_theta, pi_t)) fails it on {control_tokens - control_point_meeting} "
+               f"of {control_tokens} tokens. The whole pipeline (solve, q*, token test) on planted "
+               f"pairs where the claim is true (pi_t the mirror image of pi_theta on two tokens, "
+               f"pi_theta(0) = 0.6 ... 0.99: q* uniform) passes on {mirrored_meeting} of "
+               f"{mirrored_tokens} tokens. The unrepaired cap (q* <= max(pi_theta, pi_t)) fails on "
+               f"{above_max} tokens: the check separates the two statements."
+               + (f" No token is in {', '.join(empty)} at this threshold: untested."
+                  if empty and not failing else ""))
     headline = ("tokens meeting the expectation: " + ", ".join(
         f"case {k + 1} {frac[k]:.1%}" for k in range(4))
         + f"; repaired bound min <= q* <= max e^C: {below_min + above_cap} violations")
@@ -478,8 +496,10 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
               "tokens_total": n_tokens, "tokens_below_min": below_min,
               "tokens_above_max": above_max, "tokens_above_max_times_exp_C": above_cap,
               "counterexample": example, "per_family": rows,
-              "control_tokens": control_tokens, "control_pi_t_meeting": control_t_meeting,
-              "control_point_mass_meeting": control_point_meeting},
+              "control_tokens": control_tokens,
+              "control_point_mass_meeting": control_point_meeting,
+              "control_mirrored_tokens": mirrored_tokens,
+              "control_mirrored_meeting": mirrored_meeting, "empty_cases": empty},
         would_change="Every token of every family meeting its case's expectation would make it "
                      "hold; a changed threshold changes the case counts (try geomix check "
                      "--threshold).",

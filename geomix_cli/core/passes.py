@@ -196,8 +196,6 @@ def _no_nan(values: list) -> bool:
     return total == total
 
 
-
-
 def _device(xp, x):
     return None if is_numpy(xp) else x.device
 

@@ -158,9 +158,10 @@ def constant_tolerance(eps: float, scale):
 # to the last bit). GRID_ELEMENTS: below this many elements a block counts as short elsewhere too
 # (one stacked entropy pass, fresh arrays instead of the scratch cache).
 GRID_ELEMENTS = 4096
-# (alphas, up to this V): measured on 30 random rows per length (docs/benchmarks.md, "Grid of the
-# first pass"): more alphas than these cost more in the first pass's exp than the Newton passes
-# they save (17 alphas up to V = 240 made a V = 100 row 10% and a 512 x 100 batch 2.6x slower).
+# (alphas, up to this V): measured on 30 random rows per length (docs/benchmarks.md, "Small
+# calls, second round"): more alphas than these cost more in the first pass's exp than the Newton
+# passes they save (17 alphas up to V = 240 made a V = 100 row 10% and a 512 x 100 batch 2.6x
+# slower).
 GRID_POINTS = ((9, 32), (5, 128), (3, 1365))
 
 
@@ -212,7 +213,8 @@ def hermite_start(ns, lo, hi, d_lo, d_hi, v_lo, v_hi):
 
     With the end points only (lo, hi = 0, 1), on the real SmolLM2 rows it starts 5-100x closer to
     alpha* than the secant (errors 1e-4..0.2 instead of 0.008..0.36), which saves about one pass
-    per row; on the 1/16-wide brackets of short rows it starts within ~1e-8.
+    per row; on the 1/8- to 1/2-wide brackets of short rows (`GRID_POINTS`) it starts close
+    enough for two or three Newton passes.
     `ns`: `_RowArrays` (arrays over rows) or `_RowScalars` (one row's floats: microseconds)."""
     h = hi - lo
     secant = ns.divide(d_lo, d_lo - d_hi)            # u = (alpha - lo) / h

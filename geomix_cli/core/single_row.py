@@ -93,6 +93,8 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
         np.add(log_pi_theta, log_pi_t, out=both[1])
         (l_max, _), (l_min, lowest) = _MAX(both, -1).tolist(), _MIN(both, -1).tolist()
         scale = 0.0 - lowest
+        if not scale < math.inf:  # (logits spanning ~1e308 reach -inf in normalisation)
+            return None
         l = both[:1]
     else:                 # the sum first: a zero on both sides must not reach the difference
         l = np.empty((1, vocab)) if small else scratch(np, "l", (1, vocab), log_pi_theta)
