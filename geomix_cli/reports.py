@@ -254,7 +254,7 @@ def render_suite_markdown(result, figure_files: dict[str, list[tuple[str, str]]]
             out.append(f"**In short.** {c.headline}.\n")
         out.append(f"**Evidence.** {c.evidence}\n")
         if c.control:
-            out.append(f"**Negative control (how this check could fail).** {c.control}\n")
+            out.append(f"**Controls (how this check could come out otherwise).** {c.control}\n")
         if c.repaired is not None:
             state = "confirmed" if c.repaired.confirmed else "NOT confirmed"
             out.append(f"**Repaired claim ({state}).** {c.repaired.statement} *Check:* "

@@ -204,9 +204,12 @@ def test_four_cases_holds_on_test1_and_is_refuted_by_a_counterexample(rng):
     test1 = _fam("t1", np.array([0.7, 0.3]), np.array([0.3, 0.7]))
     # test1 alone has tokens in cases 2 and 3 only; with a pair that puts tokens in all four
     # cases and meets them (found by search, checked below through four_cases) it holds
+    from geomix_cli.checks.experiments import _FOUR_CASE_PAIR
+
     theta = np.array([0.222, 0.011, 0.273, 0.108, 0.005, 0.381])
     target = np.array([0.027, 0.078, 0.191, 0.252, 0.219, 0.234])
     four = _fam("four", theta / theta.sum(), target / target.sum())
+    assert_allclose(np.exp(_FOUR_CASE_PAIR[0][0]), theta / theta.sum(), rtol=1e-15)
     assert checks.claim_four_cases([test1], rng, False).verdict == "untested"
     res = checks.claim_four_cases([test1, four], rng, False)
     assert min(res.data["tokens"]) > 0 and (res.verdict, res.clause) == ("holds", "H")
@@ -222,10 +225,10 @@ def test_four_cases_holds_on_test1_and_is_refuted_by_a_counterexample(rng):
     assert res.repaired.confirmed and res.data["tokens_above_max_times_exp_C"] == 0
     assert res.data["tokens_above_max"] > 0 and res.data["tokens_below_min"] == 0
     # the controls ran through the same token test: a point mass on the least likely token fails
-    # some (5 tokens: 2 of test1, 3 of "agree"); the planted mirrored two-point pairs pass every
-    # token through the whole pipeline (5 pairs x 2 tokens)
+    # some (5 tokens: 2 of test1, 3 of "agree"); the planted pairs pass every token through the
+    # whole pipeline (5 mirrored two-token pairs and the six-token pair of all four cases)
     assert res.data["control_tokens"] == 5 and res.data["control_point_mass_meeting"] < 5
-    assert res.data["control_mirrored_tokens"] == 10 == res.data["control_mirrored_meeting"]
+    assert res.data["control_mirrored_tokens"] == 16 == res.data["control_mirrored_meeting"]
 
 
 def test_four_cases_verdicts_follow_their_controls(rng, monkeypatch):
@@ -409,7 +412,8 @@ def test_entropy_start_verdict_follows_the_measured_passes(rng):
     if any(s in counted for _, s in slower):
         assert (res.verdict, res.clause) == ("refuted", "R1")
     else:
-        assert res.verdict == ("holds" if len(counted) == 2 else "untested")
+        assert res.verdict == ("holds" if len(counted) == 2 and not res.data["equal"]
+                               else "untested")
 
 
 
@@ -561,8 +565,30 @@ def test_entropy_start_holds_only_with_controls_that_can_fail(rng, monkeypatch):
     assert methods.claim_entropy_start([], rng, False).clause == "U"
     monkeypatch.setattr(methods, "_planted_starts", planted(1, 1))   # informed start slower
     assert methods.claim_entropy_start([], rng, False).clause == "U"
+    # equal iterations are not "fewer iterations": no "holds"
+    equal = dict(row, newton_from_entropy=3.0)
+    monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [equal])
+    monkeypatch.setattr(methods, "_planted_starts", planted(0, 1))
+    res = methods.claim_entropy_start([], rng, False)
+    assert res.clause == "U" and res.data["equal"] == ["Newton on f (3)"]
+    monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [dict(row)])
     # and a counted solver slower with the entropy start refutes it
     slow = dict(row, newton_from_entropy=4.0)
     monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [slow])
     monkeypatch.setattr(methods, "_planted_starts", planted(0, 1))
     assert methods.claim_entropy_start([], rng, False).clause == "R1"
+
+
+def test_four_cases_refutation_needs_planted_tokens_in_the_failing_case(rng, monkeypatch):
+    """The positive control must reach the case that fails: with planted pairs only in cases 2
+    and 3, a counterexample in case 1 leaves the claim untested."""
+    from geomix_cli.checks import experiments
+
+    bad = _fam("agree", np.array([0.4, 0.5, 0.1]), np.array([0.4, 0.1, 0.5]))
+    res = checks.claim_four_cases([bad], rng, False)
+    assert (res.verdict, res.clause) == ("refuted", "R1")
+    assert res.data["counterexample"]["case"] == 1
+    two = tuple(np.log(np.array([v])) for v in ((0.7, 0.3), (0.3, 0.7)))
+    monkeypatch.setattr(experiments, "_FOUR_CASE_PAIR", two)
+    res = checks.claim_four_cases([bad], rng, False)
+    assert (res.verdict, res.clause) == ("untested", "U")

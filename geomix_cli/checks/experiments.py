@@ -367,6 +367,13 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
                                  "families": np.array(labels)}})
 
 
+# A pair whose q* meets every case's expectation with tokens in all four cases at the default
+# threshold 1/V (found by a search over Dirichlet(0.7) pairs on six tokens; tests/test_checks.py)
+_FOUR_CASE_PAIR = tuple(
+    np.log(np.array([v]) / sum(v)) for v in ((0.222, 0.011, 0.273, 0.108, 0.005, 0.381),
+                                             (0.027, 0.078, 0.191, 0.252, 0.219, 0.234)))
+
+
 def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
     statement = ("The four behaviour cases (token large/small under pi_theta and pi_t) are all "
                  "satisfied by q*: 1 (large, large) maintained; 2 (small, large) boosted but not "
@@ -427,16 +434,24 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
     # the positive control through the whole pipeline (solve, q*, the token test): pairs on which
     # the claim is true, pi_t the mirror image of pi_theta on two tokens (alpha* = 1/2, q* uniform:
     # every token meets its case at any threshold)
+    # (two tokens: cases 2 and 3 at the default threshold), and a six-token pair whose q* meets
+    # every case with tokens in all four at the default threshold; the control passes when every
+    # planted token meets its case and every case that failed above has planted tokens
     p = np.array([[0.6], [0.7], [0.8], [0.9], [0.99]])
-    mirrored = Family("planted mirrored two-point", "control", np.log(np.hstack([p, 1 - p])),
-                      np.log(np.hstack([1 - p, p])))
-    sol_m, ok_m = solve_ok(mirrored)
-    on_mirrored = four_cases(mirrored.log_pi_theta[ok_m], mirrored.log_pi_t[ok_m],
-                             log_q_alpha(mirrored.log_pi_theta[ok_m], mirrored.log_pi_t[ok_m],
-                                         sol_m.alpha[ok_m]), threshold=threshold)
-    mirrored_tokens = int(on_mirrored.counts.sum())
-    mirrored_meeting = int(on_mirrored.meeting.sum())
-    mirrored_passes = mirrored_tokens > 0 and mirrored_meeting == mirrored_tokens
+    planted_counts, planted_meeting = np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.int64)
+    for planted in (Family("planted mirrored two-point", "control",
+                           np.log(np.hstack([p, 1 - p])), np.log(np.hstack([1 - p, p]))),
+                    Family("planted four-case pair", "control", *_FOUR_CASE_PAIR)):
+        sol_m, ok_m = solve_ok(planted)
+        lt_m, lT_m = planted.log_pi_theta[ok_m], planted.log_pi_t[ok_m]
+        on_planted = four_cases(lt_m, lT_m, log_q_alpha(lt_m, lT_m, sol_m.alpha[ok_m]),
+                                threshold=threshold)
+        planted_counts += on_planted.counts.sum(axis=0)
+        planted_meeting += on_planted.meeting.sum(axis=0)
+    mirrored_tokens = int(planted_counts.sum())
+    mirrored_meeting = int(planted_meeting.sum())
+    mirrored_passes = (mirrored_meeting == mirrored_tokens
+                       and all(planted_counts[int(c.split()[1]) - 1] > 0 for c in failing))
     point_fails = control_point_meeting < control_tokens
     empty = [f"case {k + 1}" for k in range(4) if tot_counts[k] == 0]
     if failing:
@@ -475,8 +490,10 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
                f"floor min(pi_theta, pi_t)) fails it on {control_tokens - control_point_meeting} "
                f"of {control_tokens} tokens. The whole pipeline (solve, q*, token test) on planted "
                f"pairs where the claim is true (pi_t the mirror image of pi_theta on two tokens, "
-               f"pi_theta(0) = 0.6 ... 0.99: q* uniform) passes on {mirrored_meeting} of "
-               f"{mirrored_tokens} tokens. The unrepaired cap (q* <= max(pi_theta, pi_t)) fails on "
+               f"pi_theta(0) = 0.6 ... 0.99, q* uniform; and a six-token pair with tokens in all "
+               f"four cases) passes on {mirrored_meeting} of {mirrored_tokens} tokens (per case: "
+               f"{', '.join(f'{m}/{c}' for m, c in zip(planted_meeting, planted_counts))}). The "
+               f"unrepaired cap (q* <= max(pi_theta, pi_t)) fails on "
                f"{above_max} tokens: the check separates the two statements."
                + (f" No token is in {', '.join(empty)} at this threshold: untested."
                   if empty and not failing else ""))
