@@ -414,6 +414,39 @@ def test_learning_repaired_claims_are_confirmed_only_when_the_rerun_replicates(m
     assert not efficiency.claim_off_policy(study, nothing, rerun("meets")).repaired.confirmed
 
 
+def test_learning_claims_plant_controls_through_the_same_judgement(monkeypatch, tiny_pairs):
+    """The reference against itself never meets a factor (CI [1, 1]; 'better than' is strict for
+    alpha-star-best); the reference made 3x the factor better meets it wherever it reached the
+    target; the verdicts follow the controls (universal_verdict / refuted_verdict)."""
+    import geomix_cli.simulate.evidence as ev
+    from geomix_cli.checks import efficiency
+
+    monkeypatch.setattr(ev, "load_case", lambda case: (("tiny", *tiny_pairs), None))
+    cfg = EvidenceConfig(cases=(EvidenceCase("tiny", "tiny", 64),),
+                         simulation=replace(TINY, objectives=("reverse-kl",)))
+    study = efficiency_study(cfg)
+    cells = comparison_cells("tiny", study.runs[0].judged)
+    for claim, factor in (("off-policy-unstable", 2.0), ("alpha-star-best", 1.0)):
+        same = ev.planted_cells(study, cells[claim], 1.0)
+        assert all(c.ratio == 1.0 and c.outcome != "meets" for c in same), claim
+        better = ev.planted_cells(study, cells[claim], 3.0 * factor)
+        assert all(c.outcome == "meets" for c in better if c.outcome != "not reached"), claim
+        assert any(c.outcome == "meets" for c in better), claim
+    assert outcome_of(1.0, (1.0, 1.0), 1.0) == "meets"            # ">= factor" ...
+    assert outcome_of(1.0, (1.0, 1.0), 1.0, strict=True) == "inconclusive"   # ... "better than"
+    off = cells["off-policy-unstable"]
+    all_meet = {"off-policy-unstable": [replace(c, outcome="meets") for c in off]}
+    assert efficiency.claim_off_policy(study, all_meet).clause == "H"
+    monkeypatch.setattr(ev, "planted_cells",
+                        lambda study, cells, speedup: [replace(c, outcome="meets") for c in cells])
+    assert efficiency.claim_off_policy(study, all_meet).clause == "U"   # the control passed too
+    one_contra = {"off-policy-unstable": [replace(off[0], outcome="contradicts")]}
+    monkeypatch.setattr(ev, "planted_cells",
+                        lambda study, cells, speedup: [replace(c, outcome="contradicts")
+                                                       for c in cells])
+    assert efficiency.claim_off_policy(study, one_contra, lambda chosen: chosen).clause == "U"
+
+
 # ------------------------------------------------------------------------------------------------
 # CLI
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from geomix_cli.checks.rule import ClaimResult, Repaired
+from geomix_cli.checks.rule import ClaimResult, Repaired, refuted_verdict, universal_verdict
 
 METHOD = ("tabular softmax policies trained toward pi_t with importance-weighted SGD (N = 8 "
           "samples per prompt and step); every (estimator, sampler) gets its own learning rate "
@@ -89,6 +89,30 @@ def _narrowed(lost) -> str:
         return ""
     return (f"; {len(lost)} did not replicate, so the statement above was narrowed after this "
             f"check and is not confirmed (a third set of seeds would confirm it)")
+
+
+def _controls(study, cells, what: str) -> tuple[bool, bool, str]:
+    """(negative control failed, positive control passed, the text) for a claim's judged cells:
+    their judgement run on planted samplers made from each cell's own reference, seed by seed
+    (`simulate.evidence.planted_cells`): the reference against itself must not meet the factor
+    (else "holds" would be unearned), the reference made 3x the factor better must meet it
+    wherever the reference reached the target (else "refuted" would be)."""
+    from geomix_cli.simulate.evidence import planted_cells
+
+    if not cells:
+        return False, False, "No setting was judged, so no control ran."
+    factor = cells[0].factor
+    same = planted_cells(study, cells, 1.0)
+    better = planted_cells(study, cells, 3.0 * factor)
+    reached = [c for c in better if c.outcome != "not reached"]
+    same_meets = sum(c.outcome == "meets" for c in same)
+    better_meets = sum(c.outcome == "meets" for c in reached)
+    text = (f"The same judgement (paired bootstrap CI against {factor:g}) on planted samplers made "
+            f"from each setting's {what}, seed by seed: the {what} against itself meets it in "
+            f"{same_meets} of {len(same)} settings (the check can fail); the {what} made "
+            f"{3.0 * factor:g}x better meets it in {better_meets} of {len(reached)} settings "
+            f"(those where the {what} reached the target at all; it can pass).")
+    return same_meets == 0, bool(reached) and better_meets == len(reached), text
 
 
 class Confirmer:
@@ -176,10 +200,11 @@ def claim_sample_efficiency(study, cells, confirmer=None) -> ClaimResult:
     contra = [c for c in judged if c.outcome == "contradicts"]
     slower = [c for c in judged if c.ratio_ci[1] < 1]
     unreached = [c for c in judged if c.outcome == "not reached"]
+    control_failed, control_passed, control_text = _controls(study, judged, "on-policy run")
     if contra:
-        verdict, clause = "refuted", "R1"
+        verdict, clause = refuted_verdict("R1", control_passed)
     elif meets and len(meets) == len(judged) - len(unreached):
-        verdict, clause = "holds", "H"
+        verdict, clause = universal_verdict(True, control_failed)
     else:
         verdict, clause = "untested", "U"
     repaired = None
@@ -218,10 +243,9 @@ def claim_sample_efficiency(study, cells, confirmer=None) -> ClaimResult:
         f"on-policy, {len(unreached)} where neither reached the target. Meeting 2x: "
         f"{_describe(meets) or 'none'}. Final KL at the budget (context, on-policy / q*): "
         f"{_describe(final)}. Lowest target (0.01 x KL0): {_horizon(study)}.")
-    control = (f"The comparison separates outcomes in both directions in this run: "
-               f"{len(meets)} settings meet 2x, {len(contra)} contradict it, "
-               f"{sum(c.outcome == 'meets' for c in final)} final-KL ratios are >= 2: the "
-               f"check can fail and can pass.")
+    control = (f"{control_text} In this run the comparison came out both ways: {len(meets)} "
+               f"settings meet 2x, {len(contra)} contradict it, "
+               f"{sum(c.outcome == 'meets' for c in final)} final-KL ratios are >= 2.")
     headline = (f"q* >= 2x faster than on-policy in {len(meets)} of {len(judged)} (case, estimator,"
                 f" target) settings, significantly below 2x in {len(contra)}, slower than "
                 f"on-policy in {len(slower)}")
@@ -275,10 +299,11 @@ def claim_off_policy(study, cells, confirmer=None) -> ClaimResult:
     contra = [c for c in rows if c.outcome == "contradicts"]
     undecided = [c for c in rows if c.outcome not in ("meets", "contradicts")]
     better_off = [c for c in rows if c.ratio_ci[1] < 1]
+    control_failed, control_passed, control_text = _controls(study, rows, "off-policy run")
     if contra:
-        verdict, clause = "refuted", "R1"
+        verdict, clause = refuted_verdict("R1", control_passed)
     elif len(meets) == len(rows) and rows:
-        verdict, clause = "holds", "H"
+        verdict, clause = universal_verdict(True, control_failed)
     else:
         verdict, clause = "untested", "U"
     diverged = []
@@ -310,8 +335,8 @@ def claim_off_policy(study, cells, confirmer=None) -> ClaimResult:
         f"2x (CI lower end >= 2). Off-policy significantly better than q* in {len(better_off)} "
         f"setting(s). Diverged runs (non-finite parameters) at the evaluated learning rates: "
         f"{', '.join(diverged) or 'none'}.")
-    control = (f"The same comparison finds {len(meets)} settings at least 2x and {len(contra)} "
-               f"below: it can come out either way.")
+    control = (f"{control_text} In this run: {len(meets)} settings at least 2x and "
+               f"{len(contra)} below.")
     headline = (f"q* >= 2x better final KL than off-policy in {len(meets)} of {len(rows)} "
                 f"(case, estimator) settings, below 2x in {len(contra)}")
     return ClaimResult(
@@ -331,10 +356,11 @@ def claim_alpha_star_best(study, cells, confirmer=None) -> ClaimResult:
     rows = cells["alpha-star-best"]
     beats = [c for c in rows if c.outcome == "meets"]
     beaten = [c for c in rows if c.outcome == "contradicts"]
+    control_failed, control_passed, control_text = _controls(study, rows, "fixed-alpha run")
     if beaten:
-        verdict, clause = "refuted", "R1"
+        verdict, clause = refuted_verdict("R1", control_passed)
     elif len(beats) == len(rows) and rows:
-        verdict, clause = "holds", "H"
+        verdict, clause = universal_verdict(True, control_failed)
     else:
         verdict, clause = "untested", "U"
     repaired = None
@@ -364,8 +390,8 @@ def claim_alpha_star_best(study, cells, confirmer=None) -> ClaimResult:
         f"own tuned learning rate. q* significantly better (CI above 1) in {len(beats)} of "
         f"{len(rows)} comparisons; significantly worse in {len(beaten)}: "
         f"{_describe(beaten) or 'none'}.")
-    control = (f"The comparison finds q* better in {len(beats)} and worse in {len(beaten)} "
-               f"comparisons: it separates samplers in both directions.")
+    control = (f"{control_text} In this run: q* better in {len(beats)} and worse in "
+               f"{len(beaten)} comparisons.")
     headline = (f"q* significantly better than a fixed alpha in {len(beats)} of {len(rows)} "
                 f"comparisons, significantly worse in {len(beaten)}")
     return ClaimResult(

@@ -205,6 +205,7 @@ class Cell:
     comparison: PairedComparison
     outcome: str
     judged: bool = True
+    strict: bool = False    # 'meets' needs the CI strictly above the factor ("better than")
 
     @property
     def key(self) -> tuple:
@@ -228,11 +229,15 @@ class Cell:
                 "outcome": self.outcome, "judged": self.judged}
 
 
-def outcome_of(ratio: float, ci: tuple[float, float], factor: float) -> str:
+def outcome_of(ratio: float, ci: tuple[float, float], factor: float, *,
+               strict: bool = False) -> str:
+    """'meets' (CI lower end >= factor; > factor when `strict`, for "better than"), 'contradicts'
+    (CI upper end < factor), 'inconclusive', or 'not reached'."""
     lo, hi = ci
     if np.isnan(ratio):  # both medians censored: neither reached the target
         return "not reached"
-    if np.isfinite(lo) and lo >= factor or (np.isnan(lo) and np.isinf(ratio) and ratio > 0):
+    above = lo > factor if strict else lo >= factor
+    if np.isfinite(lo) and above or (np.isnan(lo) and np.isinf(ratio) and ratio > 0):
         return "meets"
     if hi < factor:
         return "contradicts"
@@ -244,15 +249,40 @@ def _boot(config: SimulationConfig) -> np.ndarray:
         0, config.seeds, size=(config.bootstrap, config.seeds))
 
 
-def _cell(claim, name, sim, estimator, metric, sampler, reference, factor, *, judged=True) -> Cell:
+def _cell(claim, name, sim, estimator, metric, sampler, reference, factor, *, judged=True,
+          strict=False) -> Cell:
     cfg = sim.config
     ref = sim.get(JUDGED, estimator, reference).metric(metric).per_seed
     oth = sim.get(JUDGED, estimator, sampler).metric(metric).per_seed
-    comp = paired_comparison(ref, oth, _boot(cfg), cfg,
+    comp = _compare(sim, metric, ref, oth)
+    return Cell(claim, name, float(sim.initial_kl[JUDGED]), estimator, metric, sampler, reference,
+                factor, comp, outcome_of(comp.ratio, comp.ratio_ci, factor, strict=strict),
+                judged, strict)
+
+
+def _compare(sim, metric, ref, other) -> PairedComparison:
+    cfg = sim.config
+    return paired_comparison(ref, other, _boot(cfg), cfg,
                              censored_at=None if metric == FINAL else
                              float(cfg.budget + cfg.samples_per_step))
-    return Cell(claim, name, float(sim.initial_kl[JUDGED]), estimator, metric, sampler, reference,
-                factor, comp, outcome_of(comp.ratio, comp.ratio_ci, factor), judged)
+
+
+def planted_cells(study: EfficiencyStudy, cells: list[Cell], speedup: float) -> list[Cell]:
+    """The controls of the efficiency claims: each cell's judgement (paired bootstrap CI, outcome
+    against its factor) on a planted sampler built from the cell's reference itself, per seed its
+    value divided by `speedup` (lower is better for every metric): 1 gives the reference against
+    itself, a comparison the claim must not meet; 3 x the factor one it must meet wherever the
+    reference reached the target (a never-reached seed stays never reached)."""
+    runs = {r.case.name: r.judged for r in study.runs}
+    out = []
+    for c in cells:
+        sim = runs[c.case]
+        ref = sim.get(JUDGED, c.estimator, c.reference).metric(c.metric).per_seed
+        comp = _compare(sim, c.metric, ref, ref / speedup)
+        out.append(replace(c, sampler=f"planted {speedup:g}x {c.reference}", comparison=comp,
+                           outcome=outcome_of(comp.ratio, comp.ratio_ci, c.factor,
+                                              strict=c.strict)))
+    return out
 
 
 def comparison_cells(name: str, sim: SimulationResult) -> dict[str, list[Cell]]:
@@ -272,7 +302,7 @@ def comparison_cells(name: str, sim: SimulationResult) -> dict[str, list[Cell]]:
         for alpha in [s for s in cfg.samplers if s not in (Q_STAR,)]:
             # q* as the sampler, alpha as the reference: ratio = final KL(alpha) / final KL(q*)
             out["alpha-star-best"].append(_cell("alpha-star-best", name, sim, est, FINAL, Q_STAR,
-                                                alpha, 1.0))
+                                                alpha, 1.0, strict=True))
     return out
 
 
@@ -303,5 +333,6 @@ def confirm(study: EfficiencyStudy, cells: list[Cell], *,
         sim = simulate(run.log_pi_theta, run.log_pi_t, cfg, source=run.source, progress=progress)
         for c in wanted:
             again[c.key + (c.factor,)] = _cell(c.claim, c.case, sim, c.estimator, c.metric,
-                                               c.sampler, c.reference, c.factor, judged=c.judged)
+                                               c.sampler, c.reference, c.factor, judged=c.judged,
+                                               strict=c.strict)
     return [again[c.key + (c.factor,)] for c in cells]
