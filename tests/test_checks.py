@@ -592,3 +592,36 @@ def test_four_cases_refutation_needs_planted_tokens_in_the_failing_case(rng, mon
     monkeypatch.setattr(experiments, "_FOUR_CASE_PAIR", two)
     res = checks.claim_four_cases([bad], rng, False)
     assert (res.verdict, res.clause) == ("untested", "U")
+
+
+def test_reference_code_holds_only_with_a_failing_planted_control(rng, monkeypatch):
+    """Where the reference is within 1e-6 everywhere, 'holds' needs the same comparison to fail a
+    planted worse solver (the float64 bisection stopped after 16 passes)."""
+    from geomix_cli.checks import methods
+
+    mirrored = Family("t1", "t1", np.log(np.array([[0.7, 0.3], [0.6, 0.4]])),
+                      np.log(np.array([[0.3, 0.7], [0.4, 0.6]])))
+    res = methods.claim_reference([mirrored], rng, False)
+    assert res.data["per_family"][0]["max_abs_error"] <= methods.REF_TOL
+    assert res.data["float64_bisection_16_passes_max_error"] > methods.REF_TOL
+    assert (res.verdict, res.clause) == ("holds", "H")
+    real = methods.bisection_errors
+    monkeypatch.setattr(methods, "bisection_errors",
+                        lambda *a, **k: real(*a, **k) * 0.0)       # a comparison that cannot fail
+    assert methods.claim_reference([mirrored], rng, False).clause == "U"
+
+
+def test_root_existence_is_never_holds_when_the_counterexample_is_missed(rng, monkeypatch):
+    from geomix_cli.checks import foundations
+
+    real = foundations.classify_rows
+
+    def blind(theta, t, *a, **k):                  # a classifier that always finds a root
+        out = real(theta, t, *a, **k)
+        out.status[:] = "ok"
+        return out
+
+    monkeypatch.setattr(foundations, "classify_rows", blind)
+    fams = [_fam("f", *_dirichlet(91, 3, 6, 1.0))]
+    res = foundations.claim_root_existence(fams, rng, False, 0)
+    assert (res.verdict, res.clause) == ("untested", "U")
