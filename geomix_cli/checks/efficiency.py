@@ -91,28 +91,30 @@ def _narrowed(lost) -> str:
             f"check and is not confirmed (a third set of seeds would confirm it)")
 
 
-def _controls(study, cells, what: str) -> tuple[bool, bool, str]:
+def _controls(study, cells, refuting, what: str) -> tuple[bool, bool, str]:
     """(negative control failed, positive control passed, the text) for a claim's judged cells:
-    their judgement run on planted samplers made from each cell's own reference, seed by seed
-    (`simulate.evidence.planted_cells`): the reference against itself must not meet the factor
-    (else "holds" would be unearned), the reference made 3x the factor better must meet it
-    wherever the reference reached the target (else "refuted" would be)."""
+    their judgement run on planted samplers with a known speed-up over the reference
+    (`simulate.evidence.planted_cells`: q*'s own per-seed values rescaled, so the seed noise is
+    the real one). No effect (1x) must not meet the factor in any setting, else "holds" would be
+    unearned; an effect of 3x the factor must meet it in every setting that refutes the claim
+    (`refuting`), else "refuted" would be."""
     from geomix_cli.simulate.evidence import planted_cells
 
     if not cells:
         return False, False, "No setting was judged, so no control ran."
     factor = cells[0].factor
     same = planted_cells(study, cells, 1.0)
-    better = planted_cells(study, cells, 3.0 * factor)
-    reached = [c for c in better if c.outcome != "not reached"]
+    better = planted_cells(study, refuting, 3.0 * factor)
     same_meets = sum(c.outcome == "meets" for c in same)
-    better_meets = sum(c.outcome == "meets" for c in reached)
-    text = (f"The same judgement (paired bootstrap CI against {factor:g}) on planted samplers made "
-            f"from each setting's {what}, seed by seed: the {what} against itself meets it in "
-            f"{same_meets} of {len(same)} settings (the check can fail); the {what} made "
-            f"{3.0 * factor:g}x better meets it in {better_meets} of {len(reached)} settings "
-            f"(those where the {what} reached the target at all; it can pass).")
-    return same_meets == 0, bool(reached) and better_meets == len(reached), text
+    better_meets = sum(c.outcome == "meets" for c in better)
+    text = (f"The same judgement (paired bootstrap CI against {factor:g}) on planted samplers with "
+            f"a known effect, made from q*'s own per-seed results rescaled against each "
+            f"setting's {what} (the real seed noise): no effect meets it in {same_meets} of "
+            f"{len(same)} settings (the check can fail)"
+            + (f"; an effect of {3.0 * factor:g}x meets it in {better_meets} of the "
+               f"{len(better)} settings that refute the claim (it could have passed there)"
+               if refuting else "") + ".")
+    return same_meets == 0, bool(refuting) and better_meets == len(refuting), text
 
 
 class Confirmer:
@@ -200,7 +202,8 @@ def claim_sample_efficiency(study, cells, confirmer=None) -> ClaimResult:
     contra = [c for c in judged if c.outcome == "contradicts"]
     slower = [c for c in judged if c.ratio_ci[1] < 1]
     unreached = [c for c in judged if c.outcome == "not reached"]
-    control_failed, control_passed, control_text = _controls(study, judged, "on-policy run")
+    control_failed, control_passed, control_text = _controls(study, judged, contra,
+                                                             "on-policy run")
     if contra:
         verdict, clause = refuted_verdict("R1", control_passed)
     elif meets and len(meets) == len(judged) - len(unreached):
@@ -299,7 +302,8 @@ def claim_off_policy(study, cells, confirmer=None) -> ClaimResult:
     contra = [c for c in rows if c.outcome == "contradicts"]
     undecided = [c for c in rows if c.outcome not in ("meets", "contradicts")]
     better_off = [c for c in rows if c.ratio_ci[1] < 1]
-    control_failed, control_passed, control_text = _controls(study, rows, "off-policy run")
+    control_failed, control_passed, control_text = _controls(study, rows, contra,
+                                                             "off-policy run")
     if contra:
         verdict, clause = refuted_verdict("R1", control_passed)
     elif len(meets) == len(rows) and rows:
@@ -356,7 +360,8 @@ def claim_alpha_star_best(study, cells, confirmer=None) -> ClaimResult:
     rows = cells["alpha-star-best"]
     beats = [c for c in rows if c.outcome == "meets"]
     beaten = [c for c in rows if c.outcome == "contradicts"]
-    control_failed, control_passed, control_text = _controls(study, rows, "fixed-alpha run")
+    control_failed, control_passed, control_text = _controls(study, rows, beaten,
+                                                             "fixed-alpha run")
     if beaten:
         verdict, clause = refuted_verdict("R1", control_passed)
     elif len(beats) == len(rows) and rows:

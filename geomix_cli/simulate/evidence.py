@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from geomix_cli.simulate.learner import (FINAL, PairedComparison, SimulationResult,
+from geomix_cli.simulate.learner import (FINAL, PairedComparison, SimulationResult, lower_median,
                                          paired_comparison, simulate, target_key, total_steps)
 from geomix_cli.simulate.model import SimulationConfig, estimators_for
 
@@ -226,7 +226,7 @@ class Cell:
                 "factor": self.factor, "ratio": self.ratio, "ratio_ci": list(self.ratio_ci),
                 "wins": self.wins, "ties": self.ties, "losses": self.losses,
                 "win_fraction": self.win_fraction, "win_ci": list(self.win_ci),
-                "outcome": self.outcome, "judged": self.judged}
+                "outcome": self.outcome, "judged": self.judged, "strict": self.strict}
 
 
 def outcome_of(ratio: float, ci: tuple[float, float], factor: float, *,
@@ -236,8 +236,8 @@ def outcome_of(ratio: float, ci: tuple[float, float], factor: float, *,
     lo, hi = ci
     if np.isnan(ratio):  # both medians censored: neither reached the target
         return "not reached"
-    above = lo > factor if strict else lo >= factor
-    if np.isfinite(lo) and above or (np.isnan(lo) and np.isinf(ratio) and ratio > 0):
+    above = lo > factor if strict else lo >= factor     # (NaN: False; +inf: the reference
+    if above or (np.isnan(lo) and np.isinf(ratio) and ratio > 0):  # never finished: meets)
         return "meets"
     if hi < factor:
         return "contradicts"
@@ -269,16 +269,25 @@ def _compare(sim, metric, ref, other) -> PairedComparison:
 
 def planted_cells(study: EfficiencyStudy, cells: list[Cell], speedup: float) -> list[Cell]:
     """The controls of the efficiency claims: each cell's judgement (paired bootstrap CI, outcome
-    against its factor) on a planted sampler built from the cell's reference itself, per seed its
-    value divided by `speedup` (lower is better for every metric): 1 gives the reference against
-    itself, a comparison the claim must not meet; 3 x the factor one it must meet wherever the
-    reference reached the target (a never-reached seed stays never reached)."""
+    against its factor) on a planted sampler whose true speed-up over the reference is `speedup`:
+    the compared sampler's own per-seed values (its seed-to-seed noise, paired with the
+    reference's as in the real comparison), rescaled so that the ratio of medians is exactly
+    `speedup` (lower is better for every metric; a never-reached or diverged seed stays +inf).
+    1: no effect, which must not meet a factor above 1 nor "better than" (strict); 3 x the
+    factor: an effect the judgement must detect. Where a median is not finite and positive the
+    reference's own values divided by `speedup` stand in."""
     runs = {r.case.name: r.judged for r in study.runs}
     out = []
     for c in cells:
         sim = runs[c.case]
         ref = sim.get(JUDGED, c.estimator, c.reference).metric(c.metric).per_seed
-        comp = _compare(sim, c.metric, ref, ref / speedup)
+        other = sim.get(JUDGED, c.estimator, c.sampler).metric(c.metric).per_seed
+        med_ref, med_other = float(lower_median(ref)), float(lower_median(other))
+        if 0.0 < med_ref < np.inf and 0.0 < med_other < np.inf:
+            planted = other * (med_ref / (speedup * med_other))
+        else:
+            planted = ref / speedup
+        comp = _compare(sim, c.metric, ref, planted)
         out.append(replace(c, sampler=f"planted {speedup:g}x {c.reference}", comparison=comp,
                            outcome=outcome_of(comp.ratio, comp.ratio_ci, c.factor,
                                               strict=c.strict)))
