@@ -142,6 +142,16 @@ def test_core_import_stays_light():
     assert out.stdout.strip() == ""
 
 
+def test_cli_start_loads_no_scipy_torch_pandas_or_matplotlib():
+    # `geomix --help` and `geomix solve` start from this import: the commands import their heavy
+    # dependencies inside the command (scipy.optimize alone tripled the start-up time)
+    code = ("import sys, geomix_cli.cli\n"
+            "heavy = [m for m in ('scipy', 'torch', 'pandas', 'matplotlib') if m in sys.modules]\n"
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 def test_importing_the_cli_leaves_numpy_and_the_environment_alone():
     # the allocator settings belong to a `geomix` process (cli.main), not to whoever imports it
     code = ("import os, numpy\n"

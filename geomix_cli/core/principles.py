@@ -29,8 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import brentq, minimize, minimize_scalar
-from scipy.special import logsumexp
 
 from geomix_cli.core.family import (common_support, effective_sample_size, entropy_formula_alpha,
                                     kl_divergence, log_q_alpha, log_ratio_on_support,
@@ -55,6 +53,8 @@ PRINCIPLE_HELP = {
 
 def _cgf(log_pi_theta_s: np.ndarray, l_s: np.ndarray, s: float) -> float:
     """M(s) = log sum_S pi_theta exp(s l), for one row restricted to S."""
+    from scipy.special import logsumexp
+
     return float(logsumexp(log_pi_theta_s + s * l_s))
 
 
@@ -118,6 +118,8 @@ def ess_balance_alpha(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *,
     """The alpha where ESS_theta(q_alpha) = ESS_t(q_alpha), exactly: brentq on
     g(alpha) = M(1 + alpha) - M(alpha - 1) (see the module doc: g is strictly increasing, with
     g(0) <= 0 <= g(1) when the supports coincide, so the root exists and is unique)."""
+    from scipy.optimize import brentq
+
     log_pi_theta = np.atleast_2d(log_pi_theta)
     log_pi_t = np.atleast_2d(log_pi_t)
     n = log_pi_theta.shape[0]
@@ -160,6 +162,8 @@ def max_min_ess_alpha(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, grid: i
     """argmax_alpha min(ESS_theta(q_alpha), ESS_t(q_alpha)) on [0, 1], from the ESS of q itself:
     the best point of a grid, refined by a bounded scalar optimiser between its neighbours.
     `residual` is log ESS_theta - log ESS_t at the optimum; extra["min_ess"] the optimum value."""
+    from scipy.optimize import minimize_scalar
+
     log_pi_theta = np.atleast_2d(log_pi_theta)
     log_pi_t = np.atleast_2d(log_pi_t)
     n = log_pi_theta.shape[0]
@@ -325,6 +329,8 @@ def importance_weight_summary(log_pi_theta: np.ndarray, log_q: np.ndarray,
     """Per row, the importance weights w = pi_theta / q over supp(q), as a sample from q sees them:
     min, max, the q-weighted quantiles, E_q[w] (pi_theta's mass on supp(q); 1 for full support)
     and E_q[w^2] = 1 / ESS_theta(q) (when pi_theta lives on supp(q)). Arrays over rows."""
+    from scipy.special import logsumexp
+
     log_pi_theta = np.atleast_2d(log_pi_theta)
     log_q = np.atleast_2d(log_q)
     n = log_pi_theta.shape[0]
@@ -370,6 +376,9 @@ def weighted_sum_minimiser(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha
     optimiser (BFGS over softmax parameters, analytic gradient), knowing nothing of the geometric
     mean: the best of `restarts` runs (the uniform start, then random starts). Full-support rows.
     Returns (log q found, objective, result of the best run)."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
     log_pi_theta = np.asarray(log_pi_theta, dtype=np.float64)
     log_pi_t = np.asarray(log_pi_t, dtype=np.float64)
     c = alpha * log_pi_theta + (1 - alpha) * log_pi_t  # objective = sum q (log q - c)
@@ -424,6 +433,8 @@ def count_sign_changes(values: np.ndarray) -> int:
 def log_z_along(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> np.ndarray:
     """log Z(alpha) = logsumexp_S(alpha log pi_theta + (1 - alpha) log pi_t), computed directly
     (not from the tilted moments), for one row at each alpha."""
+    from scipy.special import logsumexp
+
     alpha = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
     sup = common_support(log_pi_theta, log_pi_t)
     a = alpha[:, None]
@@ -432,6 +443,8 @@ def log_z_along(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, alpha) -> np.nda
 
 def argmin_log_z(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, xatol: float = 1e-12) -> float:
     """argmin over [0, 1] of log Z(alpha) by a bounded scalar optimiser (independent of D)."""
+    from scipy.optimize import minimize_scalar
+
     res = minimize_scalar(lambda a: float(log_z_along(log_pi_theta, log_pi_t, a)[0]),
                           bounds=(0.0, 1.0), method="bounded",
                           options={"xatol": xatol, "maxiter": 500})
