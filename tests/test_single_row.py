@@ -104,6 +104,8 @@ def test_api_lane_equals_the_general_path_to_the_last_bit(general, vocab, kind):
         for diagnostics in (True, False):
             for method in ("newton", "halley"):
                 lane = gx.solve(a, b, kind=kind, method=method, diagnostics=diagnostics)
+                # the lane took the row (else both sides would be the general path)
+                assert gx._solve_one_row(a, b, kind, method, diagnostics) is not None, (vocab, k)
                 reference = general(gx.solve, a, b, kind=kind, method=method,
                                     diagnostics=diagnostics)
                 assert reference.status == "ok", (vocab, k)
@@ -391,3 +393,20 @@ def test_cubic_bisection_row_by_row_equals_the_array_steps(monkeypatch):
     for mine, theirs in zip(by_row, by_array):
         assert_array_equal(mine, theirs, strict=True)
     assert np.all(by_row[1] - by_row[0] <= 2.0 ** -rules.CUBIC_STEPS)
+
+
+def test_a_newton_pass_out_of_range_redone_with_the_shift_warns_nothing(general):
+    """A well-separated pair whose Newton pass has Z below 1e-280: the lane's lean pass declines
+    and the shifted pass takes over, without a numpy warning (log 0 on the way)."""
+    import warnings
+
+    vocab = 2000
+    theta = np.full(vocab, -1600.0)
+    theta[0] = 0.0
+    target = np.full(vocab, -1600.0)
+    target[1] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lane = gx.solve(theta, target)
+    assert lane.status == "ok"
+    assert_same_result(lane, general(gx.solve, theta, target))

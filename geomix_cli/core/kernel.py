@@ -223,8 +223,11 @@ def newton_one_row(xp, l, log_base, buf, tmp, work_np, grid, d_grid: list, v_gri
                 point = np.empty(1, dtype=work_np)
             point[0] = alpha
             a_eval = float(point[0])             # alpha rounded to the work dtype
-            raw = moments(xp, l, log_base, to_device_like(point, l, xp), order=order, buf=buf,
-                          tmp=tmp, supported=True, bounded=True, fused=fused)
+            # (a lean pass declined: Z out of range, so this one may take log 0 before it redoes
+            # the pass with the shift; the one-row lane runs outside the blocks' ignore_fp)
+            with ignore_fp(xp):
+                raw = moments(xp, l, log_base, to_device_like(point, l, xp), order=order,
+                              buf=buf, tmp=tmp, supported=True, bounded=True, fused=fused)
             raw = [float(v[0]) for v in host64(*raw[:order + 1])] + [None] * (3 - order)
         log_z, d, var, third = raw[0], raw[1] - shift, raw[2], raw[3]
         iterations += 1
