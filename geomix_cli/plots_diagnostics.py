@@ -56,8 +56,8 @@ def _ess_panel(ax, lo: float, hi: float, use_log: bool) -> None:
 
 def figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point: str = "q*"):
     """ESS_theta against ESS_t, one panel per family label (small multiples, each on its own
-    scale so that the +-10% band, ESS_t within 0.9x..1.1x of ESS_theta, is visible for every
-    family), with the diagonal, the band, and the share of the panel's rows inside the band.
+    scale so that the 10% band, max/min <= 1.1 (ESS_t within 1/1.1 .. 1.1 x ESS_theta), is
+    visible for every family), with the diagonal, the band, and the share of the panel's rows inside the band.
     Log axes in a panel whose values span more than a factor 5. Rows with an ESS of 0 (a
     distribution with mass where q has none) cannot be drawn on such axes and are counted in
     the panel's title instead. `point` names the distribution in the axis labels ("q*", or
@@ -111,7 +111,7 @@ def figure_ess_scatter(ess_theta, ess_target, families, *, title=None, point: st
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Patch(color="#DDDDDD", label="±10% band:\nESS_t within 0.9–1.1 × ESS_θ"),
+    handles = [Patch(color="#DDDDDD", label="±10% band:\nESS_t within 1/1.1–1.1 × ESS_θ"),
                Line2D([], [], color=C_DIAG, linestyle="--", label="ESS_θ = ESS_t")]
     if n == 1:
         fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)

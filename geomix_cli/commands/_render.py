@@ -267,12 +267,12 @@ def print_summary(title: str, facts: Sequence[tuple[str, str]],
     stdout.print("")
 
 
-def ess_balance_fact(ess_theta, ess_target, labels, *, band: float | None = None) -> Optional[str]:
+def ess_balance_fact(ess_theta, ess_target, labels) -> Optional[str]:
     """'within 10% for 87.3% of 1,200 rows; median max/min 1.04; worst 1499 (row 17)' over the
-    rows where both ESS are positive (None when there are none). band: the derivation's 10%
-    (`core.principles.ESS_BAND`) unless given."""
-    if band is None:
-        from geomix_cli.core.principles import ESS_BAND as band
+    rows where both ESS are positive (None when there are none); 10%: the derivation's band
+    (`core.principles.ESS_BAND`)."""
+    from geomix_cli.core.principles import ESS_BAND as band
+
     a = np.asarray(ess_theta, dtype=np.float64)
     b = np.asarray(ess_target, dtype=np.float64)
     use = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)

@@ -144,8 +144,6 @@ def build_summary(run, statistics: dict, *, theta: str, target: str, prompts: st
 
 def _records(run, tokenizer):
     """One dict per sequence (samples.jsonl) and one per token (tokens.csv)."""
-    import numpy as np
-
     from geomix_cli.models.sampling import TOKEN_FIELDS
 
     log_w_theta, log_w_t = run.log_weights()

@@ -124,7 +124,7 @@ def _rows2(x) -> np.ndarray:
 def recentre_log_ratio(l: np.ndarray, log_pi_theta: np.ndarray, log_pi_t: np.ndarray,
                        support: np.ndarray) -> None:
     """Remove from l, in place, the constant error of the two float64 log-normalisers, on the rows
-    whose supports coincide and whose max|l| <= RECENTRE_MAX_ABS_L (`kernel.recentring_constant`;
+    whose supports coincide and whose max|l| <= RECENTRE_MAX_ABS_L (`prepare.recentring_constant`;
     the solvers apply the same constant to D instead of to l)."""
     shape = l.shape
     l2, theta2, t2, support2 = (np.reshape(a, (-1, shape[-1]))

@@ -44,9 +44,8 @@ from geomix_cli.core.arrays import host, host64, is_numpy, rmax, rsum, to_device
 from geomix_cli.core.passes import moments, row_moments, scratch
 # the preparation lives in core.prepare; its names are re-exported here, where callers find the
 # rest of the implementation (kernel.prepare_pair, kernel.ignore_fp, ...)
-from geomix_cli.core.prepare import (EPS64, RECENTRE_MAX_ABS_L, Prepared,  # noqa: F401
-                                     _end_point_entropies, _host_dtype, _refuse_unnormalised,
-                                     ignore_fp, prepare_pair, recentring_constant,
+from geomix_cli.core.prepare import (RECENTRE_MAX_ABS_L, Prepared,  # noqa: F401
+                                     _host_dtype, _refuse_unnormalised, ignore_fp, prepare_pair,
                                      recentring_constant_rows, row_messages, row_status)
 from geomix_cli.core.rules import (DEGENERATE, DISJOINT, GRID_ELEMENTS, INVALID,  # noqa: F401
                                    MASKED, MAX_ITER, NO_ROOT, OK, STATUSES, _RowArrays,

@@ -155,14 +155,15 @@ def constant_tolerance(eps: float, scale):
 # rows the first pass evaluates D at more alphas than the two end points: a tighter bracket for
 # the Hermite start, and one or two Newton passes fewer. The number depends on V only, so a
 # row's result never depends on the batch it is solved in (a batch = a loop of single solves,
-# to the last bit). GRID_ELEMENTS: below this many elements a block counts as short elsewhere too
-# (one stacked entropy pass, fresh arrays instead of the scratch cache).
+# to the last bit). GRID_ELEMENTS: below this many elements a block counts as short (one stacked
+# entropy pass in `kernel`, fresh arrays instead of the scratch cache in the one-row lane).
 GRID_ELEMENTS = 4096
 # (alphas, up to this V): measured on 30 random rows per length (docs/benchmarks.md, "Small
 # calls, second round"): more alphas than these cost more in the first pass's exp than the Newton
 # passes they save (17 alphas up to V = 240 made a V = 100 row 10% and a 512 x 100 batch 2.6x
 # slower).
-GRID_POINTS = ((9, 32), (5, 128), (3, 1365))
+GRID_POINTS = ((9, 32), (5, 128), (3, 1365))  # point counts 2^k + 1: dyadic alphas, the same in
+# float32 and float64 (`prepare` keeps the grid as float64 whatever the pass's dtype)
 
 
 def grid_size(vocab: int) -> int:

@@ -14,11 +14,11 @@ Exactness: the lane gives the general path's numbers to the last bit, not merely
 kinds, Newton and Halley, with and without diagnostics). It does the same floating-point
 operations on the same values in the same order: the passes are `passes.row_moments` /
 `rows_moments` (the products, pairwise row sums, numpy's log and the divisions of
-`passes.moments`, in fewer calls), the support rules (`rules.status_code`,
-`rules.constant_tolerance`), the start and the steps (`kernel.newton_one_row`:
+`passes.moments`, in fewer calls), the support rules (`rules.root_inside`, which is
+`rules.status_code`'s 'ok' on floats, and `rules.constant_tolerance`), the start and the steps (`kernel.newton_one_row`:
 `rules.hermite_start`, `rules.newton_update`), the family's numbers (`rules.family_numbers`),
-the re-centring (`kernel.recentring_constant_rows`) and the end-point entropies (the operations
-of `kernel._end_point_entropies`, both products summed in one reduction). What is specific is the
+the re-centring (`prepare.recentring_constant_rows`) and the end-point entropies (the operations
+of `prepare._end_point_entropies`, both products summed in one reduction). What is specific is the
 order of the calls for one row (`kernel.prepare_pair`'s dense branch, `kernel.solve_block`,
 `kernel._family_interior`), written here once more on floats -- keep the two in step: the
 row-for-row tests fail when they drift -- and, with diagnostics, log Z at 2 - alpha* and -alpha*
@@ -40,9 +40,6 @@ from geomix_cli.core.rules import (GRID_ELEMENTS, _RowScalars, constant_toleranc
 
 _OK = np.array(["ok"], dtype=object)
 
-# The numbers of one solved row, as Python floats (what `solve_row` returns as length-1 arrays).
-ROW_FIELDS = ("alpha", "residual", "iterations", "d_at_0", "d_at_1", "log_z_at_alpha")
-DIAGNOSTIC_FIELDS = FAMILY_FIELDS + ("entropy_theta", "entropy_t")
 
 
 def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
@@ -65,7 +62,8 @@ def solve_row(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order: int = 2,
 
 def solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, **options) -> dict | None:
     """`solve_row` on one row [V] (float64, C-contiguous), its numbers as Python floats in a dict
-    (ROW_FIELDS, and DIAGNOSTIC_FIELDS with `diagnostics`; iterations an int), or None.
+    (alpha, residual, iterations, d_at_0, d_at_1, log_z_at_alpha; with `diagnostics` also
+    kernel.FAMILY_FIELDS and both entropies; iterations an int), or None.
     The lane sets no floating-point state and trips no overflow, invalid or divide flag; under a
     caller's np.seterr(under="raise") an underflow in a pass raises, and such a row is declined
     too (the general path then meets the caller's error state as before). `finite`: the caller
@@ -126,7 +124,7 @@ def _solve_row_numbers(log_pi_theta: np.ndarray, log_pi_t: np.ndarray, *, order:
     d0, d1 = d_grid[0], d_grid[-1]
     if not root_inside(d0, d1, spread, tol, tol):
         return None                                  # no root: statuses and messages over there
-    if diagnostics:   # `kernel._end_point_entropies`: the weights at alpha = 0 and 1 are pi_t,
+    if diagnostics:   # `prepare._end_point_entropies`: the weights at alpha = 0 and 1 are pi_t,
         # pi_theta up to Z(0), Z(1): H = -(sum w z) / sum w, both products in one reduction
         products = buf[1][:2]
         np.multiply(buf[0][-1], log_pi_theta, out=products[0])

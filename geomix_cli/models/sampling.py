@@ -186,8 +186,6 @@ def step_distributions(logits_theta, logits_t, samplers: list[Sampler], row_samp
 def token_log_probs(dist: dict, drawn) -> dict:
     """log q(y), log pi_theta(y), log pi_t(y) [N] at the drawn tokens (NaN for rows without q):
     log pi(y) = log q(y) + log w(y) with the API's exact log importance weights."""
-    import torch
-
     from geomix_cli import api as gx
 
     has_q = dist["has_q"]

@@ -251,7 +251,6 @@ def _boot(config: SimulationConfig) -> np.ndarray:
 
 def _cell(claim, name, sim, estimator, metric, sampler, reference, factor, *, judged=True,
           strict=False) -> Cell:
-    cfg = sim.config
     ref = sim.get(JUDGED, estimator, reference).metric(metric).per_seed
     oth = sim.get(JUDGED, estimator, sampler).metric(metric).per_seed
     comp = _compare(sim, metric, ref, oth)
