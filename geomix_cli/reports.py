@@ -171,9 +171,11 @@ def _legend(result) -> list[str]:
            "One rule decides every verdict; each section names the clause that applied.\n",
            markdown_table([{"clause": k, "verdict": f"**{VERDICT_BADGE[v]}**", "meaning": m}
                            for k, (v, m) in CLAUSES.items()], max_rows=20),
-           "\nEvery section also shows a **negative control**: a planted wrong answer (or the "
-           "opposite outcome) that the same check rejects, so a verdict never rests on a check "
-           "that cannot fail. A **repaired claim** is checked on data it was not read from "
+           "\nEvery section also shows its **controls**: planted data run through the same "
+           "check, a wrong answer it must reject (so 'holds' never rests on a check that cannot "
+           "fail) and, for a refuted claim, data on which the claim is true, which it must pass "
+           "(so 'refuted' never rests on a check that cannot pass). A **repaired claim** is "
+           "checked on data it was not read from "
            "(held-out pairs, fresh seeds, or every token).\n",
            "The numeric thresholds of each claim's rule:\n",
            markdown_table([{"claim": f"[`{c.id}`](#{c.id})", "thresholds": c.criteria or "—"}

@@ -15,6 +15,7 @@ from geomix_cli import checks
 from geomix_cli.cases import delta_uniform_log_probs
 from geomix_cli.checks import Family, experiments, foundations, methods, rule
 from geomix_cli.checks.rule import ClaimResult, SuiteResult
+from geomix_cli.core.principles import four_cases
 from geomix_cli.core.rules import NO_ROOT, OK
 
 
@@ -200,16 +201,22 @@ def test_test3_verdicts_follow_the_data(rng):
     assert_allclose(rec["fraction_within_10pct"], np.mean(within), atol=1e-4)
 
 
+def _four_case_family():
+    """The planted six-token pair of four-cases' positive control, checked here to put tokens in
+    all four cases and meet them at q* (an independent brentq solve)."""
+    theta, target = (np.exp(v[0]) for v in experiments._FOUR_CASE_PAIR)
+    a = _ref_alpha(theta, target)
+    g = theta ** a * target ** (1 - a)
+    fc = four_cases(np.log(theta), np.log(target), np.log(g / g.sum()))
+    assert np.all(fc.counts > 0) and np.array_equal(fc.meeting, fc.counts)
+    return _fam("four", theta, target)
+
+
 def test_four_cases_holds_on_test1_and_is_refuted_by_a_counterexample(rng):
     test1 = _fam("t1", np.array([0.7, 0.3]), np.array([0.3, 0.7]))
     # test1 alone has tokens in cases 2 and 3 only; with a pair that puts tokens in all four
     # cases and meets them (found by search, checked below through four_cases) it holds
-    from geomix_cli.checks.experiments import _FOUR_CASE_PAIR
-
-    theta = np.array([0.222, 0.011, 0.273, 0.108, 0.005, 0.381])
-    target = np.array([0.027, 0.078, 0.191, 0.252, 0.219, 0.234])
-    four = _fam("four", theta / theta.sum(), target / target.sum())
-    assert_allclose(np.exp(_FOUR_CASE_PAIR[0][0]), theta / theta.sum(), rtol=1e-15)
+    four = _four_case_family()
     assert checks.claim_four_cases([test1], rng, False).verdict == "untested"
     res = checks.claim_four_cases([test1, four], rng, False)
     assert min(res.data["tokens"]) > 0 and (res.verdict, res.clause) == ("holds", "H")
@@ -245,9 +252,7 @@ def test_four_cases_verdicts_follow_their_controls(rng, monkeypatch):
         out.meeting = out.counts.copy()
         return out
 
-    theta = np.array([0.222, 0.011, 0.273, 0.108, 0.005, 0.381])
-    target = np.array([0.027, 0.078, 0.191, 0.252, 0.219, 0.234])
-    four = _fam("four", theta / theta.sum(), target / target.sum())   # all four cases populated
+    four = _four_case_family()   # all four cases populated
     assert checks.claim_four_cases([test1, four], rng, False).clause == "H"
     monkeypatch.setattr(experiments, "four_cases", every_q_meets)    # the point mass passes too
     res = checks.claim_four_cases([test1, four], rng, False)
@@ -409,11 +414,9 @@ def test_entropy_start_verdict_follows_the_measured_passes(rng):
         ("bisection", "bisection_entropy_pivot", "bisection")) if r[a] > r[b]]
     assert len(slower) == len(res.data["slower"]) + len(res.data["slower_not_counted"])
     assert len(res.data["slower"]) == sum(s in counted for _, s in slower)
-    if any(s in counted for _, s in slower):
-        assert (res.verdict, res.clause) == ("refuted", "R1")
-    else:
-        assert res.verdict == ("holds" if len(counted) == 2 and not res.data["equal"]
-                               else "untested")
+    # these fixtures are slower with the entropy start (bisection on f, Newton on near): refuted
+    assert any(s in counted for _, s in slower)
+    assert (res.verdict, res.clause) == ("refuted", "R1")
 
 
 
@@ -441,8 +444,8 @@ def test_entropy_start_counts_a_solver_only_where_the_informed_start_passes(rng,
     # apart and neither decides the verdict
     real = methods._planted_starts
 
-    def bisection_fails(rows_in, acc):
-        out = real(rows_in, acc)
+    def bisection_fails(rows_in, rows, acc):
+        out = real(rows_in, rows, acc)
         out["bisection", "informed"] = [1, 0]
         return out
 
@@ -451,8 +454,8 @@ def test_entropy_start_counts_a_solver_only_where_the_informed_start_passes(rng,
     assert res.data["counted_solvers"] == ["Newton"]
     assert not any(s.startswith("bisection") for s in res.data["slower"])
     assert all(solver == "Newton" for solver, _ in res.data["faster"])
-    if not res.data["slower"]:
-        assert (res.verdict, res.clause) == ("untested", "U")
+    assert [s.split(" (")[0] for s in res.data["slower_not_counted"]] == ["bisection on f"]
+    assert (res.verdict, res.clause) == ("refuted", "R1")    # Newton on near is slower
 
 
 
@@ -555,7 +558,7 @@ def test_entropy_start_holds_only_with_controls_that_can_fail(rng, monkeypatch):
     monkeypatch.setattr(methods, "_method_rows", lambda fams, thorough: [])
 
     def planted(informed_slower, far_slower):
-        return lambda rows_in, acc: {
+        return lambda rows_in, rows, acc: {
             (s, p): ([informed_slower, 1] if p == "informed" else [far_slower, 0])
             for s in ("Newton", "bisection") for p in ("informed", "far")}
 
@@ -571,11 +574,9 @@ def test_entropy_start_holds_only_with_controls_that_can_fail(rng, monkeypatch):
     monkeypatch.setattr(methods, "_planted_starts", planted(0, 1))
     res = methods.claim_entropy_start([], rng, False)
     assert res.clause == "U" and res.data["equal"] == ["Newton on f (3)"]
-    monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [dict(row)])
     # and a counted solver slower with the entropy start refutes it
     slow = dict(row, newton_from_entropy=4.0)
     monkeypatch.setattr(methods, "_start_table", lambda rows_in, acc: [slow])
-    monkeypatch.setattr(methods, "_planted_starts", planted(0, 1))
     assert methods.claim_entropy_start([], rng, False).clause == "R1"
 
 

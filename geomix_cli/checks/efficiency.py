@@ -110,9 +110,13 @@ def _controls(study, cells, refuting, what: str) -> tuple[bool, bool, str]:
     text = (f"The same judgement (paired bootstrap CI against {factor:g}) on planted samplers with "
             f"a known effect, made from q*'s own per-seed results rescaled against each "
             f"setting's {what} (the real seed noise): no effect meets it in {same_meets} of "
-            f"{len(same)} settings (the check can fail)"
+            f"{len(same)} settings ("
+            + ("the check can fail" if same_meets == 0 else "so a 'holds' here would be unearned")
+            + ")"
             + (f"; an effect of {3.0 * factor:g}x meets it in {better_meets} of the "
-               f"{len(better)} settings that refute the claim (it could have passed there)"
+               f"{len(better)} settings that refute the claim ("
+               + ("it could have passed there" if better_meets == len(better)
+                  else "so the refutation is not earned there") + ")"
                if refuting else "") + ".")
     return same_meets == 0, bool(refuting) and better_meets == len(refuting), text
 
@@ -175,7 +179,7 @@ def _header(study) -> str:
             f"targets {', '.join(f'{t:g}' for t in cfg.targets)} x the initial KL. Cases: {cases}. "
             f"Learning rates still at the edge of the grid after {cfg.grid_extensions} "
             f"extensions: {len(edge)} of {n_choices} (case, estimator, sampler, metric) "
-            f"choices" + (f", e.g. {edge_txt}" if edge else "") + " (every choice and its flag are "
+            "choices" + (f", e.g. {edge_txt}" if edge else "") + " (every choice and its flag are "
             f"in results.json)."
             + (f" Skipped: {'; '.join(study.skipped)}." if study.skipped else ""))
 
@@ -246,7 +250,7 @@ def claim_sample_efficiency(study, cells, confirmer=None) -> ClaimResult:
         f"on-policy, {len(unreached)} where neither reached the target. Meeting 2x: "
         f"{_describe(meets) or 'none'}. Final KL at the budget (context, on-policy / q*): "
         f"{_describe(final)}. Lowest target (0.01 x KL0): {_horizon(study)}.")
-    control = (f"{control_text} In this run the comparison came out both ways: {len(meets)} "
+    control = (f"{control_text} In this run: {len(meets)} "
                f"settings meet 2x, {len(contra)} contradict it, "
                f"{sum(c.outcome == 'meets' for c in final)} final-KL ratios are >= 2.")
     headline = (f"q* >= 2x faster than on-policy in {len(meets)} of {len(judged)} (case, estimator,"

@@ -14,13 +14,13 @@ from geomix_cli.checks.rule import (MOST, ClaimResult, Repaired, choose_conditio
                                     most_rule, q4, q6)
 from geomix_cli.core.family import (effective_sample_size, entropy_formula_alpha, kl_divergence,
                                     log_q_alpha, log_ratio_on_support, logsumexp, tilted_moments)
-from geomix_cli.core.principles import CASE_EXPECTATIONS, CASE_NAMES, four_cases
+from geomix_cli.core.principles import (CASE_EXPECTATIONS, CASE_NAMES, ESS_BAND, ESS_BAND_RATIO,
+                                        four_cases)
 from geomix_cli.core.solvers import solve_alpha
 # the vectorised ESS-balance solver (Illinois regula falsi; agrees with core.principles' per-row
 # brentq to 1e-8, which a test checks): 7x faster on the suite's 920 pairs
 from geomix_cli.simulate.model import ess_balance_alpha
 
-from geomix_cli.core.principles import ESS_BAND  # noqa: E402  (max(ESS) / min(ESS) <= 1.1)
 REPAIR_SHARE = 0.9  # a repaired "holds for X" must hold for >= 90% of the X pairs, per family
 C_LADDER = (0.1, 0.03, 0.01, 0.003, 0.001)  # candidate "near-identical" conditions, C <= c
 
@@ -221,10 +221,10 @@ def _condition_ok(ratio_by_family, c_by_family, c0) -> tuple[bool, int, float]:
         m = c_by_family[name] <= c0
         if not m.any():
             continue
-        share = float(np.mean(ratio[m] <= 1 + ESS_BAND))
+        share = float(np.mean(ratio[m] <= ESS_BAND_RATIO))
         ok &= share >= REPAIR_SHARE
         inside += int(m.sum())
-        within += int(np.sum(ratio[m] <= 1 + ESS_BAND))
+        within += int(np.sum(ratio[m] <= ESS_BAND_RATIO))
     share = within / inside if inside else float("nan")
     return bool(ok and inside > 0), inside, share
 
@@ -256,7 +256,7 @@ def _rule_on(planted):
     for fam in planted:
         ratio, *_ = _ess_and_c(fam)
         if ratio.size:
-            frac[fam.name] = float(np.mean(ratio <= 1 + ESS_BAND))
+            frac[fam.name] = float(np.mean(ratio <= ESS_BAND_RATIO))
             counts[fam.name] = int(ratio.size)
     met, overall, fams_most = most_rule(frac, counts)
     return met, overall, fams_most, sum(counts.values()), len(frac)
@@ -275,7 +275,7 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
         ratios[fam.name], cs[fam.name] = ratio, c
         bal_alpha, _ = ess_balance_alpha(fam.log_pi_theta[ok], fam.log_pi_t[ok])
         rows.append({"family": fam.name, "rows": int(ok.sum()),
-                     "fraction_within_10pct": q4(np.mean(ratio <= 1 + ESS_BAND)),
+                     "fraction_within_10pct": q4(np.mean(ratio <= ESS_BAND_RATIO)),
                      "median_ratio": q4(np.median(ratio)), "max_ratio": q4(ratio.max()),
                      "median_C": q4(np.median(c)),
                      "median_abs_alpha_star_minus_ess_balance":
@@ -345,7 +345,7 @@ def claim_test3(fams, rng, thorough, heldout=None) -> ClaimResult:
     return ClaimResult(
         "test3-ess-balance", statement, verdict, evidence, clause=clause,
         section="section 4.2, Test 3",
-        criteria=(f"within 10%: max/min ESS <= {1 + ESS_BAND:g}; 'most cases': more than "
+        criteria=(f"within 10%: max/min ESS <= {ESS_BAND_RATIO:g}; 'most cases': more than "
                   f"{MOST:.0%} of all pairs and more than {MOST:.0%} of the pairs in more than half "
                   f"of the families; repaired condition C <= c from {list(C_LADDER)} (broadest "
                   f"first) with >= {REPAIR_SHARE:.0%} within per family"),
@@ -430,13 +430,13 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
             example = _counterexample(fam, ok, lt, lT, lq, fc, int(np.flatnonzero(meet < counts)[0]))
     frac = np.where(tot_counts > 0, tot_meet / np.maximum(tot_counts, 1), np.nan)
     mass_avg = tot_mass / max(n_rows_total, 1)
-    failing = [f"case {k + 1}" for k in range(4) if tot_meet[k] < tot_counts[k]]
+    failed = tot_meet < tot_counts
+    failing = [f"case {k + 1}" for k in range(4) if failed[k]]
     # the positive control through the whole pipeline (solve, q*, the token test): pairs on which
     # the claim is true, pi_t the mirror image of pi_theta on two tokens (alpha* = 1/2, q* uniform:
-    # every token meets its case at any threshold)
-    # (two tokens: cases 2 and 3 at the default threshold), and a six-token pair whose q* meets
-    # every case with tokens in all four at the default threshold; the control passes when every
-    # planted token meets its case and every case that failed above has planted tokens
+    # every token meets its case at any threshold; cases 2 and 3 at the default one), and a
+    # six-token pair whose q* meets every case with tokens in all four at the default threshold.
+    # It passes when every planted token meets its case and every failing case has planted tokens
     p = np.array([[0.6], [0.7], [0.8], [0.9], [0.99]])
     planted_counts, planted_meeting = np.zeros(4, dtype=np.int64), np.zeros(4, dtype=np.int64)
     for planted in (Family("planted mirrored two-point", "control",
@@ -448,14 +448,13 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
                                 threshold=threshold)
         planted_counts += on_planted.counts.sum(axis=0)
         planted_meeting += on_planted.meeting.sum(axis=0)
-    mirrored_tokens = int(planted_counts.sum())
-    mirrored_meeting = int(planted_meeting.sum())
-    mirrored_passes = (mirrored_meeting == mirrored_tokens
-                       and all(planted_counts[int(c.split()[1]) - 1] > 0 for c in failing))
+    planted_tokens = int(planted_counts.sum())
+    planted_met = int(planted_meeting.sum())
+    planted_passes = planted_met == planted_tokens and bool(np.all(planted_counts[failed] > 0))
     point_fails = control_point_meeting < control_tokens
     empty = [f"case {k + 1}" for k in range(4) if tot_counts[k] == 0]
     if failing:
-        verdict, clause = refuted_verdict("R1", mirrored_passes)
+        verdict, clause = refuted_verdict("R1", planted_passes)
     elif empty:     # "all four cases" says nothing about a case no token is in
         verdict, clause = "untested", "U"
     else:
@@ -491,7 +490,7 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
                f"of {control_tokens} tokens. The whole pipeline (solve, q*, token test) on planted "
                f"pairs where the claim is true (pi_t the mirror image of pi_theta on two tokens, "
                f"pi_theta(0) = 0.6 ... 0.99, q* uniform; and a six-token pair with tokens in all "
-               f"four cases) passes on {mirrored_meeting} of {mirrored_tokens} tokens (per case: "
+               f"four cases) passes on {planted_met} of {planted_tokens} tokens (per case: "
                f"{', '.join(f'{m}/{c}' for m, c in zip(planted_meeting, planted_counts))}). The "
                f"unrepaired cap (q* <= max(pi_theta, pi_t)) fails on "
                f"{above_max} tokens: the check separates the two statements."
@@ -515,8 +514,8 @@ def claim_four_cases(fams, rng, thorough, threshold=None) -> ClaimResult:
               "counterexample": example, "per_family": rows,
               "control_tokens": control_tokens,
               "control_point_mass_meeting": control_point_meeting,
-              "control_mirrored_tokens": mirrored_tokens,
-              "control_mirrored_meeting": mirrored_meeting, "empty_cases": empty},
+              "control_mirrored_tokens": planted_tokens,
+              "control_mirrored_meeting": planted_met, "empty_cases": empty},
         would_change="Every token of every family meeting its case's expectation would make it "
                      "hold; a changed threshold changes the case counts (try geomix check "
                      "--threshold).",

@@ -388,10 +388,10 @@ def claim_root_existence(fams, rng, thorough, seed) -> ClaimResult:
     # the same status count passes the same-support pairs of the families (a root on each, as
     # the repaired claim says): the check can pass; the proved counterexample keeps H out of reach
     n_same = sum(r["distinct_pairs"] for r in rows[:len(fams)])
-    # not refuted means the classifier missed the proved counterexample: the negative control
-    # failed to fail, so the check is blind (U), never H
+    # not refuted means the classifier missed the proved counterexample (the negative control
+    # failed to fail): the check is blind, so untested, never "holds"
     verdict, clause = (refuted_verdict("R1", n_same > 0 and same_support_no_root == 0) if refuted
-                       else universal_verdict(True, str(ce.status[0]) == NO_ROOT))
+                       else ("untested", "U"))
     frac = "; ".join(f"{r['no_root']} of {r['distinct_pairs']} with "
                      f"{r['pairs'].split('(')[1].rstrip(')')}" for r in rows[len(fams):])
     evidence = (

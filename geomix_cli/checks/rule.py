@@ -6,13 +6,16 @@ One rule decides every verdict; each claim names the clause that applied:
   control (a planted wrong answer run through the same check) is shown failing it.
 - **R1 — refuted**: the derivation states it without conditions ("exact", "unique", "all",
   "exists", a number for a whole setting) — or within the conditions it states — and the evidence
-  contradicts it. A repaired claim is given and checked on data it was not read from.
+  contradicts it, and the check could have passed: a positive control (planted data on which the
+  claim is true, run through the same check) is shown passing it. A repaired claim is given and
+  checked on data it was not read from.
 - **R2 — refuted**: a "most cases" statement met by at most half of the pairs (overall, or in at
   most half of the case families). A repaired claim is given and checked.
 - **D — depends**: only where the derivation itself states the conditions; the evidence shows the
   claim holding inside them and failing outside them (with numbers).
-- **U — untested**: no evidence can be computed here (what would test it is said), or the
-  evidence is inconclusive at the stated confidence (neither verified nor contradicted).
+- **U — untested**: no evidence can be computed here (what would test it is said), the
+  evidence is inconclusive at the stated confidence (neither verified nor contradicted), or a
+  planted control shows that the check could not have given the other verdict.
 
 No printing and no files here.
 """
@@ -31,13 +34,15 @@ CLAUSES = {
     "H": ("holds", "verified on every case tried, and a negative control shows the check can "
                    "fail"),
     "R1": ("refuted", "stated without conditions (or inside conditions the derivation states) "
-                      "and contradicted by the evidence; a repaired claim is given and checked"),
+                      "and contradicted by the evidence, and a positive control shows the check "
+                      "can pass; a repaired claim is given and checked"),
     "R2": ("refuted", "a 'most cases' statement met by at most half of the pairs (overall or in "
                       "at most half of the families); a repaired claim is given and checked"),
     "D": ("depends", "the derivation states the conditions, and the evidence shows the claim "
                      "holding inside them and failing outside them"),
-    "U": ("untested", "no evidence can be computed here, or the evidence is inconclusive at the "
-                      "stated confidence"),
+    "U": ("untested", "no evidence can be computed here, the evidence is inconclusive at the "
+                      "stated confidence, or a planted control shows the check could not have "
+                      "given the other verdict"),
 }
 MOST = 0.5  # "most": more than half
 EPS64 = float(np.finfo(np.float64).eps)
@@ -86,7 +91,8 @@ class ClaimResult:
     rule that gave it, the evidence, and how the check could have failed.
 
     section: where the derivation states it; criteria: the numeric thresholds this claim is judged
-    by; control: the negative control (a planted wrong answer the same check rejects);
+    by; control: the controls (planted data run through the same check: a wrong answer it must
+    reject, and for a refuted claim data on which the claim is true, which it must pass);
     repaired: for a refuted claim, the repaired claim and its check; data: the numbers
     (JSON-ready); tables: name -> list of row dicts (CSV); figures: name -> what a figure needs
     (not in results.json); identity_failed: a mathematical identity failed (a bug in geomix);

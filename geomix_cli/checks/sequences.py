@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from geomix_cli.checks.rule import MOST, ClaimResult, Repaired, choose_condition, most_rule, q4
+from geomix_cli.checks.rule import (MOST, ClaimResult, Repaired, choose_condition, most_rule, q4,
+                                    universal_verdict)
 from geomix_cli.core.principles import ESS_BAND_RATIO
 
 CLAIM_ID = "sequence-ess-balance"
@@ -178,8 +179,8 @@ def judge_sequence_evidence(evidence: dict) -> ClaimResult:
     c = decided(control) if control is not None else None
     control_fails = c is not None and c["clause"] == "R2"
     P, L = main["prompts"], main["max_new_tokens"]
-    if m["clause"] == "H" and control_fails:
-        verdict, clause = "holds", "H"
+    if m["clause"] == "H":
+        verdict, clause = universal_verdict(True, control_fails)
     elif m["clause"] == "R2":
         verdict, clause = "refuted", "R2"
     else:
