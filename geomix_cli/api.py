@@ -367,6 +367,9 @@ def solve(theta, target, *, kind: str = LOGITS, mask=None, dim: int = -1,
         result = _solve_one_row(theta, target, kind, method, diagnostics)
         if result is not None:
             return result
+        lane_tried = True     # the general path need not try the lane on this row again
+    else:
+        lane_tried = False
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check_on_invalid(on_invalid)
@@ -379,11 +382,13 @@ def solve(theta, target, *, kind: str = LOGITS, mask=None, dim: int = -1,
         rows = _solve_torch(pair, kind, method, work, renormalize, on_invalid, diagnostics,
                             max_memory)
     else:
-        rows = _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics)
+        rows = _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics,
+                            lane=not lane_tried)
     return _solve_result(pair, rows, method, kind, work, diagnostics)
 
 
-def _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics) -> dict:
+def _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics, *,
+                 lane: bool = True) -> dict:
     theta, target = pair.rows()
     if pair.library == "torch":  # non-device methods on the host, in float64
         theta = theta.detach().cpu().double().numpy()
@@ -398,13 +403,14 @@ def _solve_numpy(pair, kind, method, renormalize, on_invalid, diagnostics) -> di
         row_errors = errors
     if method in ("newton", "halley") and not diagnostics:
         rows = solve_blocks(log_theta, log_t, order=3 if method == "halley" else 2,
-                            row_errors=row_errors)
+                            row_errors=row_errors, lane=lane)
         return _lean_rows(rows)
     if not diagnostics:
         sol = solve_alpha(log_theta, log_t, method, row_errors=row_errors)
         diag = None
     else:
-        diag = solve_and_diagnose(log_theta, log_t, method, row_errors=row_errors)
+        lane_option = {"lane": lane} if method in ("newton", "halley") else {}
+        diag = solve_and_diagnose(log_theta, log_t, method, row_errors=row_errors, **lane_option)
         sol = diag.solution
     return _rows_of(sol, diag, log_theta, log_t)
 
@@ -526,18 +532,6 @@ def _solve_result(pair, rows, method, kind, work, diagnostics) -> SolveResult:
                     iterations=np.zeros(n, dtype=np.int64))
         if not diagnostics:
             rows.update(ess_theta=None, ess_t=None, alpha_entropy=None)
-    if pair.library == "numpy" and pair.keep is None:
-        # numpy, nothing masked (a training step's common call): the rows as they are, reshaped
-        lead = pair.lead
-        values = {name: None if rows[name] is None
-                  else np.asarray(rows[name], dtype=np.float64).reshape(lead)
-                  for name in _FLOAT_FIELDS}
-        status = np.asarray(rows["status"]).astype(str).reshape(lead)
-        message = np.array(rows["message"], dtype=str).reshape(lead)
-        return SolveResult(**values, iterations=np.asarray(rows["iterations"], dtype=np.int64)
-                           .reshape(lead), status=status,
-                           message=message, ok=status == OK, method=method, kind=kind,
-                           compute_dtype=work)
     values = {}
     for name in _FLOAT_FIELDS:
         if rows[name] is None:

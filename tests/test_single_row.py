@@ -410,3 +410,18 @@ def test_a_newton_pass_out_of_range_redone_with_the_shift_warns_nothing(general)
         lane = gx.solve(theta, target)
     assert lane.status == "ok"
     assert_same_result(lane, general(gx.solve, theta, target))
+
+
+@pytest.mark.parametrize("diagnostics", (True, False))
+def test_a_row_the_lane_declines_is_not_tried_by_it_twice(monkeypatch, diagnostics):
+    calls = []
+    real = single_row.solve_row_numbers
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(single_row, "solve_row_numbers", counting)
+    same = np.log(np.full(50, 1 / 50))                 # identical rows: degenerate, declined
+    res = gx.solve(same, same, kind="logprobs", diagnostics=diagnostics)
+    assert res.status == "degenerate" and len(calls) == 1

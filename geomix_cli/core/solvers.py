@@ -209,10 +209,11 @@ def _empty_solution(method: str, cls: RowClassification) -> AlphaSolution:
 
 def solve_blocks(log_pi_theta, log_pi_t, *, order: int = 2, xtol: float = 1e-14,
                  max_iter: int = 60, row_errors=None, diagnostics: bool = False,
-                 iterates: dict | None = None) -> dict:
-    """`kernel.solve_block` over the batch's cache-sized row blocks: the per-row host arrays."""
+                 iterates: dict | None = None, lane: bool = True) -> dict:
+    """`kernel.solve_block` over the batch's cache-sized row blocks: the per-row host arrays.
+    lane: False where the caller already tried the small-call lane on the row (api.solve)."""
     theta, target, tolerance = _as_rows(log_pi_theta, log_pi_t)
-    if theta.shape[0] == 1 and row_errors is None:
+    if lane and theta.shape[0] == 1 and row_errors is None:
         # one row: the small-call lane (the same numbers; None where the row needs this path)
         rows = single_row.solve_row(theta, target, order=order, xtol=xtol, max_iter=max_iter,
                                     check_tolerance=tolerance, diagnostics=diagnostics,
