@@ -232,8 +232,8 @@ def check(source: str, *, threshold: Optional[float], out: Optional[str], resume
           rows) -> int:
     """`geomix check` on a sharded source; returns the exit code."""
     from geomix_cli.commands._shared import forced_kind
-    from geomix_cli.core.principles import CASE_EXPECTATIONS
-    from geomix_cli.scale.pieces import CASE_KEYS, RunOptions
+    from geomix_cli.core.principles import CASE_EXPECTATIONS, CASE_KEYS
+    from geomix_cli.scale.pieces import RunOptions
     from geomix_cli.scale.report import aggregate, check_report_files
 
     _refuse_in_memory_options(rows, None)

@@ -293,10 +293,9 @@ def write_report(result, payload: dict, out: str) -> None:
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from geomix_cli.io import (atomic_directory, write_bytes_atomic, write_csv_atomic,
+    from geomix_cli.io import (atomic_directory, save_figure_atomic, write_csv_atomic,
                                write_json_atomic, write_text_atomic)
     from geomix_cli.plots_simulate import learning_curves_figure, speedup_figure
-    from geomix_cli.io.writers import figure_bytes
 
     records = []
     for r in result.results:
@@ -330,6 +329,6 @@ def write_report(result, payload: dict, out: str) -> None:
                            ("speedup.png", speedup_figure)):
             fig = make(result)
             try:
-                write_bytes_atomic(staging / name, figure_bytes(fig))
+                save_figure_atomic(fig, staging / name)
             finally:
                 plt.close(fig)

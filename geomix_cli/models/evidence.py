@@ -71,8 +71,9 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
                                   interval: float = 0.9, device: str = "cpu",
                                   batch_size: int = 48, threads: int | None = None,
                                   loaded=None, sampler: str = "kl-symmetry") -> dict:
-    """Sample `n` sequences per prompt from q* (sampler kl-symmetry) and measure the balance of
-    ESS_theta and ESS_t at sequence level and at token level.
+    """Sample `n` sequences per prompt from `sampler` (default kl-symmetry: q*; the on-policy
+    control uses "on-policy") and measure the balance of ESS_theta and ESS_t at sequence level
+    and at token level.
 
     model: a local model folder or .gguf (default: the shipped SmolLM2-135M-Instruct GGUF; raises
       UnavailableError with the command to run when it or the models extra is missing); theta and
@@ -179,8 +180,10 @@ def sequence_ess_balance_evidence(*, model: str | None = None, prompts: list[dic
     alpha = alpha[np.isfinite(alpha)]
     return {
         "claim": CLAIM_ID,
-        "statement": ("Test 3 carried to sequences: under q* sampling, the sequence-level "
-                      "ESS_theta and ESS_t are within 10% of each other in most cases"),
+        "statement": (f"Test 3 carried to sequences: under "
+                      f"{'q*' if sampler == 'kl-symmetry' else sampler} sampling, the "
+                      f"sequence-level ESS_theta and ESS_t are within 10% of each other in most "
+                      f"cases"),
         "model": theta.spec, "sampler": sampler, "n": n, "max_new_tokens": max_new_tokens,
         "seed": seed, "band": band, "interval": interval, "bootstrap": bootstrap,
         "theta_system": NEUTRAL_SYSTEM, "prompts": len(records), "per_prompt": per_prompt,
