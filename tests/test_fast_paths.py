@@ -134,18 +134,11 @@ def test_blocked_family_point_and_entropy_equal_row_by_row(monkeypatch):
     assert_allclose(h, direct, rtol=1e-13)
 
 
-def test_core_import_stays_light():
-    code = ("import sys, geomix_cli.core\n"
-            "heavy = [m for m in ('scipy', 'torch', 'pandas', 'matplotlib') if m in sys.modules]\n"
-            "print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
-
-
-def test_cli_start_loads_no_scipy_torch_pandas_or_matplotlib():
-    # `geomix --help` and `geomix solve` start from this import: the commands import their heavy
+@pytest.mark.parametrize("module", ["geomix_cli.core", "geomix_cli.cli"])
+def test_core_and_cli_imports_stay_light(module):
+    # `geomix --help` and `geomix solve` start from geomix_cli.cli: the commands import their heavy
     # dependencies inside the command (scipy.optimize alone tripled the start-up time)
-    code = ("import sys, geomix_cli.cli\n"
+    code = (f"import sys, {module}\n"
             "heavy = [m for m in ('scipy', 'torch', 'pandas', 'matplotlib') if m in sys.modules]\n"
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
